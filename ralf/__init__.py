@@ -1,0 +1,34 @@
+"""ralf: a feature store for rapidly changing data, kept incrementally up to date in DuckDB."""
+
+from ralf.client import RalfClient
+from ralf.errors import (
+    KeyNotFound,
+    OperatorError,
+    QueryError,
+    RalfError,
+    SchemaError,
+    TableNotFound,
+)
+from ralf.operators import Operator, SourceOperator
+from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
+from ralf.schema import Record, Schema
+from ralf.server import Ralf
+from ralf.table import Table
+
+__all__ = [
+    "KeyNotFound",
+    "LoadSheddingPolicy",
+    "Operator",
+    "OperatorError",
+    "PrioritizationPolicy",
+    "QueryError",
+    "Ralf",
+    "RalfClient",
+    "RalfError",
+    "Record",
+    "Schema",
+    "SchemaError",
+    "SourceOperator",
+    "Table",
+    "TableNotFound",
+]

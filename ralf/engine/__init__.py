@@ -1,0 +1,1 @@
+"""The scheduler's machinery: ingestion, staleness, refresh, lazy refresh, checkpoints."""

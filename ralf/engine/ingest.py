@@ -1,0 +1,145 @@
+"""Ingestion: one batch from a source into its append table, with the source's checkpoint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import pickle
+from typing import Any
+
+import pyarrow as pa
+
+from ralf.engine.node import FeatureNode, Node, SourceNode
+from ralf.errors import OperatorError, RalfError, SchemaError
+from ralf.schema import Record, Rejection
+from ralf.storage.base import Append, LogRead
+
+log = logging.getLogger("ralf")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def batch_length(batch: Any) -> int:
+    if isinstance(batch, (pa.Table, pa.RecordBatch)):
+        return batch.num_rows
+    if isinstance(batch, (Record, dict)):
+        return 1
+    return len(batch)
+
+
+def drop_head(batch: Any, n: int) -> Any:
+    """The batch without its first n records (resuming a source that has no checkpoint)."""
+    if isinstance(batch, (pa.Table, pa.RecordBatch)):
+        return batch.slice(n)
+    if hasattr(batch, "iloc"):
+        return batch.iloc[n:]
+    if isinstance(batch, (Record, dict)):
+        return [] if n else [batch]
+    return list(batch)[n:]
+
+
+def resume_source(node: SourceNode) -> None:
+    saved = node.storage.load_source_state(node.name)
+    if saved is None:
+        return
+    state, emitted, exhausted = saved
+    node.emitted = emitted
+    node.exhausted = exhausted
+    restore = getattr(node.source, "restore", None)
+    if state is not None and callable(restore):
+        restore(pickle.loads(state))
+    elif not exhausted:
+        node.skip = emitted
+
+
+def pull(node: SourceNode, errors: list[RalfError]) -> bool:
+    """Ingest one batch; returns whether anything was appended."""
+    if node.exhausted:
+        return False
+    try:
+        batch = node.source.next()
+    except StopIteration:
+        batch = None
+    except Exception as exc:  # user code: report, keep the source, try again next tick
+        node.failures += 1
+        if isinstance(exc, RalfError):
+            errors.append(exc)
+        else:
+            error = OperatorError(
+                f"source {node.name!r}: next() raised {type(exc).__name__}: {exc}",
+                table=node.name)
+            error.__cause__ = exc
+            errors.append(error)
+        return False
+    if batch is None:
+        node.exhausted = True
+        if node.skip == 0:
+            _commit(node, node.schema.arrow.empty_table(), [], 0)
+        return False
+    try:
+        n = batch_length(batch)
+    except TypeError:
+        n = 1  # not a batch at all: to_arrow below rejects it
+    if n == 0:
+        return False
+    if node.skip:
+        dropped = min(node.skip, n)
+        node.skip -= dropped
+        batch = drop_head(batch, dropped)
+        n -= dropped
+        if n == 0:
+            return False
+    try:
+        rows, rejected = node.schema.to_arrow(batch, node.name)
+    except SchemaError as exc:  # the whole batch is garbage: file it, count it as read
+        errors.append(exc)
+        _commit(node, node.schema.arrow.empty_table(),
+                [Rejection(node.name, str(exc), None, repr(batch))], n)
+        return False
+    take_rejected = getattr(node.source, "take_rejected", None)
+    if callable(take_rejected):
+        for rejection in take_rejected():
+            rejection.table = node.name
+            rejected.append(rejection)
+    _commit(node, rows, rejected, n)
+    if rejected:
+        first = rejected[0]
+        more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
+        errors.append(SchemaError(first.reason + more, table=node.name, column=first.column))
+    return rows.num_rows > 0
+
+
+def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int) -> None:
+    checkpoint = getattr(node.source, "checkpoint", None)
+    state = pickle.dumps(checkpoint()) if callable(checkpoint) else None
+    now = utcnow()
+    first_seq = node.seq + 1
+    node.storage.append(Append(
+        node.info, rows, first_seq, now, state, node.emitted + emitted, node.exhausted, rejected))
+    node.emitted += emitted
+    node.seq += rows.num_rows
+    node.metrics.ingested += rows.num_rows
+    node.metrics.rejected += len(rejected)
+    if rows.num_rows:
+        if node.cache is not None:
+            update_latest(node, rows, now)
+        notify_children(node, first_seq - 1)
+
+
+def update_latest(node: Node, rows: pa.Table, at: dt.datetime) -> None:
+    """Keep a lookup source's cache at the latest append per key."""
+    pk = node.schema.primary_key
+    for row in rows.to_pylist():
+        node.cache[row[pk]] = (Record.from_dict(row), at)
+
+
+def notify_children(node: Node, after_seq: int) -> None:
+    """Tell key-indexed children which keys the appends in (after_seq, node.seq] touched."""
+    keyed: list[FeatureNode] = [c for c in node.children if c.pending is not None]
+    if not keyed:
+        return
+    summary = node.storage.pending_summary(LogRead(node.info, after_seq, node.seq, None))
+    for child in keyed:
+        child.pending.add(summary)

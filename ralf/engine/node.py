@@ -1,0 +1,180 @@
+"""Runtime state of one table: its place in the graph, its cache, its progress and counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+from ralf.engine.progress import PendingIndex, Watermarks
+from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy, wants_current
+from ralf.schema import Record
+from ralf.storage.base import LogRead, Storage, TableInfo
+
+log = logging.getLogger("ralf")
+
+
+@dataclass
+class TableMetrics:
+    ingested: int = 0
+    rejected: int = 0
+    processed: int = 0
+    shed: int = 0
+    refreshes: int = 0
+    failures: int = 0
+    queries: int = 0
+
+
+class Node:
+    """A table in the pipeline graph. Its *log* is what children replay: a source's append
+    table, a feature table's history."""
+
+    def __init__(self, info: TableInfo, storage: Storage) -> None:
+        self.info = info
+        self.storage = storage
+        self.children: list[FeatureNode] = []
+        self.seq = storage.max_seq(info)
+        self.metrics = TableMetrics()
+        # key -> (Record, updated_at); kept for feature tables and for lookup sources.
+        self.cache: dict[Any, tuple[Record, dt.datetime]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def schema(self):  # noqa: ANN201 - Schema, kept short
+        return self.info.schema
+
+    def load_cache(self) -> None:
+        rows = self.storage.current_rows(self.info).to_pylist()
+        pk = self.schema.primary_key
+        cache = {}
+        for row in rows:
+            updated = row.pop("_ralf_updated_at")
+            cache[row[pk]] = (Record.from_dict(row), updated)
+        self.cache = cache
+
+    def current(self, key: Any) -> Record | None:
+        entry = self.cache.get(key) if self.cache is not None else None
+        return entry[0] if entry is not None else None
+
+
+class SourceNode(Node):
+    def __init__(self, info: TableInfo, storage: Storage, source: Any) -> None:
+        super().__init__(info, storage)
+        self.source = source
+        self.emitted = 0
+        self.exhausted = False
+        self.skip = 0  # records to drop on replay after a reopen (count-based resume)
+        self.failures = 0
+
+
+class FeatureNode(Node):
+    def __init__(self, info: TableInfo, storage: Storage, parent: Node, operator: Any,
+                 lookup: Node | None, budget: int | None) -> None:
+        super().__init__(info, storage)
+        self.parent = parent
+        self.lookup = lookup
+        self.operator = operator
+        self.budget = budget
+        self.shedding: list[tuple[LoadSheddingPolicy, bool]] = []
+        self.priority: PrioritizationPolicy | None = None
+        self.marks = Watermarks()
+        self.pending: PendingIndex | None = None
+        self.failures: dict[Any, int] = {}
+        self.quarantined: set[Any] = set()
+        self.state: bytes | None = None  # last committed operator checkpoint
+        self.cache = {}
+
+    @property
+    def lazy(self) -> bool:
+        return self.info.lazy
+
+    @property
+    def aligned(self) -> bool:
+        """True when this table's keys are its parent's keys, so a key can be refreshed alone."""
+        return self.schema.primary_key == self.parent.schema.primary_key
+
+    @property
+    def keyed(self) -> bool:
+        """Tables refreshed key by key keep an index of stale keys."""
+        return self.lazy or self.budget is not None or self.priority is not None
+
+    def add_shedding(self, policy: LoadSheddingPolicy) -> None:
+        self.shedding.append((policy, wants_current(policy)))
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def snapshot(self) -> bytes | None:
+        """Pickled operator state, or None if it cannot be pickled (replay on reopen)."""
+        op = self.operator
+        try:
+            state = op.__getstate__()
+            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            if self.state is not None or not getattr(self, "_warned", False):
+                log.warning("table %r: operator state cannot be pickled (%s); it will be "
+                            "rebuilt by replaying the append log on reopen", self.name, exc)
+                self._warned = True
+            return None
+
+    def restore(self, state: bytes) -> None:
+        value = pickle.loads(state)
+        op = self.operator
+        if hasattr(type(op), "__setstate__"):
+            op.__setstate__(value)
+        elif isinstance(value, dict):
+            op.__dict__.update(value)
+        self.state = state
+
+    # ---- recovery ---------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Pick up where the database says this table stopped (a no-op for a new table)."""
+        found, state = self.storage.load_operator_state(self.name)
+        if found and state is None:
+            log.warning("table %r: rebuilding from the append log (state was not picklable)",
+                        self.name)
+            self.storage.reset_progress(self.name)
+            self.info.watermark = 0
+        elif found:
+            self.restore(state)
+        else:
+            self.state = self.snapshot()  # the point to roll back to if the first refresh fails
+        overrides = {
+            self.parent.schema.key_from_text(text): seq
+            for text, seq in self.storage.load_watermarks(self.name).items()
+        }
+        self.marks = Watermarks(self.info.watermark, overrides)
+        self.load_cache()
+        if self.keyed:
+            self.rebuild_pending()
+
+    def rebuild_pending(self) -> None:
+        self.pending = PendingIndex()
+        self.pending.add(self.storage.pending_summary(self.read_all()))
+
+    def read_all(self) -> LogRead:
+        key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type
+        marks = self.marks.arrow(key_type) if self.marks.overrides else None
+        return LogRead(self.parent.info, self.marks.floor, self.parent.seq, marks)
+
+    def read_keys(self, keys: list[Any]) -> LogRead:
+        key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type
+        return LogRead(self.parent.info, self.marks.floor, self.parent.seq, None,
+                       keys=self.marks.arrow(key_type, keys))
+
+    def stale_keys(self) -> list[Any]:
+        if self.pending is None:
+            return []
+        return [k for k in self.pending.keys if k not in self.quarantined]
+
+    def has_work(self) -> bool:
+        """Whether an eager refresh would find anything to apply."""
+        if self.pending is not None:
+            return any(k not in self.quarantined for k in self.pending.keys)
+        if self.parent.seq > self.marks.floor:
+            return True
+        return any(k not in self.quarantined and wm < self.parent.seq
+                   for k, wm in self.marks.overrides.items())

@@ -1,0 +1,234 @@
+"""Refresh: replay a feature table's pending parent appends through its operator.
+
+One refresh reads the pending appends of the chosen keys in one query, runs them through
+the operator in arrival order, and commits outputs, watermarks and the operator's
+checkpoint in one transaction. If the operator raises for a key, that key keeps its
+watermark and the operator state is rolled back to the last checkpoint before the other
+keys are replayed again, so no record is ever applied twice to the state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from ralf.engine.ingest import notify_children, utcnow
+from ralf.engine.node import FeatureNode
+from ralf.errors import OperatorError, RalfError
+from ralf.schema import Record
+from ralf.storage.base import Refresh
+
+log = logging.getLogger("ralf")
+
+_MAX_RETRY_PASSES = 5
+
+
+class _Pass:
+    """The outcome of running the pending records through the operator once."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[Any, Record | Mapping] = {}
+        self.origin: dict[Any, Any] = {}
+        self.failed: dict[Any, BaseException] = {}
+        self.processed = 0
+        self.shed = 0
+
+
+def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
+            max_failures: int) -> int:
+    """Refresh the given stale keys (None: every stale key). Returns keys refreshed."""
+    if keys is not None and not keys:
+        return 0
+    read = node.read_all() if keys is None else node.read_keys(keys)
+    high = read.high
+    data = node.storage.read_log(read)
+    pk = node.parent.schema.primary_key
+    records = node.parent.schema.records(data)
+    skip = set(node.quarantined)
+    run = _run(node, records, pk, skip)
+    for _ in range(_MAX_RETRY_PASSES):
+        if not run.failed:
+            break
+        skip |= set(run.failed)
+        _record_failures(node, run.failed, errors, max_failures)
+        if node.state is not None:
+            node.restore(node.state)  # undo what the failed keys did to the state
+            run = _run(node, records, pk, skip)
+        else:
+            break  # state cannot be rolled back: keep the other keys' results as they are
+    rows, bad = _to_arrow(node, run)
+    if bad:
+        skip |= set(bad)
+        _record_failures(node, bad, errors, max_failures)
+        if node.state is not None:
+            node.restore(node.state)
+            run = _run(node, records, pk, skip)
+            rows, _ = _to_arrow(node, run)
+    refreshed_keys = _refreshed(records, pk, keys, skip)
+    _commit(node, rows, run, keys, refreshed_keys, skip, high)
+    return len(refreshed_keys)
+
+
+def _run(node: FeatureNode, records: list[Record], pk: str, skip: set[Any]) -> _Pass:
+    result = _Pass()
+    op = node.operator
+    on_record = op.on_record
+    lookup = node.lookup
+    on = node.info.lookup_on
+    shedding = node.shedding
+    out_pk = node.schema.primary_key
+    outputs = result.outputs
+    for record in records:
+        key = getattr(record, pk)
+        if key in skip or key in result.failed:
+            continue
+        if shedding and not _keep(node, record, key, outputs, shedding):
+            result.shed += 1
+            continue
+        try:
+            if lookup is None:
+                out = on_record(record)
+            else:
+                out = on_record(record, lookup.current(getattr(record, on)))
+        except Exception as exc:  # user code
+            result.failed[key] = exc
+            continue
+        result.processed += 1
+        if out is None:
+            continue
+        if isinstance(out, (Record, Mapping)):
+            out = (out,)
+        try:
+            for row in out:
+                fields = row.__dict__ if isinstance(row, Record) else row
+                out_key = fields[out_pk]
+                outputs[out_key] = row
+                result.origin[out_key] = key
+        except (KeyError, TypeError) as exc:
+            result.failed[key] = OperatorError(
+                f"table {node.name!r}: operator returned {out!r}, not Records with the "
+                f"primary key {out_pk!r} ({type(exc).__name__}: {exc})", table=node.name, key=key)
+    return result
+
+
+def _keep(node: FeatureNode, record: Record, key: Any, outputs: dict, shedding: list) -> bool:
+    for policy, wants_current in shedding:
+        if wants_current:
+            current = outputs.get(key)
+            if current is None:
+                current = node.current(key)
+            elif not isinstance(current, Record):
+                current = Record.from_dict(dict(current))
+            keep = policy.process(record, current)
+        else:
+            keep = policy.process(record)
+        if not keep:
+            return False
+    return True
+
+
+def _to_arrow(node: FeatureNode, run: _Pass) -> tuple[pa.Table, dict[Any, BaseException]]:
+    """Validate the outputs; a bad output is a failure of the input key that produced it."""
+    rows, rejected = node.schema.to_arrow(list(run.outputs.values()), node.name)
+    bad: dict[Any, BaseException] = {}
+    pk = node.schema.primary_key
+    for rejection in rejected:
+        raw = rejection.raw
+        fields = raw.__dict__ if isinstance(raw, Record) else raw
+        out_key = fields.get(pk) if isinstance(fields, Mapping) else None
+        origin = run.origin.get(out_key, out_key)
+        bad[origin] = OperatorError(
+            f"operator output rejected: {rejection.reason}", table=node.name, key=origin)
+    return rows, bad
+
+
+def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
+                     errors: list[RalfError], max_failures: int) -> None:
+    for key, exc in failed.items():
+        count = node.failures.get(key, 0) + 1
+        node.failures[key] = count
+        node.metrics.failures += 1
+        quarantined = count >= max_failures
+        if quarantined:
+            node.quarantined.add(key)
+        detail = exc if isinstance(exc, OperatorError) else f"{type(exc).__name__}: {exc}"
+        error = OperatorError(
+            f"table {node.name!r}, key {key!r}: operator failed ({detail})"
+            + (f"; key quarantined after {count} failures" if quarantined else ""),
+            table=node.name, key=key)
+        error.__cause__ = exc
+        errors.append(error)
+        log.error("%s", error)
+
+
+def _refreshed(records: list[Record], pk: str, keys: list[Any] | None,
+               skip: set[Any]) -> list[Any]:
+    if keys is not None:
+        return [k for k in keys if k not in skip]
+    seen = dict.fromkeys(getattr(r, pk) for r in records)
+    return [k for k in seen if k not in skip]
+
+
+def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | None,
+            refreshed: list[Any], skip: set[Any], high: int) -> None:
+    marks = node.marks
+    parent_schema = node.parent.schema
+    still_stale = _still_stale(node, keys, refreshed, skip)
+    if still_stale is not None:
+        # Nothing is left behind but held-back keys: move the floor, keep only their marks.
+        new_floor = high
+        overrides = {k: marks.of(k) for k in still_stale if marks.of(k) < high}
+        changed, clear = overrides, True
+    else:
+        new_floor = marks.floor
+        changed = {k: high for k in refreshed}
+        overrides = {**marks.overrides, **changed}
+        clear = False
+    state = node.snapshot() if run.processed else node.state
+    now = utcnow()
+    first_seq = node.seq + 1
+    node.storage.refresh(Refresh(
+        table=node.info,
+        rows=rows,
+        first_seq=first_seq,
+        updated_at=now,
+        watermark=new_floor,
+        set_watermarks={parent_schema.key_to_text(k): v for k, v in changed.items()},
+        clear_watermarks=clear,
+        state=state,
+        write_state=run.processed > 0,
+    ))
+    # Committed: now the in-memory view may move.
+    node.state = state
+    node.info.watermark = new_floor
+    marks.floor = new_floor
+    marks.overrides = overrides
+    node.seq += rows.num_rows
+    pk = node.schema.primary_key
+    for row in rows.to_pylist():
+        node.cache[row[pk]] = (Record.from_dict(row), now)
+    for k in refreshed:
+        node.failures.pop(k, None)
+        if node.pending is not None:
+            node.pending.pop(k)
+    node.metrics.processed += run.processed
+    node.metrics.shed += run.shed
+    node.metrics.refreshes += len(refreshed)
+    if rows.num_rows:
+        notify_children(node, first_seq - 1)
+
+
+def _still_stale(node: FeatureNode, keys: list[Any] | None, refreshed: list[Any],
+                 skip: set[Any]) -> list[Any] | None:
+    """The keys left stale if this refresh drains the table of all others, else None."""
+    if keys is None:
+        return list(skip)
+    held = skip | node.quarantined
+    done = set(refreshed)
+    if len(node.pending) - len(done) > len(held):
+        return None
+    left = [k for k in node.pending.keys if k not in done]
+    return left if all(k in held for k in left) else None

@@ -1,0 +1,105 @@
+"""The tick: ingest a batch per source, then refresh eager tables within their budgets.
+
+Everything that mutates tables runs under one lock (ticks and lazy refreshes alike), so
+a query-triggered refresh and a background tick never interleave. Point queries on eager
+tables read the serving cache without taking it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ralf.engine.ingest import pull
+from ralf.engine.node import FeatureNode, Node, SourceNode
+from ralf.engine.progress import KeyView
+from ralf.engine.refresh import refresh
+from ralf.errors import RalfError
+from ralf.policies.priority import FIFO
+
+
+class Scheduler:
+    def __init__(self, max_failures: int = 3) -> None:
+        self.sources: list[SourceNode] = []
+        self.features: list[FeatureNode] = []  # in creation order, hence topological
+        self.max_failures = max_failures
+        self.lock = threading.RLock()
+        self.ticks = 0
+
+    # ---- one tick -------------------------------------------------------------------------
+    def tick(self) -> tuple[bool, list[RalfError]]:
+        """Run one tick; returns (whether anything happened, errors met on the way)."""
+        errors: list[RalfError] = []
+        worked = False
+        with self.lock:
+            for source in self.sources:
+                if not self._failed(source):
+                    worked |= pull(source, errors)
+            for node in self.features:
+                if not node.lazy:
+                    worked |= self._refresh_eager(node, errors) > 0
+            self.ticks += 1
+        return worked, errors
+
+    def _failed(self, source: SourceNode) -> bool:
+        return source.failures >= self.max_failures
+
+    def _refresh_eager(self, node: FeatureNode, errors: list[RalfError]) -> int:
+        if node.pending is None:
+            return refresh(node, None, errors, self.max_failures) if node.has_work() else 0
+        return refresh(node, self.choose(node), errors, self.max_failures)
+
+    def choose(self, node: FeatureNode) -> list[Any]:
+        """The stale keys to refresh this tick: all of them, or the policy's pick within budget."""
+        stale = node.stale_keys()
+        if node.budget is None or len(stale) <= node.budget:
+            return stale
+        policy = node.priority or FIFO()
+        policy.view = KeyView(node.pending, node.cache)
+        return policy.choose_many(stale, node.budget)
+
+    # ---- lazy refresh -----------------------------------------------------------------------
+    def ensure_fresh(self, node: Node, key: Any = None) -> list[RalfError]:
+        """Bring a lazy table (and its lazy ancestors) up to date for one key, or all keys."""
+        errors: list[RalfError] = []
+        with self.lock:
+            self._ensure_fresh(node, key, errors)
+        return errors
+
+    def _ensure_fresh(self, node: Node, key: Any, errors: list[RalfError]) -> None:
+        if not isinstance(node, FeatureNode):
+            return
+        if node.aligned:
+            self._ensure_fresh(node.parent, key, errors)
+        else:
+            self._ensure_fresh(node.parent, None, errors)
+            key = None
+        if not node.lazy:
+            return
+        if key is None:
+            keys = node.stale_keys()
+        else:
+            keys = [key] if key in node.pending and key not in node.quarantined else []
+        if keys:
+            refresh(node, keys, errors, self.max_failures)
+
+    # ---- whole runs -------------------------------------------------------------------------
+    def drained(self) -> bool:
+        """Every source exhausted (or given up on), every eager table without pending work."""
+        return all(s.exhausted or self._failed(s) for s in self.sources) and not any(
+            node.has_work() for node in self.features if not node.lazy
+        )
+
+    def run(self, timeout: float | None = None, idle_wait: float = 0.005) -> list[RalfError]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        errors: list[RalfError] = []
+        while True:
+            worked, tick_errors = self.tick()
+            errors.extend(tick_errors)
+            if self.drained():
+                return errors
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run() did not drain within {timeout} s")
+            if not worked:
+                time.sleep(idle_wait)  # sources have nothing yet: poll again shortly

@@ -1,0 +1,40 @@
+"""Error classes of ralf's public API."""
+
+from __future__ import annotations
+
+
+class RalfError(Exception):
+    """Base class of every error ralf raises on purpose."""
+
+
+class SchemaError(RalfError):
+    """A record or a table definition does not match a schema."""
+
+    def __init__(self, message: str, *, table: str | None = None, column: str | None = None):
+        super().__init__(message)
+        self.table = table
+        self.column = column
+
+
+class TableNotFound(RalfError):
+    """No table (or alias) of that name exists."""
+
+
+class KeyNotFound(RalfError, KeyError):
+    """The table has no row for that key."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class OperatorError(RalfError):
+    """A user operator or source raised; names the table and the key it was working on."""
+
+    def __init__(self, message: str, *, table: str, key: object = None):
+        super().__init__(message)
+        self.table = table
+        self.key = key
+
+
+class QueryError(RalfError):
+    """A client query was refused (e.g. SQL that would write)."""

@@ -1,0 +1,370 @@
+"""Schema and Record: what a table's rows look like, and their SQL/Arrow types.
+
+Every batch that enters a table goes through :meth:`Schema.to_arrow`, which is the single
+place where user values are checked: bad records are split off with a reason naming the
+column, good ones continue as one Arrow table (never row-by-row SQL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ralf.errors import SchemaError
+
+
+@dataclass(frozen=True)
+class ColumnType:
+    python: Any
+    sql: str
+    arrow: pa.DataType
+
+
+_TYPES = [
+    ColumnType(int, "BIGINT", pa.int64()),
+    ColumnType(float, "DOUBLE", pa.float64()),
+    ColumnType(str, "VARCHAR", pa.string()),
+    ColumnType(bool, "BOOLEAN", pa.bool_()),
+    ColumnType(bytes, "BLOB", pa.binary()),
+    ColumnType(dt.datetime, "TIMESTAMP", pa.timestamp("us")),
+    ColumnType(list[float], "DOUBLE[]", pa.list_(pa.float64())),
+    ColumnType(list[int], "BIGINT[]", pa.list_(pa.int64())),
+    ColumnType(list[str], "VARCHAR[]", pa.list_(pa.string())),
+]
+_BY_PYTHON = {t.python: t for t in _TYPES}
+_BY_SQL = {t.sql: t for t in _TYPES}
+_KEY_TYPES = (int, str, float, bool, bytes, dt.datetime)
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
+
+
+def quote(identifier: str) -> str:
+    """Quote an SQL identifier; every table and column name goes through here."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class Record:
+    """One row: fields are attributes (``record.user``), as in the tutorial.
+
+    Kept deliberately thin (a plain ``__dict__``) because operators create and read
+    millions of them.
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> Record:
+        record = cls.__new__(cls)
+        record.__dict__ = fields
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.__dict__[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.__dict__.get(name, default)
+
+    def keys(self) -> list[str]:
+        return list(self.__dict__)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Record):
+            return self.__dict__ == other.__dict__
+        return NotImplemented
+
+    __hash__ = None  # mutable, like a dict
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
+        return f"Record({inner})"
+
+
+@dataclass
+class Rejection:
+    """A record that could not enter a table, and why."""
+
+    table: str
+    reason: str
+    column: str | None
+    raw: Any
+
+    def raw_json(self) -> str:
+        return json.dumps(_jsonable(self.raw), default=repr)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+class Schema:
+    """A table's columns and primary key.
+
+    ``Schema("user", {"user": int, "rating": float})`` or
+    ``Schema(primary_key="user", columns={...})``.
+    """
+
+    def __init__(self, primary_key: str, columns: Mapping[str, Any]) -> None:
+        if not isinstance(primary_key, str):
+            raise SchemaError(f"primary key must be a column name, got {primary_key!r}")
+        if not isinstance(columns, Mapping) or not columns:
+            raise SchemaError("columns must be a non-empty mapping of name -> type")
+        self.primary_key = primary_key
+        self.columns: dict[str, Any] = {}
+        for name, typ in columns.items():
+            if not isinstance(name, str) or not name:
+                raise SchemaError(f"column names must be non-empty strings, got {name!r}")
+            if name.startswith("_ralf_"):
+                raise SchemaError(f"column {name!r}: the _ralf_ prefix is reserved", column=name)
+            if typ not in _BY_PYTHON:
+                supported = ", ".join(_type_name(t.python) for t in _TYPES)
+                raise SchemaError(
+                    f"column {name!r}: unsupported type {typ!r} (supported: {supported})",
+                    column=name,
+                )
+            self.columns[name] = typ
+        if primary_key not in self.columns:
+            raise SchemaError(
+                f"primary key {primary_key!r} is not one of the columns {list(self.columns)}",
+                column=primary_key,
+            )
+        if self.columns[primary_key] not in _KEY_TYPES:
+            raise SchemaError(f"primary key {primary_key!r} cannot be a list", column=primary_key)
+        self.names = list(self.columns)
+        self._name_set = frozenset(self.names)
+        self.arrow = pa.schema([(n, _BY_PYTHON[t].arrow) for n, t in self.columns.items()])
+
+    # ---- description -------------------------------------------------------------------
+    @property
+    def key_type(self) -> Any:
+        return self.columns[self.primary_key]
+
+    def sql_type(self, column: str) -> str:
+        return _BY_PYTHON[self.columns[column]].sql
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "primary_key": self.primary_key,
+                "columns": {n: _BY_PYTHON[t].sql for n, t in self.columns.items()},
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        data = json.loads(text)
+        columns = {n: _BY_SQL[sql].python for n, sql in data["columns"].items()}
+        return cls(data["primary_key"], columns)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Schema):
+            return NotImplemented
+        return self.primary_key == other.primary_key and self.columns == other.columns
+
+    def __repr__(self) -> str:
+        cols = ", ".join(f"{n!r}: {_type_name(t)}" for n, t in self.columns.items())
+        return f"Schema({self.primary_key!r}, {{{cols}}})"
+
+    # ---- keys ------------------------------------------------------------------------------
+    def parse_key(self, key: Any) -> Any:
+        """Convert a key given by a user or a URL to the primary key's type."""
+        typ = self.key_type
+        if isinstance(key, typ) and not (typ is int and isinstance(key, bool)):
+            return key
+        try:
+            if typ is int:
+                if isinstance(key, float) and not key.is_integer():
+                    raise ValueError("not an integer")
+                return int(key)
+            if typ is float:
+                return float(key)
+            if typ is str:
+                return str(key)
+            if typ is bool:
+                if isinstance(key, str):
+                    if key.lower() in ("true", "1"):
+                        return True
+                    if key.lower() in ("false", "0"):
+                        return False
+                    raise ValueError("not a boolean")
+                return bool(key)
+            if typ is bytes:
+                return key.encode() if isinstance(key, str) else bytes(key)
+            if typ is dt.datetime:
+                return dt.datetime.fromisoformat(str(key))
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"key {key!r} cannot be converted to {_type_name(typ)} "
+                f"(primary key {self.primary_key!r}): {exc}",
+                column=self.primary_key,
+            ) from None
+        raise SchemaError(f"unsupported key type {typ!r}")
+
+    def key_to_text(self, key: Any) -> str:
+        """Canonical text of a key, for bookkeeping tables keyed by text."""
+        if isinstance(key, bytes):
+            return key.hex()
+        if isinstance(key, dt.datetime):
+            return key.isoformat()
+        return json.dumps(key)
+
+    def key_from_text(self, text: str) -> Any:
+        typ = self.key_type
+        if typ is bytes:
+            return bytes.fromhex(text)
+        if typ is dt.datetime:
+            return dt.datetime.fromisoformat(text)
+        return json.loads(text)
+
+    # ---- conversion --------------------------------------------------------------------------
+    def to_arrow(self, batch: Any, table: str) -> tuple[pa.Table, list[Rejection]]:
+        """Validate a batch and convert it to one Arrow table of this schema.
+
+        Returns the accepted rows and the rejected ones; a bad record never takes good
+        records of the same batch down with it.
+        """
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        if isinstance(batch, pa.Table):
+            return self._columnar(batch, table)
+        if _is_dataframe(batch):
+            try:
+                data = pa.Table.from_pandas(batch, preserve_index=False)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                # Mixed-type object columns: the row path finds and names the bad values.
+                return self._rows(batch.to_dict("records"), table)
+            return self._columnar(data, table)
+        if isinstance(batch, (Record, Mapping)):
+            batch = [batch]
+        if not isinstance(batch, Iterable) or isinstance(batch, (str, bytes)):
+            raise SchemaError(
+                f"table {table!r}: expected records, a list of records, a DataFrame or an "
+                f"Arrow table, got {type(batch).__name__}",
+                table=table,
+            )
+        return self._rows(list(batch), table)
+
+    def _columnar(self, data: pa.Table, table: str) -> tuple[pa.Table, list[Rejection]]:
+        names = set(data.column_names)
+        missing = [n for n in self.names if n not in names]
+        extra = [n for n in data.column_names if n not in self._name_set]
+        if missing or extra:
+            column = (missing or extra)[0]
+            what = "missing column" if missing else "unexpected column"
+            reason = f"table {table!r}: {what} {column!r}"
+            rejected = [Rejection(table, reason, column, row) for row in data.to_pylist()]
+            return self.arrow.empty_table(), rejected
+        try:
+            columns = [data.column(n).cast(self.arrow.field(n).type) for n in self.names]
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return self._rows(data.to_pylist(), table)
+        converted = pa.Table.from_arrays(columns, schema=self.arrow)
+        return self._drop_null_keys(converted, table)
+
+    def _drop_null_keys(self, data: pa.Table, table: str) -> tuple[pa.Table, list[Rejection]]:
+        key = data.column(self.primary_key)
+        if key.null_count == 0:
+            return data, []
+        mask = key.is_null()
+        reason = f"table {table!r}: column {self.primary_key!r}: the primary key is null"
+        bad = data.filter(mask).to_pylist()
+        rejected = [Rejection(table, reason, self.primary_key, row) for row in bad]
+        return data.filter(pc.invert(mask)), rejected
+
+    def _rows(self, rows: list[Any], table: str) -> tuple[pa.Table, list[Rejection]]:
+        rejected: list[Rejection] = []
+        good: list[dict[str, Any]] = []
+        names = self._name_set
+        for row in rows:
+            fields = _fields_of(row)
+            if fields is None:
+                reason = f"table {table!r}: expected a Record or dict, got {type(row).__name__}"
+                rejected.append(Rejection(table, reason, None, repr(row)))
+                continue
+            if fields.keys() != names:
+                rejected.append(self._shape_rejection(fields, row, table))
+                continue
+            if fields[self.primary_key] is None:
+                reason = f"table {table!r}: column {self.primary_key!r}: the primary key is null"
+                rejected.append(Rejection(table, reason, self.primary_key, row))
+                continue
+            good.append(fields)
+        while True:
+            arrays, bad_column = self._columns(good)
+            if bad_column is None:
+                return pa.Table.from_arrays(arrays, schema=self.arrow), rejected
+            good = self._split_bad_values(good, bad_column, table, rejected)
+
+    def _columns(self, rows: list[Mapping[str, Any]]) -> tuple[list[pa.Array], str | None]:
+        arrays = []
+        for name in self.names:
+            try:
+                arrays.append(pa.array([f[name] for f in rows], type=self.arrow.field(name).type))
+            except _CONVERSION_ERRORS:
+                return arrays, name
+        return arrays, None
+
+    def _split_bad_values(
+        self, rows: list[Mapping[str, Any]], name: str, table: str, rejected: list[Rejection]
+    ) -> list[Mapping[str, Any]]:
+        typ = self.arrow.field(name).type
+        keep = []
+        for fields in rows:
+            try:
+                pa.array([fields[name]], type=typ)
+                keep.append(fields)
+            except _CONVERSION_ERRORS as exc:
+                reason = (
+                    f"table {table!r}: column {name!r}: cannot convert "
+                    f"{_short(fields[name])} to {_type_name(self.columns[name])} ({exc})"
+                )
+                rejected.append(Rejection(table, reason, name, dict(fields)))
+        return keep
+
+    def _shape_rejection(self, fields: Mapping[str, Any], row: Any, table: str) -> Rejection:
+        missing = [n for n in self.names if n not in fields]
+        if missing:
+            reason = f"table {table!r}: missing column {missing[0]!r}"
+            return Rejection(table, reason, missing[0], row)
+        extra = [n for n in fields if n not in self._name_set]
+        reason = f"table {table!r}: unexpected column {extra[0]!r}"
+        return Rejection(table, reason, str(extra[0]), row)
+
+    def records(self, data: pa.Table) -> list[Record]:
+        """Arrow rows of this schema as Records (user columns only)."""
+        return [Record.from_dict(d) for d in data.select(self.names).to_pylist()]
+
+
+def _fields_of(row: Any) -> Mapping[str, Any] | None:
+    if isinstance(row, Record):
+        return row.__dict__
+    if isinstance(row, Mapping):
+        return row
+    return None
+
+
+def _is_dataframe(value: Any) -> bool:
+    return type(value).__name__ == "DataFrame" and hasattr(value, "to_dict")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", None) if not hasattr(typ, "__args__") else str(typ)

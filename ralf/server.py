@@ -1,0 +1,321 @@
+"""Ralf: owns the storage, the tables and the scheduler; the façade of CONTRACT §2."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import deque
+from typing import Any
+
+import pandas as pd
+
+from ralf.engine.ingest import resume_source
+from ralf.engine.node import FeatureNode, Node, SourceNode
+from ralf.engine.scheduler import Scheduler
+from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError, TableNotFound
+from ralf.operators import instantiate
+from ralf.schema import Record, Schema
+from ralf.sources.csv import CsvSource
+from ralf.storage.base import FEATURE, SOURCE, TableInfo
+from ralf.storage.duckdb import DuckDBStorage
+from ralf.table import Table
+
+log = logging.getLogger("ralf")
+
+
+def _default_name(obj: Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+def _raise_first(errors: list[RalfError]) -> None:
+    if not errors:
+        return
+    first = errors[0]
+    if len(errors) > 1:
+        first.args = (f"{first.args[0]} (and {len(errors) - 1} more errors, see server.errors)",
+                      *first.args[1:])
+    raise first
+
+
+class Ralf:
+    """A ralf instance: ``Ralf()`` in memory, ``Ralf("features.duckdb")`` on a file.
+
+    Reopening a file with the same pipeline definition resumes where it stopped.
+    ``max_failures``: after that many failures an operator key is quarantined and a
+    source is given up on.
+    """
+
+    def __init__(self, path: str | None = None, *, max_failures: int = 3) -> None:
+        self.path = path
+        self.storage = DuckDBStorage(path)
+        self._catalog = self.storage.catalog()
+        self._scheduler = Scheduler(max_failures=max_failures)
+        self._nodes: dict[str, Node] = {}
+        self._aliases: dict[str, Node] = {}
+        self.errors: deque[RalfError] = deque(maxlen=1000)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+
+    # ---- defining the pipeline ------------------------------------------------------------
+    def create_source(self, source: Any, args: tuple = (), kwargs: dict | None = None, *,
+                      schema: Schema | None = None, name: str | None = None) -> Table:
+        """A source table fed by a :class:`SourceOperator` (a class with args, or an instance)."""
+        instance, schema = instantiate(source, args, kwargs or {}, schema,
+                                       f"create_source({_default_name(source)})")
+        name = self._new_name(name, source)
+        info = self._define(TableInfo(name, SOURCE, schema))
+        node = SourceNode(info, self.storage, instance)
+        resume_source(node)
+        with self._scheduler.lock:
+            self._scheduler.sources.append(node)
+            self._nodes[name] = node
+        return Table(self, node)
+
+    def create_csv_source(self, path: str, schema: Schema, *, name: str | None = None) -> Table:
+        """A batch source: the whole CSV file, read by DuckDB's CSV reader, in one append."""
+        return self.create_source(CsvSource, args=(path, schema), schema=schema,
+                                  name=name or _csv_name(path))
+
+    def _add_feature(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
+                     schema: Schema | None, name: str | None, lazy: bool, budget: int | None,
+                     lookup: Node | None = None, on: str | None = None) -> Table:
+        if budget is not None and (not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
+        instance, schema = instantiate(operator, args, kwargs, schema,
+                                       f"map({_default_name(operator)})")
+        name = self._new_name(name, operator)
+        info = self._define(TableInfo(
+            name, FEATURE, schema, parent=parent.name,
+            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy))
+        node = FeatureNode(info, self.storage, parent, instance, lookup, budget)
+        if lookup is not None and lookup.cache is None:
+            lookup.load_cache()
+        with self._scheduler.lock:
+            node.resume()
+            parent.children.append(node)
+            self._scheduler.features.append(node)
+            self._nodes[name] = node
+        return Table(self, node)
+
+    def _define(self, info: TableInfo) -> TableInfo:
+        """Create the table, or check that the stored one has the same definition."""
+        existing = self._catalog.get(info.name)
+        if existing is None:
+            self.storage.create_table(info)
+            self._catalog[info.name] = info
+            return info
+        if existing.kind != info.kind or existing.schema != info.schema or (
+                existing.parent != info.parent):
+            raise SchemaError(
+                f"table {info.name!r} already exists in {self.path!r} with another definition "
+                f"({existing.kind} {existing.schema!r} from {existing.parent!r}); "
+                f"choose another name",
+                table=info.name)
+        info.watermark = existing.watermark
+        if (existing.lazy, existing.lookup, existing.lookup_on) != (
+                info.lazy, info.lookup, info.lookup_on):
+            self.storage.update_definition(info)
+        self._catalog[info.name] = info
+        return info
+
+    def _new_name(self, name: str | None, obj: Any) -> str:
+        if name is None:
+            base = _default_name(obj)
+            name, n = base, 1
+            while name in self._nodes or name in self._aliases:
+                n += 1
+                name = f"{base}_{n}"
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise ValueError(f"a table name must be a non-empty string, got {name!r}")
+        if name in self._nodes or name in self._aliases:
+            raise ValueError(f"a table named {name!r} is already defined")
+        if name.startswith("_ralf") or name.lower() == "ralf":
+            raise ValueError(f"table name {name!r} is reserved")
+        return name
+
+    def _add_alias(self, alias: str, node: Node) -> None:
+        if alias == node.name:
+            return
+        if alias in self._nodes or (alias in self._aliases and self._aliases[alias] is not node):
+            raise ValueError(f"a table named {alias!r} is already defined")
+        if alias in self._catalog:
+            raise ValueError(f"{alias!r} is a stored table; cannot reuse it as an alias")
+        self.storage.create_alias(alias, node.name)
+        self._aliases[alias] = node
+
+    def table(self, name: str) -> Table:
+        return Table(self, self._node(name))
+
+    def tables(self) -> list[dict[str, Any]]:
+        """Names, kinds and row counts of the defined tables (and aliases)."""
+        out = []
+        for name, node in self._nodes.items():
+            out.append({"name": name, "kind": node.info.kind, "lazy": node.info.lazy,
+                        "rows": self.storage.count_rows(node.info)})
+        for alias, node in self._aliases.items():
+            out.append({"name": alias, "kind": "alias", "of": node.name, "lazy": node.info.lazy,
+                        "rows": self.storage.count_rows(node.info)})
+        return out
+
+    def _node(self, name: str) -> Node:
+        node = self._nodes.get(name) or self._aliases.get(name)
+        if node is None:
+            raise TableNotFound(f"no table named {name!r}")
+        return node
+
+    # ---- processing ---------------------------------------------------------------------
+    def step(self) -> bool:
+        """One tick: a batch per source, then eager refreshes within budgets.
+
+        Returns whether anything was ingested or refreshed. Errors met (rejected records,
+        failing operators) are raised after the tick has committed everything else.
+        """
+        self._check_open()
+        worked, errors = self._scheduler.tick()
+        self._note(errors)
+        _raise_first(errors)
+        return worked
+
+    def run(self, timeout: float | None = None) -> None:
+        """Process until every source is exhausted and eager tables are drained.
+
+        Errors do not stop the run; the first is raised at the end (all are in ``errors``).
+        """
+        self._check_open()
+        errors = self._scheduler.run(timeout)
+        self._note(errors)
+        _raise_first(errors)
+
+    def start(self, interval: float = 0.0) -> None:
+        """Process in a background thread, a tick every ``interval`` seconds (0: as fast as
+        there is work) until :meth:`stop`."""
+        self._check_open()
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), name="ralf-ticks",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                worked, errors = self._scheduler.tick()
+                self._note(errors)
+            except Exception:  # keep serving; the error is in the log
+                log.exception("tick failed")
+                worked = False
+            if interval or not worked:
+                self._stop.wait(interval or 0.01)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+
+    def _note(self, errors: list[RalfError]) -> None:
+        for error in errors:
+            self.errors.append(error)
+
+    # ---- queries (the in-process client and the HTTP layer call these) --------------------
+    def point_query(self, table: str, key: Any, *, with_metadata: bool = False) -> Record:
+        node = self._node(table)
+        key = node.schema.parse_key(key)
+        node.metrics.queries += 1
+        if isinstance(node, FeatureNode):
+            self._refresh_for_query(node, key)
+            entry = node.cache.get(key)
+        elif node.cache is not None:
+            entry = node.cache.get(key)
+        else:
+            row = self.storage.point(node.info, key)
+            entry = None if row is None else (
+                Record.from_dict({n: row[n] for n in node.schema.names}), row["_ralf_updated_at"])
+        if entry is None:
+            raise KeyNotFound(f"table {table!r} has no row for key {key!r}")
+        record = Record.from_dict(dict(entry[0].__dict__))
+        if with_metadata:
+            self._add_metadata(node, key, record, entry[1])
+        return record
+
+    def _refresh_for_query(self, node: FeatureNode, key: Any) -> None:
+        if not _has_lazy_path(node):
+            return
+        errors = self._scheduler.ensure_fresh(node, key)
+        self._note(errors)
+        mine = [e for e in errors if isinstance(e, OperatorError) and e.table == node.name]
+        _raise_first(mine)
+
+    def _add_metadata(self, node: Node, key: Any, record: Record, updated_at: Any) -> None:
+        meta = {"_ralf_updated_at": updated_at, "_ralf_pending": 0, "_ralf_quarantined": False}
+        if isinstance(node, FeatureNode):
+            if node.pending is not None:
+                entry = node.pending.keys.get(key)
+                meta["_ralf_pending"] = entry.count if entry else 0
+            elif node.aligned:
+                summary = self.storage.pending_summary(node.read_keys([key]))
+                meta["_ralf_pending"] = int(sum(summary.column("n").to_pylist()))
+            meta["_ralf_quarantined"] = key in node.quarantined
+        meta["_ralf_stale"] = meta["_ralf_pending"] > 0
+        record.__dict__.update(meta)
+
+    def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
+        node = self._node(table)
+        node.metrics.queries += 1
+        if isinstance(node, FeatureNode) and _has_lazy_path(node):
+            errors = self._scheduler.ensure_fresh(node, None)
+            self._note(errors)
+        return self.storage.bulk(node.info, with_metadata=with_metadata)
+
+    def sql(self, query: str) -> pd.DataFrame:
+        """One read-only SQL query over the database (tables are named as in the pipeline)."""
+        return self.storage.sql(query)
+
+    def metrics(self) -> dict[str, Any]:
+        tables = {}
+        for name, node in self._nodes.items():
+            m = vars(node.metrics).copy()
+            if isinstance(node, FeatureNode):
+                m["stale_keys"] = len(node.stale_keys()) if node.pending is not None else None
+                m["quarantined_keys"] = len(node.quarantined)
+            tables[name] = m
+        return {"ticks": self._scheduler.ticks, "tables": tables}
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RalfError("this Ralf instance is closed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.stop()
+        with self._scheduler.lock:
+            self._closed = True
+            self.storage.close()
+
+    def __enter__(self) -> Ralf:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Ralf({self.path!r}, tables={list(self._nodes)})"
+
+
+def _has_lazy_path(node: Node) -> bool:
+    while isinstance(node, FeatureNode):
+        if node.lazy:
+            return True
+        node = node.parent
+    return False
+
+
+def _csv_name(path: str) -> str:
+    stem = re.sub(r"\W+", "_", path.rsplit("/", 1)[-1].rsplit(".", 1)[0]).strip("_")
+    return stem or "csv"

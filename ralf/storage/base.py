@@ -1,0 +1,153 @@
+"""The storage interface the engine speaks; backends (DuckDB, later PostgreSQL) implement it.
+
+The engine hands over whole units of work (:class:`Append`, :class:`Refresh`) and each
+backend applies one unit in one transaction, so atomicity lives here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from ralf.schema import Rejection, Schema
+
+SOURCE = "source"
+FEATURE = "feature"
+
+
+@dataclass
+class TableInfo:
+    """A catalog row: what the storage needs to know about a table."""
+
+    name: str
+    kind: str
+    schema: Schema
+    parent: str | None = None
+    lookup: str | None = None
+    lookup_on: str | None = None
+    lazy: bool = False
+    watermark: int = 0
+
+
+@dataclass
+class Append:
+    """New records of a source: appended with their checkpoint, atomically."""
+
+    table: TableInfo
+    rows: pa.Table  # user columns, validated
+    first_seq: int
+    ingested_at: dt.datetime
+    source_state: bytes | None
+    emitted: int
+    exhausted: bool
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class Refresh:
+    """A feature table's progress: outputs, watermarks and state, atomically."""
+
+    table: TableInfo
+    rows: pa.Table  # user columns, one row per key (last write wins already applied)
+    first_seq: int  # _ralf_seq of the first output row in its log
+    updated_at: dt.datetime
+    watermark: int  # new floor
+    set_watermarks: dict[str, int]  # key text -> seq
+    clear_watermarks: bool  # drop every override first
+    state: bytes | None
+    write_state: bool
+
+
+@dataclass
+class LogRead:
+    """Which parent appends to read: ``floor < seq <= high`` per key, overrides aside.
+
+    ``keys`` restricts the read to some keys; ``watermarks`` holds per-key watermarks
+    (columns ``key`` and ``wm``) that replace the floor for those keys.
+    """
+
+    table: TableInfo
+    floor: int
+    high: int
+    watermarks: pa.Table | None
+    keys: pa.Table | None = None
+
+
+class Storage(ABC):
+    """What the engine needs from a database."""
+
+    # ---- catalog ---------------------------------------------------------------------------
+    @abstractmethod
+    def catalog(self) -> dict[str, TableInfo]: ...
+
+    @abstractmethod
+    def create_table(self, info: TableInfo) -> None:
+        """Create a source's append table, or a feature table and its history log."""
+
+    @abstractmethod
+    def create_alias(self, alias: str, table: str) -> None: ...
+
+    @abstractmethod
+    def drop_alias(self, alias: str) -> None: ...
+
+    # ---- writes (each one transaction) -----------------------------------------------------
+    @abstractmethod
+    def append(self, unit: Append) -> None: ...
+
+    @abstractmethod
+    def refresh(self, unit: Refresh) -> None: ...
+
+    @abstractmethod
+    def reject(self, rejected: list[Rejection]) -> None: ...
+
+    @abstractmethod
+    def reset_progress(self, table: str) -> None:
+        """Forget a feature table's watermarks (its state could not be restored)."""
+
+    # ---- reads for the engine -------------------------------------------------------------
+    @abstractmethod
+    def max_seq(self, table: TableInfo) -> int: ...
+
+    @abstractmethod
+    def read_log(self, read: LogRead) -> pa.Table:
+        """Pending appends: user columns plus ``_ralf_seq``, in seq order."""
+
+    @abstractmethod
+    def pending_summary(self, read: LogRead) -> pa.Table:
+        """Per key of the read: ``key, n, first_seq, last_seq, first_at``."""
+
+    @abstractmethod
+    def current_rows(self, table: TableInfo) -> pa.Table:
+        """A feature table's rows, or a source's latest append per key."""
+
+    @abstractmethod
+    def load_watermarks(self, table: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    def load_operator_state(self, table: str) -> tuple[bool, bytes | None]:
+        """(found, state); state None when found means 'rebuild by replay'."""
+
+    @abstractmethod
+    def load_source_state(self, table: str) -> tuple[bytes | None, int, bool] | None: ...
+
+    # ---- reads for clients -----------------------------------------------------------------
+    @abstractmethod
+    def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def sql(self, query: str) -> pd.DataFrame:
+        """Run one read-only query; anything that could write raises QueryError."""
+
+    @abstractmethod
+    def count_rows(self, table: TableInfo) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

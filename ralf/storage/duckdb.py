@@ -1,0 +1,418 @@
+"""DuckDB backend: append tables, feature tables and the ``ralf`` schema in one DuckDB file.
+
+Writes go through one connection under a lock (DuckDB connections are not thread-safe);
+client reads use one cursor per thread, so they see committed snapshots and never block
+ingestion. New files are written in a storage format the PyPI ``duckdb`` shell can open.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ralf.errors import QueryError, RalfError
+from ralf.schema import Rejection, Schema, quote
+from ralf.storage import migrate
+from ralf.storage.base import (
+    FEATURE,
+    SOURCE,
+    Append,
+    LogRead,
+    Refresh,
+    Storage,
+    TableInfo,
+)
+
+# The duckdb command-line shell on PyPI lags the library; files in this format open in both.
+STORAGE_VERSION = "v1.4.0"
+_READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class DuckDBStorage(Storage):
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path or ":memory:"
+        try:
+            self._con = duckdb.connect(
+                self.path, config={"storage_compatibility_version": STORAGE_VERSION}
+            )
+        except duckdb.Error as exc:
+            raise RalfError(f"cannot open DuckDB database {self.path!r}: {exc}") from exc
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self.migrate()
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            con = self._con
+            con.begin()
+            try:
+                yield con
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+
+    def _reader(self) -> duckdb.DuckDBPyConnection:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._con.cursor()
+            self._local.cursor = cursor
+            with self._lock:
+                self._cursors.append(cursor)
+        return cursor
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this file has not seen yet; returns the versions applied."""
+        with self._lock:
+            exists = self._con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'ralf' AND table_name = 'schema_migrations'"
+            ).fetchone()[0]
+            done = set()
+            if exists:
+                done = {v for (v,) in self._con.execute(
+                    "SELECT version FROM ralf.schema_migrations").fetchall()}
+            applied = []
+            for migration in migrate.available():
+                if migration.version in done:
+                    continue
+                with self._transaction() as con:
+                    for statement in migrate.statements(migration.sql):
+                        con.execute(statement)
+                    con.execute(
+                        "INSERT INTO ralf.schema_migrations VALUES (?, ?, ?)",
+                        [migration.version, migration.name, _utcnow()],
+                    )
+                applied.append(migration.version)
+            return applied
+
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._con.execute("SELECT max(version) FROM ralf.schema_migrations").fetchone()
+            return row[0]
+
+    # ---- catalog ----------------------------------------------------------------------------
+    def catalog(self) -> dict[str, TableInfo]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, watermark "
+                "FROM ralf.tables"
+            ).fetchall()
+        return {
+            name: TableInfo(name, kind, Schema.from_json(sj), parent, lookup, on, bool(lazy), wm)
+            for name, kind, sj, parent, lookup, on, lazy, wm in rows
+        }
+
+    def create_table(self, info: TableInfo) -> None:
+        schema = info.schema
+        user_cols = [f"{quote(n)} {schema.sql_type(n)}" for n in schema.names]
+        with self._transaction() as con:
+            if info.kind == SOURCE:
+                con.execute(
+                    f"CREATE TABLE {quote(info.name)} ({', '.join(user_cols)}, "
+                    "_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL)"
+                )
+            else:
+                keyed = [
+                    c + (" PRIMARY KEY" if n == schema.primary_key else "")
+                    for n, c in zip(schema.names, user_cols, strict=True)
+                ]
+                con.execute(
+                    f"CREATE TABLE {quote(info.name)} ({', '.join(keyed)}, "
+                    "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL)"
+                )
+                con.execute(
+                    f"CREATE TABLE {_log(info)} ({', '.join(user_cols)}, "
+                    "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL)"
+                )
+            con.execute(
+                "INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, lookup, "
+                "lookup_on, lazy, watermark) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                [info.name, info.kind, schema.to_json(), info.parent, _utcnow(),
+                 info.lookup, info.lookup_on, info.lazy],
+            )
+
+    def update_definition(self, info: TableInfo) -> None:
+        with self._transaction() as con:
+            con.execute(
+                "UPDATE ralf.tables SET lazy = ?, lookup = ?, lookup_on = ? WHERE name = ?",
+                [info.lazy, info.lookup, info.lookup_on, info.name],
+            )
+
+    def create_alias(self, alias: str, table: str) -> None:
+        with self._transaction() as con:
+            con.execute(f"CREATE OR REPLACE VIEW {quote(alias)} AS SELECT * FROM {quote(table)}")
+
+    def drop_alias(self, alias: str) -> None:
+        with self._transaction() as con:
+            con.execute(f"DROP VIEW IF EXISTS {quote(alias)}")
+
+    # ---- writes -------------------------------------------------------------------------------
+    def append(self, unit: Append) -> None:
+        info, rows = unit.table, unit.rows
+        n = rows.num_rows
+        data = rows.append_column(
+            "_ralf_seq", pa.array(np.arange(unit.first_seq, unit.first_seq + n, dtype=np.int64))
+        )
+        cols = ", ".join(quote(c) for c in info.schema.names)
+        with self._transaction() as con:
+            if n:
+                con.register("__ralf_rows", data)
+                try:
+                    con.execute(
+                        f"INSERT INTO {quote(info.name)} ({cols}, _ralf_seq, _ralf_ingested_at) "
+                        f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows",
+                        [unit.ingested_at],
+                    )
+                finally:
+                    con.unregister("__ralf_rows")
+            con.execute(
+                "INSERT INTO ralf.source_state VALUES (?, ?, ?, ?, ?) ON CONFLICT (table_name) "
+                "DO UPDATE SET state = excluded.state, emitted = excluded.emitted, "
+                "exhausted = excluded.exhausted, updated_at = excluded.updated_at",
+                [info.name, unit.source_state, unit.emitted, unit.exhausted, unit.ingested_at],
+            )
+            self._insert_rejected(con, unit.rejected)
+
+    def refresh(self, unit: Refresh) -> None:
+        info, rows = unit.table, unit.rows
+        schema = info.schema
+        n = rows.num_rows
+        data = rows.append_column(
+            "_ralf_seq", pa.array(np.arange(unit.first_seq, unit.first_seq + n, dtype=np.int64))
+        )
+        cols = ", ".join(quote(c) for c in schema.names)
+        updates = ", ".join(
+            f"{quote(c)} = excluded.{quote(c)}" for c in [*schema.names, "_ralf_seq",
+                                                         "_ralf_updated_at"]
+            if c != schema.primary_key
+        )
+        with self._transaction() as con:
+            if n:
+                con.register("__ralf_rows", data)
+                try:
+                    con.execute(
+                        f"INSERT INTO {quote(info.name)} ({cols}, _ralf_seq, _ralf_updated_at) "
+                        f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows "
+                        f"ON CONFLICT ({quote(schema.primary_key)}) DO UPDATE SET {updates}",
+                        [unit.updated_at],
+                    )
+                    con.execute(
+                        f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
+                        f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows",
+                        [unit.updated_at],
+                    )
+                finally:
+                    con.unregister("__ralf_rows")
+            self._write_watermarks(con, unit)
+            if unit.write_state:
+                con.execute(
+                    "INSERT INTO ralf.operator_state VALUES (?, ?, ?) ON CONFLICT (table_name) "
+                    "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                    [info.name, unit.state, unit.updated_at],
+                )
+
+    def _write_watermarks(self, con: duckdb.DuckDBPyConnection, unit: Refresh) -> None:
+        name = unit.table.name
+        con.execute("UPDATE ralf.tables SET watermark = ? WHERE name = ?", [unit.watermark, name])
+        if unit.clear_watermarks:
+            con.execute("DELETE FROM ralf.watermarks WHERE table_name = ?", [name])
+        if unit.set_watermarks:
+            marks = pa.table({
+                "key": pa.array(list(unit.set_watermarks), pa.string()),
+                "seq": pa.array(list(unit.set_watermarks.values()), pa.int64()),
+            })
+            con.register("__ralf_marks", marks)
+            try:
+                con.execute(
+                    "INSERT INTO ralf.watermarks SELECT ?, key, seq FROM __ralf_marks "
+                    "ON CONFLICT (table_name, key) DO UPDATE SET seq = excluded.seq", [name])
+            finally:
+                con.unregister("__ralf_marks")
+
+    def reject(self, rejected: list[Rejection]) -> None:
+        if rejected:
+            with self._transaction() as con:
+                self._insert_rejected(con, rejected)
+
+    @staticmethod
+    def _insert_rejected(con: duckdb.DuckDBPyConnection, rejected: list[Rejection]) -> None:
+        if not rejected:
+            return
+        now = _utcnow()
+        con.executemany(
+            "INSERT INTO ralf.rejected (table_name, reason, column_name, record, rejected_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [[r.table, r.reason, r.column, r.raw_json(), now] for r in rejected],
+        )
+
+    def reset_progress(self, table: str) -> None:
+        with self._transaction() as con:
+            con.execute("UPDATE ralf.tables SET watermark = 0 WHERE name = ?", [table])
+            con.execute("DELETE FROM ralf.watermarks WHERE table_name = ?", [table])
+            con.execute("DELETE FROM ralf.operator_state WHERE table_name = ?", [table])
+
+    # ---- engine reads -------------------------------------------------------------------------
+    def max_seq(self, table: TableInfo) -> int:
+        with self._lock:
+            return self._con.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {_log(table)}"
+                                     ).fetchone()[0]
+
+    def _log_query(self, read: LogRead, select: str, tail: str) -> pa.Table:
+        key = f"p.{quote(read.table.schema.primary_key)}"
+        params: list[Any] = []
+        if read.keys is not None:
+            lo = pc.min(read.keys.column("wm")).as_py()
+            joins = f"JOIN __ralf_keys k ON {key} = k.key AND p._ralf_seq > k.wm"
+            where = "p._ralf_seq > ? AND p._ralf_seq <= ?"
+            params = [lo if lo is not None else read.high, read.high]
+        elif read.watermarks is not None and read.watermarks.num_rows:
+            lo = min(read.floor, pc.min(read.watermarks.column("wm")).as_py())
+            joins = f"LEFT JOIN __ralf_wm w ON {key} = w.key"
+            where = "p._ralf_seq > ? AND p._ralf_seq <= ? AND p._ralf_seq > coalesce(w.wm, ?)"
+            params = [lo, read.high, read.floor]
+        else:
+            joins = ""
+            where = "p._ralf_seq > ? AND p._ralf_seq <= ?"
+            params = [read.floor, read.high]
+        sql = f"SELECT {select} FROM {_log(read.table)} p {joins} WHERE {where} {tail}"
+        with self._lock:
+            con = self._con
+            registered = []
+            if read.keys is not None:
+                con.register("__ralf_keys", read.keys)
+                registered.append("__ralf_keys")
+            if read.watermarks is not None:
+                con.register("__ralf_wm", read.watermarks)
+                registered.append("__ralf_wm")
+            try:
+                return con.sql(sql, params=params).to_arrow_table()
+            finally:
+                for name in registered:
+                    con.unregister(name)
+
+    def read_log(self, read: LogRead) -> pa.Table:
+        cols = ", ".join(f"p.{quote(c)}" for c in read.table.schema.names)
+        return self._log_query(read, f"{cols}, p._ralf_seq", "ORDER BY p._ralf_seq")
+
+    def pending_summary(self, read: LogRead) -> pa.Table:
+        key = f"p.{quote(read.table.schema.primary_key)}"
+        time = _time_column(read.table)
+        return self._log_query(
+            read,
+            f"{key} AS key, count(*) AS n, min(p._ralf_seq) AS first_seq, "
+            f"max(p._ralf_seq) AS last_seq, min(p.{time}) AS first_at",
+            f"GROUP BY {key}",
+        )
+
+    def current_rows(self, table: TableInfo) -> pa.Table:
+        cols = ", ".join(quote(c) for c in table.schema.names)
+        key = quote(table.schema.primary_key)
+        if table.kind == FEATURE:
+            sql = f"SELECT {cols}, _ralf_updated_at FROM {quote(table.name)}"
+        else:
+            sql = (f"SELECT {cols}, _ralf_ingested_at AS _ralf_updated_at FROM {quote(table.name)} "
+                   f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _ralf_seq DESC) = 1")
+        with self._lock:
+            return self._con.sql(sql).to_arrow_table()
+
+    def load_watermarks(self, table: str) -> dict[str, int]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT key, seq FROM ralf.watermarks WHERE table_name = ?", [table]).fetchall()
+        return dict(rows)
+
+    def load_operator_state(self, table: str) -> tuple[bool, bytes | None]:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT state FROM ralf.operator_state WHERE table_name = ?", [table]).fetchone()
+        return (False, None) if row is None else (True, row[0])
+
+    def load_source_state(self, table: str) -> tuple[bytes | None, int, bool] | None:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT state, emitted, exhausted FROM ralf.source_state WHERE table_name = ?",
+                [table]).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    # ---- client reads -------------------------------------------------------------------------
+    def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None:
+        cols = ", ".join(quote(c) for c in table.schema.names)
+        time = "_ralf_updated_at" if table.kind == FEATURE else "_ralf_ingested_at"
+        order = "" if table.kind == FEATURE else "ORDER BY _ralf_seq DESC LIMIT 1"
+        cur = self._reader()
+        result = cur.execute(
+            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {quote(table.name)} "
+            f"WHERE {quote(table.schema.primary_key)} = ? {order}", [key])
+        row = result.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in result.description], row, strict=True))
+
+    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pd.DataFrame:
+        cols = ", ".join(quote(c) for c in table.schema.names)
+        if with_metadata:
+            cols += ", _ralf_seq, " + (
+                "_ralf_updated_at" if table.kind == FEATURE else "_ralf_ingested_at")
+        key = quote(table.schema.primary_key)
+        order = f"{key}" if table.kind == FEATURE else f"{key}, _ralf_seq"
+        return self._reader().execute(
+            f"SELECT {cols} FROM {quote(table.name)} ORDER BY {order}").df()
+
+    def sql(self, query: str) -> pd.DataFrame:
+        cur = self._reader()
+        try:
+            statements = cur.extract_statements(query)
+        except duckdb.Error as exc:
+            raise QueryError(f"invalid SQL: {exc}") from None
+        if len(statements) != 1:
+            raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
+        kind = statements[0].type
+        if kind not in _READ_ONLY_STATEMENTS:
+            raise QueryError(f"only read-only SELECT queries are allowed, not {kind.name}")
+        cur.begin()
+        try:
+            return cur.execute(query).df()
+        except duckdb.Error as exc:
+            raise QueryError(str(exc)) from None
+        finally:
+            cur.rollback()
+
+    def count_rows(self, table: TableInfo) -> int:
+        return self._reader().execute(f"SELECT count(*) FROM {quote(table.name)}").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            for cursor in self._cursors:
+                try:
+                    cursor.close()
+                except duckdb.Error:
+                    pass
+            self._cursors.clear()
+            self._con.close()
+
+
+def _log(table: TableInfo) -> str:
+    if table.kind == SOURCE:
+        return quote(table.name)
+    return f"ralf.{quote(table.name + '__history')}"
+
+
+def _time_column(table: TableInfo) -> str:
+    return "_ralf_ingested_at" if table.kind == SOURCE else "_ralf_valid_from"

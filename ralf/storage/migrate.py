@@ -1,0 +1,47 @@
+"""Versioned migrations: ``migrations/NNNN_name.sql`` applied in order, each once.
+
+The files live at the top of the repository and ship inside the wheel as
+``ralf/_migrations``; both places are looked up so editable and regular installs work.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations_dir() -> Path:
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_migrations", package.parent / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("ralf's migrations/ directory is missing from this installation")
+
+
+def available(directory: Path | None = None) -> list[Migration]:
+    directory = directory or migrations_dir()
+    found = []
+    for path in sorted(directory.iterdir()):
+        match = _FILE.match(path.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise ValueError(f"migrations must be numbered 0001, 0002, ... without gaps: {versions}")
+    return found
+
+
+def statements(sql: str) -> list[str]:
+    """Split a migration file on ';' at line ends (our files keep one statement per ';')."""
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]

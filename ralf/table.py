@@ -1,0 +1,100 @@
+"""Table: the handle users build pipelines with (``source.map(...)``, ``.join(...)``, policies)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ralf.engine.node import FeatureNode, Node
+from ralf.errors import SchemaError
+from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
+from ralf.schema import Schema
+from ralf.storage.base import FEATURE
+
+if TYPE_CHECKING:
+    from ralf.server import Ralf
+
+
+def _build(policy: Any, args: tuple, kwargs: dict | None, base: type, what: str) -> Any:
+    instance = policy(*args, **(kwargs or {})) if isinstance(policy, type) else policy
+    if not isinstance(instance, base) and not hasattr(instance, what):
+        raise TypeError(f"{policy!r} is not a {base.__name__} (it has no {what}() method)")
+    return instance
+
+
+class Table:
+    """A source or feature table of a :class:`ralf.Ralf` pipeline."""
+
+    def __init__(self, server: Ralf, node: Node) -> None:
+        self._server = server
+        self._node = node
+
+    @property
+    def name(self) -> str:
+        return self._node.name
+
+    @property
+    def schema(self) -> Schema:
+        return self._node.schema
+
+    @property
+    def kind(self) -> str:
+        return self._node.info.kind
+
+    @property
+    def lazy(self) -> bool:
+        return self._node.info.lazy
+
+    def map(self, operator: Any, args: tuple = (), kwargs: dict | None = None, *,
+            schema: Schema | None = None, name: str | None = None, lazy: bool = False,
+            budget: int | None = None) -> Table:
+        """A feature table whose rows ``operator.on_record(record)`` derives from this one's."""
+        return self._server._add_feature(
+            self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
+            budget=budget)
+
+    def join(self, other: Table, operator: Any, args: tuple = (), kwargs: dict | None = None,
+             *, on: str, schema: Schema | None = None, name: str | None = None,
+             lazy: bool = False, budget: int | None = None) -> Table:
+        """A lookup join: ``on_record(record, other_row)`` with other's current row for
+        ``record.<on>`` (None if absent). New records of this table drive it."""
+        if on not in self.schema.columns:
+            raise SchemaError(f"join on {on!r}: table {self.name!r} has no such column",
+                              table=self.name, column=on)
+        if not isinstance(other, Table):
+            raise TypeError(f"join expects a Table to look up into, got {type(other).__name__}")
+        return self._server._add_feature(
+            self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
+            budget=budget, lookup=other._node, on=on)
+
+    def as_queryable(self, name: str) -> Table:
+        """Make the table queryable under another name too (a view in the database)."""
+        self._server._add_alias(name, self._node)
+        return self
+
+    def add_load_shedding(self, policy: Any, args: tuple = (), kwargs: dict | None = None
+                          ) -> Table:
+        node = self._feature("add_load_shedding")
+        node.add_shedding(_build(policy, args, kwargs, LoadSheddingPolicy, "process"))
+        return self
+
+    def add_prioritization_policy(self, policy: Any, args: tuple = (),
+                                  kwargs: dict | None = None) -> Table:
+        node = self._feature("add_prioritization_policy")
+        instance = _build(policy, args, kwargs, PrioritizationPolicy, "choose")
+        if not isinstance(instance, PrioritizationPolicy):
+            # Duck-typed user policy: give it the default choose_many.
+            instance.choose_many = PrioritizationPolicy.choose_many.__get__(instance)
+        with self._server._scheduler.lock:
+            node.priority = instance
+            if node.pending is None:
+                node.rebuild_pending()
+        return self
+
+    def _feature(self, what: str) -> FeatureNode:
+        if self._node.info.kind != FEATURE:
+            raise TypeError(f"{what}: {self.name!r} is a source table; policies apply to "
+                            "feature tables")
+        return self._node
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r}, kind={self.kind!r}, schema={self.schema!r})"
