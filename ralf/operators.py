@@ -26,6 +26,9 @@ class SourceOperator:
 
     schema: Schema
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Accepts the ``args=`` of ``create_source`` (the schema is bound by the framework)."""
+
     def next(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define next()")
 
@@ -39,6 +42,9 @@ class Operator:
     """
 
     schema: Schema
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Accepts the ``args=`` of ``map`` (the schema is bound by the framework)."""
 
     def on_record(self, record: Record, *other: Record | None) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define on_record()")

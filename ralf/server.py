@@ -243,7 +243,7 @@ class Ralf:
         return record
 
     def _refresh_for_query(self, node: FeatureNode, key: Any) -> None:
-        if not _has_lazy_path(node):
+        if not node.on_lazy_path:
             return
         errors = self._scheduler.ensure_fresh(node, key)
         self._note(errors)
@@ -266,7 +266,7 @@ class Ralf:
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
         node = self._node(table)
         node.metrics.queries += 1
-        if isinstance(node, FeatureNode) and _has_lazy_path(node):
+        if isinstance(node, FeatureNode) and node.on_lazy_path:
             errors = self._scheduler.ensure_fresh(node, None)
             self._note(errors)
         return self.storage.bulk(node.info, with_metadata=with_metadata)
@@ -306,14 +306,6 @@ class Ralf:
 
     def __repr__(self) -> str:
         return f"Ralf({self.path!r}, tables={list(self._nodes)})"
-
-
-def _has_lazy_path(node: Node) -> bool:
-    while isinstance(node, FeatureNode):
-        if node.lazy:
-            return True
-        node = node.parent
-    return False
 
 
 def _csv_name(path: str) -> str:

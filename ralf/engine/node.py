@@ -99,6 +99,16 @@ class FeatureNode(Node):
         return self.schema.primary_key == self.parent.schema.primary_key
 
     @property
+    def on_lazy_path(self) -> bool:
+        """True if this table or one of its ancestors is lazy: queries must refresh first."""
+        node: Node = self
+        while isinstance(node, FeatureNode):
+            if node.lazy:
+                return True
+            node = node.parent
+        return False
+
+    @property
     def keyed(self) -> bool:
         """Tables refreshed key by key keep an index of stale keys."""
         return self.lazy or self.budget is not None or self.priority is not None

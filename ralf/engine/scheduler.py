@@ -68,14 +68,14 @@ class Scheduler:
         return errors
 
     def _ensure_fresh(self, node: Node, key: Any, errors: list[RalfError]) -> None:
-        if not isinstance(node, FeatureNode):
+        if not isinstance(node, FeatureNode) or not node.on_lazy_path:
             return
-        if node.aligned:
-            self._ensure_fresh(node.parent, key, errors)
-        else:
-            self._ensure_fresh(node.parent, None, errors)
+        if not node.aligned:
             key = None
-        if not node.lazy:
+        self._ensure_fresh(node.parent, key, errors)
+        if node.pending is None:  # an eager table below a lazy one: refreshed in full
+            if node.has_work():
+                refresh(node, None, errors, self.max_failures)
             return
         if key is None:
             keys = node.stale_keys()

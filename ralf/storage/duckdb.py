@@ -37,6 +37,13 @@ STORAGE_VERSION = "v1.4.0"
 _READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
 
 
+def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
+    """The first row, with the result consumed (DuckDB refuses new work on a connection
+    that still holds an unfinished result)."""
+    rows = result.fetchall()
+    return rows[0] if rows else None
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -83,7 +90,7 @@ class DuckDBStorage(Storage):
             exists = self._con.execute(
                 "SELECT count(*) FROM information_schema.tables "
                 "WHERE table_schema = 'ralf' AND table_name = 'schema_migrations'"
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             done = set()
             if exists:
                 done = {v for (v,) in self._con.execute(
@@ -104,8 +111,7 @@ class DuckDBStorage(Storage):
 
     def schema_version(self) -> int:
         with self._lock:
-            row = self._con.execute("SELECT max(version) FROM ralf.schema_migrations").fetchone()
-            return row[0]
+            return _first(self._con.execute("SELECT max(version) FROM ralf.schema_migrations"))[0]
 
     # ---- catalog ----------------------------------------------------------------------------
     def catalog(self) -> dict[str, TableInfo]:
@@ -272,7 +278,7 @@ class DuckDBStorage(Storage):
     def max_seq(self, table: TableInfo) -> int:
         with self._lock:
             return self._con.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {_log(table)}"
-                                     ).fetchone()[0]
+                                     ).fetchall()[0][0]
 
     def _log_query(self, read: LogRead, select: str, tail: str) -> pa.Table:
         key = f"p.{quote(read.table.schema.primary_key)}"
@@ -340,15 +346,15 @@ class DuckDBStorage(Storage):
 
     def load_operator_state(self, table: str) -> tuple[bool, bytes | None]:
         with self._lock:
-            row = self._con.execute(
-                "SELECT state FROM ralf.operator_state WHERE table_name = ?", [table]).fetchone()
+            row = _first(self._con.execute(
+                "SELECT state FROM ralf.operator_state WHERE table_name = ?", [table]))
         return (False, None) if row is None else (True, row[0])
 
     def load_source_state(self, table: str) -> tuple[bytes | None, int, bool] | None:
         with self._lock:
-            row = self._con.execute(
+            row = _first(self._con.execute(
                 "SELECT state, emitted, exhausted FROM ralf.source_state WHERE table_name = ?",
-                [table]).fetchone()
+                [table]))
         return None if row is None else (row[0], row[1], row[2])
 
     # ---- client reads -------------------------------------------------------------------------
@@ -360,20 +366,23 @@ class DuckDBStorage(Storage):
         result = cur.execute(
             f"SELECT {cols}, {time} AS _ralf_updated_at FROM {quote(table.name)} "
             f"WHERE {quote(table.schema.primary_key)} = ? {order}", [key])
-        row = result.fetchone()
+        row = _first(result)
         if row is None:
             return None
         return dict(zip([d[0] for d in result.description], row, strict=True))
 
     def bulk(self, table: TableInfo, with_metadata: bool = False) -> pd.DataFrame:
         cols = ", ".join(quote(c) for c in table.schema.names)
-        if with_metadata:
-            cols += ", _ralf_seq, " + (
-                "_ralf_updated_at" if table.kind == FEATURE else "_ralf_ingested_at")
         key = quote(table.schema.primary_key)
-        order = f"{key}" if table.kind == FEATURE else f"{key}, _ralf_seq"
+        if table.kind == FEATURE:
+            meta, latest = "_ralf_seq, _ralf_updated_at", ""
+        else:  # a source's current row per key is its latest append
+            meta = "_ralf_seq, _ralf_ingested_at AS _ralf_updated_at"
+            latest = (f"QUALIFY row_number() OVER (PARTITION BY {key} "
+                      "ORDER BY _ralf_seq DESC) = 1")
+        select = f"{cols}, {meta}" if with_metadata else cols
         return self._reader().execute(
-            f"SELECT {cols} FROM {quote(table.name)} ORDER BY {order}").df()
+            f"SELECT {select} FROM {quote(table.name)} {latest} ORDER BY {key}").df()
 
     def sql(self, query: str) -> pd.DataFrame:
         cur = self._reader()
@@ -395,7 +404,7 @@ class DuckDBStorage(Storage):
             cur.rollback()
 
     def count_rows(self, table: TableInfo) -> int:
-        return self._reader().execute(f"SELECT count(*) FROM {quote(table.name)}").fetchone()[0]
+        return self._reader().execute(f"SELECT count(*) FROM {quote(table.name)}").fetchall()[0][0]
 
     def close(self) -> None:
         with self._lock:
