@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from ralf.clock import Clock, SystemClock
 from ralf.engine.ingest import resume_source
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.scheduler import Scheduler
@@ -44,14 +45,17 @@ class Ralf:
 
     Reopening a file with the same pipeline definition resumes where it stopped.
     ``max_failures``: after that many failures an operator key is quarantined and a
-    source is given up on.
+    source is given up on. ``clock``: where timestamps and waits come from (default: the
+    system clock; ``ralf.testing.ManualClock`` for deterministic tests).
     """
 
-    def __init__(self, path: str | None = None, *, max_failures: int = 3) -> None:
+    def __init__(self, path: str | None = None, *, max_failures: int = 3,
+                 clock: Clock | None = None) -> None:
         self.path = path
         self.storage = DuckDBStorage(path)
         self._catalog = self.storage.catalog()
-        self._scheduler = Scheduler(max_failures=max_failures)
+        self._scheduler = Scheduler(max_failures=max_failures, clock=clock)
+        self.clock = self._scheduler.clock
         self._nodes: dict[str, Node] = {}
         self._aliases: dict[str, Node] = {}
         self.errors: deque[RalfError] = deque(maxlen=1000)
@@ -209,7 +213,13 @@ class Ralf:
                 log.exception("tick failed")
                 worked = False
             if interval or not worked:
-                self._stop.wait(interval or 0.01)
+                self._wait(interval or 0.01)
+
+    def _wait(self, seconds: float) -> None:
+        if isinstance(self.clock, SystemClock):
+            self._stop.wait(seconds)  # wakes up at once on stop()
+        else:
+            self.clock.sleep(seconds)
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -227,6 +237,9 @@ class Ralf:
         key = node.schema.parse_key(key)
         node.metrics.queries += 1
         if isinstance(node, FeatureNode):
+            if node.priority is not None:
+                with self._scheduler.lock:
+                    node.priority.on_query(key, self.clock.now())
             self._refresh_for_query(node, key)
             entry = node.cache.get(key)
         elif node.cache is not None:

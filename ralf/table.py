@@ -81,13 +81,11 @@ class Table:
                                   kwargs: dict | None = None) -> Table:
         node = self._feature("add_prioritization_policy")
         instance = _build(policy, args, kwargs, PrioritizationPolicy, "choose")
-        if not isinstance(instance, PrioritizationPolicy):
-            # Duck-typed user policy: give it the default choose_many.
-            instance.choose_many = PrioritizationPolicy.choose_many.__get__(instance)
+        for hook in ("on_pending", "on_refresh", "on_query", "choose_many"):
+            if not hasattr(instance, hook):  # a duck-typed user policy: give it the defaults
+                setattr(instance, hook, getattr(PrioritizationPolicy, hook).__get__(instance))
         with self._server._scheduler.lock:
-            node.priority = instance
-            if node.pending is None:
-                node.rebuild_pending()
+            node.set_priority(instance)
         return self
 
     def _feature(self, what: str) -> FeatureNode:

@@ -17,10 +17,6 @@ from ralf.storage.base import Append, LogRead
 log = logging.getLogger("ralf")
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 def batch_length(batch: Any) -> int:
     if isinstance(batch, (pa.Table, pa.RecordBatch)):
         return batch.num_rows
@@ -54,7 +50,7 @@ def resume_source(node: SourceNode) -> None:
         node.skip = emitted
 
 
-def pull(node: SourceNode, errors: list[RalfError]) -> bool:
+def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
     """Ingest one batch; returns whether anything was appended."""
     if node.exhausted:
         return False
@@ -76,7 +72,7 @@ def pull(node: SourceNode, errors: list[RalfError]) -> bool:
     if batch is None:
         node.exhausted = True
         if node.skip == 0:
-            _commit(node, node.schema.arrow.empty_table(), [], 0)
+            _commit(node, node.schema.arrow.empty_table(), [], 0, now)
         return False
     try:
         n = batch_length(batch)
@@ -96,14 +92,14 @@ def pull(node: SourceNode, errors: list[RalfError]) -> bool:
     except SchemaError as exc:  # the whole batch is garbage: file it, count it as read
         errors.append(exc)
         _commit(node, node.schema.arrow.empty_table(),
-                [Rejection(node.name, str(exc), None, repr(batch))], n)
+                [Rejection(node.name, str(exc), None, repr(batch))], n, now)
         return False
     take_rejected = getattr(node.source, "take_rejected", None)
     if callable(take_rejected):
         for rejection in take_rejected():
             rejection.table = node.name
             rejected.append(rejection)
-    _commit(node, rows, rejected, n)
+    _commit(node, rows, rejected, n, now)
     if rejected:
         first = rejected[0]
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
@@ -111,10 +107,10 @@ def pull(node: SourceNode, errors: list[RalfError]) -> bool:
     return rows.num_rows > 0
 
 
-def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int) -> None:
+def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
+            now: dt.datetime) -> None:
     checkpoint = getattr(node.source, "checkpoint", None)
     state = pickle.dumps(checkpoint()) if callable(checkpoint) else None
-    now = utcnow()
     first_seq = node.seq + 1
     node.storage.append(Append(
         node.info, rows, first_seq, now, state, node.emitted + emitted, node.exhausted, rejected))
@@ -142,4 +138,4 @@ def notify_children(node: Node, after_seq: int) -> None:
         return
     summary = node.storage.pending_summary(LogRead(node.info, after_seq, node.seq, None))
     for child in keyed:
-        child.pending.add(summary)
+        child.add_pending(summary)

@@ -8,8 +8,16 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from ralf.engine.progress import PendingIndex, Watermarks
-from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy, wants_current
+from ralf.policies.base import (
+    LoadSheddingPolicy,
+    PrioritizationPolicy,
+    selects,
+    wants_current,
+)
+from ralf.policies.priority import FIFO
 from ralf.schema import Record
 from ralf.storage.base import LogRead, Storage, TableInfo
 
@@ -81,7 +89,9 @@ class FeatureNode(Node):
         self.operator = operator
         self.budget = budget
         self.shedding: list[tuple[LoadSheddingPolicy, bool]] = []
+        self.selectors: list[LoadSheddingPolicy] = []
         self.priority: PrioritizationPolicy | None = None
+        self.default_priority = FIFO()
         self.marks = Watermarks()
         self.pending: PendingIndex | None = None
         self.failures: dict[Any, int] = {}
@@ -114,7 +124,23 @@ class FeatureNode(Node):
         return self.lazy or self.budget is not None or self.priority is not None
 
     def add_shedding(self, policy: LoadSheddingPolicy) -> None:
-        self.shedding.append((policy, wants_current(policy)))
+        policy.routing_key = self.parent.schema.primary_key
+        if selects(policy):
+            self.selectors.append(policy)
+        else:
+            self.shedding.append((policy, wants_current(policy)))
+
+    def set_priority(self, policy: PrioritizationPolicy) -> None:
+        self.priority = policy
+        if self.pending is None:
+            self.rebuild_pending()
+        else:
+            policy.on_pending(self.pending.by_newest())
+
+    def add_pending(self, summary: pa.Table) -> None:
+        touched = self.pending.add(summary)
+        if self.priority is not None:
+            self.priority.on_pending(touched)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def snapshot(self) -> bytes | None:
@@ -163,7 +189,7 @@ class FeatureNode(Node):
 
     def rebuild_pending(self) -> None:
         self.pending = PendingIndex()
-        self.pending.add(self.storage.pending_summary(self.read_all()))
+        self.add_pending(self.storage.pending_summary(self.read_all()))
 
     def read_all(self) -> LogRead:
         key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type

@@ -8,6 +8,7 @@ carry an override, so a table refreshed in full each tick keeps no per-key state
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,15 +44,19 @@ class Pending:
 
 
 class PendingIndex:
-    """Stale keys of a table that is refreshed key by key (budgeted or lazy)."""
+    """Stale keys of a table that is refreshed key by key (budgeted or lazy).
+
+    The dict keeps the order in which keys became stale, which is FIFO order for free.
+    """
 
     def __init__(self) -> None:
         self.keys: dict[Any, Pending] = {}
 
-    def add(self, summary: pa.Table) -> None:
-        """Merge a ``pending_summary`` (key, n, first_seq, last_seq, first_at) of new appends."""
+    def add(self, summary: pa.Table) -> list[Any]:
+        """Merge a ``pending_summary`` of new appends; returns the touched keys in the order
+        of their newest append."""
         index = self.keys
-        c = summary.to_pydict()
+        c = summary.sort_by("first_seq").to_pydict()
         for key, n, first_seq, last_seq, first_at in zip(
             c["key"], c["n"], c["first_seq"], c["last_seq"], c["first_at"], strict=True
         ):
@@ -61,9 +66,15 @@ class PendingIndex:
             else:
                 entry.count += n
                 entry.last_seq = max(entry.last_seq, last_seq)
+        order = sorted(range(len(c["key"])), key=c["last_seq"].__getitem__)
+        return [c["key"][i] for i in order]
 
     def pop(self, key: Any) -> Pending | None:
         return self.keys.pop(key, None)
+
+    def by_newest(self) -> list[Any]:
+        """Stale keys in the order of their newest pending append."""
+        return sorted(self.keys, key=lambda k: self.keys[k].last_seq)
 
     def __contains__(self, key: Any) -> bool:
         return key in self.keys
@@ -75,12 +86,33 @@ class PendingIndex:
         return sum(p.count for p in self.keys.values())
 
 
-class KeyView:
-    """What a prioritization policy may know about a table's stale keys."""
+class StaleKeys(Sequence):
+    """The stale keys a prioritization policy chooses from, with what is known of each.
 
-    def __init__(self, pending: PendingIndex, cache: dict[Any, tuple[Any, dt.datetime]]) -> None:
+    Iteration is in FIFO order (oldest pending append first); membership and per-key
+    look-ups are O(1), so built-in policies never need to copy the whole set.
+    """
+
+    def __init__(self, pending: PendingIndex, excluded: set[Any],
+                 cache: dict[Any, tuple[Any, dt.datetime]], now: dt.datetime) -> None:
         self._pending = pending.keys
+        self._excluded = {k for k in excluded if k in pending.keys}
         self._cache = cache
+        self.now = now
+
+    def __len__(self) -> int:
+        return len(self._pending) - len(self._excluded)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._excluded:
+            return iter(self._pending)
+        return (k for k in self._pending if k not in self._excluded)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pending and key not in self._excluded
+
+    def __getitem__(self, index: int) -> Any:
+        return list(self)[index]
 
     def pending_count(self, key: Any) -> int:
         return self._pending[key].count

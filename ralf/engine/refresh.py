@@ -9,13 +9,14 @@ keys are replayed again, so no record is ever applied twice to the state.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from ralf.engine.ingest import notify_children, utcnow
+from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
 from ralf.errors import OperatorError, RalfError
 from ralf.schema import Record
@@ -38,7 +39,7 @@ class _Pass:
 
 
 def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
-            max_failures: int) -> int:
+            max_failures: int, now: dt.datetime) -> int:
     """Refresh the given stale keys (None: every stale key). Returns keys refreshed."""
     if keys is not None and not keys:
         return 0
@@ -47,6 +48,10 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     data = node.storage.read_log(read)
     pk = node.parent.schema.primary_key
     records = node.parent.schema.records(data)
+    read_count = len(records)
+    for policy in node.selectors:
+        records = policy.select(records, pk)
+    selected_out = read_count - len(records)
     skip = set(node.quarantined)
     run = _run(node, records, pk, skip)
     for _ in range(_MAX_RETRY_PASSES):
@@ -67,8 +72,9 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
             node.restore(node.state)
             run = _run(node, records, pk, skip)
             rows, _ = _to_arrow(node, run)
-    refreshed_keys = _refreshed(records, pk, keys, skip)
-    _commit(node, rows, run, keys, refreshed_keys, skip, high)
+    run.shed += selected_out
+    refreshed_keys = _refreshed(data.column(pk).to_pylist(), keys, skip)
+    _commit(node, rows, run, keys, refreshed_keys, skip, high, now)
     return len(refreshed_keys)
 
 
@@ -164,16 +170,14 @@ def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
         log.error("%s", error)
 
 
-def _refreshed(records: list[Record], pk: str, keys: list[Any] | None,
-               skip: set[Any]) -> list[Any]:
+def _refreshed(read_keys: list[Any], keys: list[Any] | None, skip: set[Any]) -> list[Any]:
     if keys is not None:
         return [k for k in keys if k not in skip]
-    seen = dict.fromkeys(getattr(r, pk) for r in records)
-    return [k for k in seen if k not in skip]
+    return [k for k in dict.fromkeys(read_keys) if k not in skip]
 
 
 def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | None,
-            refreshed: list[Any], skip: set[Any], high: int) -> None:
+            refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
     marks = node.marks
     parent_schema = node.parent.schema
     still_stale = _still_stale(node, keys, refreshed, skip)
@@ -188,7 +192,6 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
         overrides = {**marks.overrides, **changed}
         clear = False
     state = node.snapshot() if run.processed else node.state
-    now = utcnow()
     first_seq = node.seq + 1
     node.storage.refresh(Refresh(
         table=node.info,
@@ -217,6 +220,8 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
     node.metrics.processed += run.processed
     node.metrics.shed += run.shed
     node.metrics.refreshes += len(refreshed)
+    if node.priority is not None:
+        node.priority.on_refresh(refreshed, now)
     if rows.num_rows:
         notify_children(node, first_seq - 1)
 

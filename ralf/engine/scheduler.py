@@ -7,23 +7,25 @@ tables read the serving cache without taking it.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from typing import Any
 
+from ralf.clock import Clock, SystemClock
 from ralf.engine.ingest import pull
 from ralf.engine.node import FeatureNode, Node, SourceNode
-from ralf.engine.progress import KeyView
+from ralf.engine.progress import StaleKeys
 from ralf.engine.refresh import refresh
 from ralf.errors import RalfError
-from ralf.policies.priority import FIFO
 
 
 class Scheduler:
-    def __init__(self, max_failures: int = 3) -> None:
+    def __init__(self, max_failures: int = 3, clock: Clock | None = None) -> None:
         self.sources: list[SourceNode] = []
         self.features: list[FeatureNode] = []  # in creation order, hence topological
         self.max_failures = max_failures
+        self.clock = clock or SystemClock()
         self.lock = threading.RLock()
         self.ticks = 0
 
@@ -33,30 +35,34 @@ class Scheduler:
         errors: list[RalfError] = []
         worked = False
         with self.lock:
+            now = self.clock.now()
             for source in self.sources:
                 if not self._failed(source):
-                    worked |= pull(source, errors)
+                    worked |= pull(source, errors, now)
             for node in self.features:
                 if not node.lazy:
-                    worked |= self._refresh_eager(node, errors) > 0
+                    worked |= self._refresh_eager(node, errors, now) > 0
             self.ticks += 1
         return worked, errors
 
     def _failed(self, source: SourceNode) -> bool:
         return source.failures >= self.max_failures
 
-    def _refresh_eager(self, node: FeatureNode, errors: list[RalfError]) -> int:
+    def _refresh_eager(self, node: FeatureNode, errors: list[RalfError], now: dt.datetime
+                       ) -> int:
         if node.pending is None:
-            return refresh(node, None, errors, self.max_failures) if node.has_work() else 0
-        return refresh(node, self.choose(node), errors, self.max_failures)
+            if not node.has_work():
+                return 0
+            return refresh(node, None, errors, self.max_failures, now)
+        return refresh(node, self.choose(node, now), errors, self.max_failures, now)
 
-    def choose(self, node: FeatureNode) -> list[Any]:
+    def choose(self, node: FeatureNode, now: dt.datetime) -> list[Any]:
         """The stale keys to refresh this tick: all of them, or the policy's pick within budget."""
-        stale = node.stale_keys()
+        stale = StaleKeys(node.pending, node.quarantined, node.cache, now)
         if node.budget is None or len(stale) <= node.budget:
-            return stale
-        policy = node.priority or FIFO()
-        policy.view = KeyView(node.pending, node.cache)
+            return list(stale)
+        policy = node.priority or node.default_priority
+        policy.view = stale
         return policy.choose_many(stale, node.budget)
 
     # ---- lazy refresh -----------------------------------------------------------------------
@@ -64,25 +70,26 @@ class Scheduler:
         """Bring a lazy table (and its lazy ancestors) up to date for one key, or all keys."""
         errors: list[RalfError] = []
         with self.lock:
-            self._ensure_fresh(node, key, errors)
+            self._ensure_fresh(node, key, errors, self.clock.now())
         return errors
 
-    def _ensure_fresh(self, node: Node, key: Any, errors: list[RalfError]) -> None:
+    def _ensure_fresh(self, node: Node, key: Any, errors: list[RalfError], now: dt.datetime
+                      ) -> None:
         if not isinstance(node, FeatureNode) or not node.on_lazy_path:
             return
         if not node.aligned:
             key = None
-        self._ensure_fresh(node.parent, key, errors)
+        self._ensure_fresh(node.parent, key, errors, now)
         if node.pending is None:  # an eager table below a lazy one: refreshed in full
             if node.has_work():
-                refresh(node, None, errors, self.max_failures)
+                refresh(node, None, errors, self.max_failures, now)
             return
         if key is None:
             keys = node.stale_keys()
         else:
             keys = [key] if key in node.pending and key not in node.quarantined else []
         if keys:
-            refresh(node, keys, errors, self.max_failures)
+            refresh(node, keys, errors, self.max_failures, now)
 
     # ---- whole runs -------------------------------------------------------------------------
     def drained(self) -> bool:
@@ -102,4 +109,4 @@ class Scheduler:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"run() did not drain within {timeout} s")
             if not worked:
-                time.sleep(idle_wait)  # sources have nothing yet: poll again shortly
+                self.clock.sleep(idle_wait)  # sources have nothing yet: poll again shortly

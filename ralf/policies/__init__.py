@@ -1,6 +1,29 @@
 """Policies: load shedding decides which records to process, prioritization which key next."""
 
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
-from ralf.policies.priority import FIFO
+from ralf.policies.priority import (
+    FIFO,
+    LIFO,
+    LeastRecentlyUpdated,
+    Lottery,
+    MostPending,
+    QueryAware,
+    RoundRobin,
+)
+from ralf.policies.shedding import KeyWeightedSampling, LatestOnly, NewerThanCurrent, SampleRate
 
-__all__ = ["FIFO", "LoadSheddingPolicy", "PrioritizationPolicy"]
+__all__ = [
+    "FIFO",
+    "LIFO",
+    "KeyWeightedSampling",
+    "LatestOnly",
+    "LeastRecentlyUpdated",
+    "LoadSheddingPolicy",
+    "Lottery",
+    "MostPending",
+    "NewerThanCurrent",
+    "PrioritizationPolicy",
+    "QueryAware",
+    "RoundRobin",
+    "SampleRate",
+]

@@ -1,35 +1,54 @@
 """Policy interfaces: load shedding (which records to process) and prioritization (which key).
 
-User policies implement the tutorial's one-call interfaces; the scheduler binds
-``self.view`` (a :class:`ralf.engine.progress.KeyView`) before asking, so policies can
-read per-key pending information without touching storage.
+User policies implement the tutorial's one-call interfaces, ``process(record)`` and
+``choose(keys)``. Built-in policies also use the optional, faster paths: ``select`` for
+a key's pending records as a whole, ``choose_many`` for k keys at once, and the
+``on_*`` hooks to maintain their own priority structures incrementally.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 from ralf.schema import Record
 
 
 class LoadSheddingPolicy:
-    """``process(record)`` or ``process(record, current)`` -> True to process, False to shed."""
+    """``process(record)`` or ``process(record, current)`` -> True to process, False to shed.
+
+    ``self.routing_key`` (the name of the key column of the records) is bound by ralf.
+    """
+
+    routing_key: str = ""
 
     def process(self, record: Record, *current: Record | None) -> bool:
         return True
 
+    def select(self, records: list[Record], key: str) -> list[Record] | None:
+        """Optionally choose among all pending records of a refresh at once (``key`` names
+        the routing-key column). None (the default) means: ask ``process`` per record."""
+        return None
+
 
 class PrioritizationPolicy:
-    """``choose(keys)`` -> the stale key to refresh next."""
+    """``choose(keys)`` -> the stale key to refresh next.
 
-    view: Any = None  # KeyView of the table, bound by the scheduler
+    ``keys`` is a :class:`ralf.engine.progress.StaleKeys`: a sequence of the stale keys in
+    FIFO order that also answers ``pending_count(key)``, ``first_seq(key)``,
+    ``first_at(key)``, ``updated_at(key)``. The same object is bound as ``self.view``.
+    """
 
-    def choose(self, keys: list[Any]) -> Any:
-        return keys[0]
+    view: Any = None
 
-    def choose_many(self, keys: list[Any], k: int) -> list[Any]:
-        """Pick up to k keys. The default asks ``choose`` repeatedly; built-ins do better."""
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return next(iter(keys))
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """Pick up to k keys. The default asks ``choose`` k times (O(k·n), fine for small
+        tables); built-in policies override it with O(n) or better."""
         remaining = list(keys)
         chosen = []
         while remaining and len(chosen) < k:
@@ -42,6 +61,22 @@ class PrioritizationPolicy:
                 ) from None
             chosen.append(key)
         return chosen
+
+    # Hooks for policies that keep their own structures; called under the engine lock.
+    def on_pending(self, keys: list[Any]) -> None:
+        """Keys that got new pending appends, in the order of their newest append."""
+
+    def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        """Keys just refreshed."""
+
+    def on_query(self, key: Any, at: dt.datetime) -> None:
+        """A client asked for this key."""
+
+
+def selects(policy: LoadSheddingPolicy) -> bool:
+    """True if the policy chooses among a refresh's records as a whole."""
+    return getattr(type(policy), "select", LoadSheddingPolicy.select) is not (
+        LoadSheddingPolicy.select)
 
 
 def wants_current(policy: LoadSheddingPolicy) -> bool:

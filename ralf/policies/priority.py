@@ -1,18 +1,221 @@
-"""Built-in prioritization policies."""
+"""Built-in prioritization policies: which stale keys a budgeted table refreshes first.
+
+Each overrides ``choose_many`` so a tick choosing k of n stale keys costs O(k) (FIFO,
+LIFO, RoundRobin, LeastRecentlyUpdated, QueryAware when few keys were queried),
+O(n log k) (MostPending) or one vectorised O(n) pass (Lottery), never O(k·n).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Any
+
+import numpy as np
 
 from ralf.policies.base import PrioritizationPolicy
 
 
+def _first_k(order: Any, keys: Sequence[Any], k: int) -> list[Any]:
+    """The first k entries of ``order`` that are stale keys."""
+    return list(islice((key for key in order if key in keys), k))
+
+
 class FIFO(PrioritizationPolicy):
-    """The key whose oldest pending append is oldest goes first (the default under a budget)."""
+    """Oldest pending append first: bounds the worst staleness. The default under a budget."""
 
-    def choose(self, keys: list[Any]) -> Any:
-        return min(keys, key=self.view.first_seq)
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return next(iter(keys))
 
-    def choose_many(self, keys: list[Any], k: int) -> list[Any]:
-        return heapq.nsmallest(k, keys, key=self.view.first_seq)
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        return list(islice(iter(keys), k))
+
+
+class LIFO(PrioritizationPolicy):
+    """Newest pending append first: the keys that are changing right now."""
+
+    def __init__(self) -> None:
+        self._recent: OrderedDict[Any, None] = OrderedDict()
+
+    def on_pending(self, keys: list[Any]) -> None:
+        for key in keys:
+            self._recent[key] = None
+            self._recent.move_to_end(key)
+
+    def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        for key in keys:
+            self._recent.pop(key, None)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return self.choose_many(keys, 1)[0]
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        chosen = _first_k(reversed(self._recent), keys, k)
+        if len(chosen) < k:  # keys this policy has not heard of (e.g. attached late)
+            have = set(chosen)
+            chosen += _first_k((x for x in keys if x not in have), keys, k - len(chosen))
+        return chosen
+
+
+class MostPending(PrioritizationPolicy):
+    """Most pending appends first: the most work (or the most change) per refresh."""
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return max(keys, key=keys.pending_count)
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        return heapq.nlargest(k, keys, key=keys.pending_count)
+
+
+class LeastRecentlyUpdated(PrioritizationPolicy):
+    """The key whose feature row was written longest ago (never written first)."""
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[Any, None] = OrderedDict()
+
+    def on_pending(self, keys: list[Any]) -> None:
+        for key in keys:
+            if key not in self._order:
+                self._order[key] = None
+                self._order.move_to_end(key, last=False)
+
+    def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        for key in keys:
+            self._order[key] = None
+            self._order.move_to_end(key)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return self.choose_many(keys, 1)[0]
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        chosen = _first_k(self._order, keys, k)
+        if len(chosen) < k:
+            have = set(chosen)
+            chosen += _first_k((x for x in keys if x not in have), keys, k - len(chosen))
+        return chosen
+
+
+class RoundRobin(PrioritizationPolicy):
+    """Every key in turn, in the order keys first appeared: fair, no starvation."""
+
+    def __init__(self) -> None:
+        self._ring: list[Any] = []
+        self._seen: set[Any] = set()
+        self._position = 0
+
+    def on_pending(self, keys: list[Any]) -> None:
+        for key in keys:
+            if key not in self._seen:
+                self._seen.add(key)
+                self._ring.append(key)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return self.choose_many(keys, 1)[0]
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        self.on_pending([x for x in keys if x not in self._seen] if len(self._seen) < len(keys)
+                        else [])
+        ring, n = self._ring, len(self._ring)
+        chosen: list[Any] = []
+        steps = 0
+        while len(chosen) < k and steps < n:
+            key = ring[self._position]
+            self._position = (self._position + 1) % n
+            steps += 1
+            if key in keys:
+                chosen.append(key)
+        return chosen
+
+
+def _weights(source: Any, what: str) -> dict[Any, float]:
+    """A key -> number mapping from a dict, a pandas Series/DataFrame or a CSV path."""
+    import pandas as pd
+
+    if isinstance(source, Mapping):
+        return dict(source)
+    if isinstance(source, str):
+        source = pd.read_csv(source)
+    if isinstance(source, pd.Series):
+        return source.to_dict()
+    if isinstance(source, pd.DataFrame):
+        if source.shape[1] != 2:
+            raise ValueError(f"{what}: a DataFrame needs two columns (key, value), "
+                             f"got {list(source.columns)}")
+        return dict(zip(source.iloc[:, 0].tolist(), source.iloc[:, 1].tolist(), strict=True))
+    raise TypeError(f"{what}: expected a dict, a pandas Series/DataFrame or a CSV path, "
+                    f"got {type(source).__name__}")
+
+
+class Lottery(PrioritizationPolicy):
+    """Lottery scheduling: each draw picks a stale key with probability proportional to its
+    tickets, so every key with tickets keeps a chance (e.g. tickets = user activity).
+
+    ``tickets``: dict, pandas Series, two-column DataFrame or CSV path (key, tickets).
+    Drawing k keys without replacement uses Efraimidis–Spirakis keys (u ** (1/w)), which
+    has exactly the distribution of k successive draws, in one vectorised pass.
+    """
+
+    def __init__(self, tickets: Any = None, default: float = 1.0, seed: int | None = None
+                 ) -> None:
+        self.tickets = _weights(tickets, "Lottery tickets") if tickets is not None else {}
+        if any(t < 0 for t in self.tickets.values()) or default < 0:
+            raise ValueError("Lottery tickets must not be negative")
+        self.default = default
+        self._random = random.Random(seed)
+        self._rng = np.random.default_rng(seed)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        keys = list(keys)
+        weights = [self.tickets.get(key, self.default) for key in keys]
+        if not any(weights):
+            return self._random.choice(keys)
+        return self._random.choices(keys, weights=weights)[0]
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        candidates = list(keys)
+        if k >= len(candidates):
+            return candidates
+        get, default = self.tickets.get, self.default
+        w = np.fromiter((get(key, default) for key in candidates), dtype=np.float64,
+                        count=len(candidates))
+        with np.errstate(divide="ignore"):
+            scores = np.log(self._rng.random(len(candidates))) / w  # -inf for 0 tickets
+        top = np.argpartition(-scores, k - 1)[:k]
+        return [candidates[i] for i in top]
+
+
+class QueryAware(PrioritizationPolicy):
+    """Keys clients query most (exponentially decayed, ``half_life`` seconds) go first;
+    keys nobody asked for follow in FIFO order."""
+
+    def __init__(self, half_life: float = 60.0) -> None:
+        self.half_life = half_life
+        self._score: dict[Any, tuple[float, dt.datetime]] = {}
+
+    def on_query(self, key: Any, at: dt.datetime) -> None:
+        self._score[key] = (self.score(key, at) + 1.0, at)
+
+    def score(self, key: Any, at: dt.datetime) -> float:
+        entry = self._score.get(key)
+        if entry is None:
+            return 0.0
+        value, since = entry
+        age = max((at - since).total_seconds(), 0.0)
+        return value * math.pow(0.5, age / self.half_life)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return self.choose_many(keys, 1)[0]
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        now = getattr(keys, "now", None) or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        queried = [key for key in self._score if key in keys]
+        chosen = heapq.nlargest(k, queried, key=lambda key: self.score(key, now))
+        if len(chosen) < k:
+            have = set(chosen)
+            chosen += list(islice((x for x in keys if x not in have), k - len(chosen)))
+        return chosen
