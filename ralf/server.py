@@ -8,6 +8,7 @@ import threading
 from collections import deque
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ralf.clock import Clock, SystemClock
@@ -289,13 +290,17 @@ class Ralf:
         return self.storage.sql(query)
 
     def metrics(self) -> dict[str, Any]:
+        """Per-table counters and staleness (seconds since each stale key's oldest pending
+        append: p50, p99, max over stale keys)."""
         tables = {}
-        for name, node in self._nodes.items():
-            m = vars(node.metrics).copy()
-            if isinstance(node, FeatureNode):
-                m["stale_keys"] = len(node.stale_keys()) if node.pending is not None else None
-                m["quarantined_keys"] = len(node.quarantined)
-            tables[name] = m
+        with self._scheduler.lock:
+            now = self.clock.now()
+            for name, node in self._nodes.items():
+                m: dict[str, Any] = {"kind": node.info.kind, **vars(node.metrics)}
+                if isinstance(node, FeatureNode):
+                    m.update(_staleness(node, now))
+                    m["quarantined_keys"] = len(node.quarantined)
+                tables[name] = m
         return {"ticks": self._scheduler.ticks, "tables": tables}
 
     # ---- lifecycle --------------------------------------------------------------------------
@@ -319,6 +324,26 @@ class Ralf:
 
     def __repr__(self) -> str:
         return f"Ralf({self.path!r}, tables={list(self._nodes)})"
+
+
+def _staleness(node: FeatureNode, now: Any) -> dict[str, Any]:
+    if node.pending is not None:
+        entries = [p for k, p in node.pending.keys.items() if k not in node.quarantined]
+        counts = [p.count for p in entries]
+        since = [p.first_at for p in entries]
+    else:  # a table refreshed in full keeps no index: ask the database
+        summary = node.storage.pending_summary(node.read_all()).to_pydict()
+        held = [i for i, k in enumerate(summary["key"]) if k not in node.quarantined]
+        counts = [summary["n"][i] for i in held]
+        since = [summary["first_at"][i] for i in held]
+    ages = np.array([(now - t).total_seconds() for t in since], dtype=float)
+    return {
+        "stale_keys": len(counts),
+        "pending_appends": int(sum(counts)),
+        "staleness_p50": float(np.percentile(ages, 50)) if len(ages) else 0.0,
+        "staleness_p99": float(np.percentile(ages, 99)) if len(ages) else 0.0,
+        "staleness_max": float(ages.max()) if len(ages) else 0.0,
+    }
 
 
 def _csv_name(path: str) -> str:

@@ -1,11 +1,14 @@
 """Deterministic helpers for testing pipelines (yours and ours).
 
-``ListSource`` replays a list in fixed-size batches; ``recompute`` is the oracle: it runs
-an operator from scratch over a table's append log, to compare incremental results with.
+``ListSource`` replays a list in fixed-size batches; ``ManualClock`` is a clock that only
+moves when told; ``recompute`` is the oracle (an operator run from scratch over a source's
+append table); ``replay_staleness`` replays a stream under a budget and reports each
+key's staleness after every tick.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,6 +39,77 @@ class ListSource(SourceOperator):
 
     def restore(self, state: int) -> None:
         self.position = state
+
+
+class ManualClock:
+    """A clock for deterministic tests: ``sleep`` and ``advance`` move it, nothing else."""
+
+    def __init__(self, start: dt.datetime = dt.datetime(2024, 1, 1)) -> None:
+        self.current = start
+
+    def now(self) -> dt.datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> None:
+        self.current += dt.timedelta(seconds=seconds)
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+
+def replay_staleness(
+    schema: Schema,
+    rows: list[Any],
+    operator: Any,
+    args: tuple = (),
+    *,
+    budget: int | None,
+    policy: Any = None,
+    shedding: Any = None,
+    batch_size: int = 100,
+    tick_seconds: float = 1.0,
+    max_ticks: int = 100_000,
+) -> pd.DataFrame:
+    """Replay ``rows`` through ``operator`` with ``budget`` refreshes per tick (and the
+    given prioritization / load-shedding policy), one batch and one clock second per tick.
+
+    Returns one row per (tick, key seen so far): ``pending`` appends and ``staleness``
+    in seconds since the key's oldest pending append (0 when fresh).
+    """
+    from ralf.server import Ralf
+
+    clock = ManualClock()
+    frames = []
+    with Ralf(clock=clock) as server:
+        source = server.create_source(ListSource, args=(schema, rows, batch_size),
+                                      name="stream")
+        table = source.map(operator, args=args, name="features", budget=budget)
+        if policy is not None:
+            table.add_prioritization_policy(policy)
+        if shedding is not None:
+            table.add_load_shedding(shedding)
+        node = server._node("features")
+        if node.pending is None:
+            node.rebuild_pending()
+        seen: dict[Any, None] = {}
+        for tick in range(1, max_ticks + 1):
+            server.step()
+            seen.update(dict.fromkeys(node.pending.keys))
+            seen.update(dict.fromkeys(node.cache))
+            now = clock.now()
+            pending = node.pending.keys
+            keys = list(seen)
+            frames.append(pd.DataFrame({
+                "tick": tick,
+                "key": keys,
+                "pending": [pending[k].count if k in pending else 0 for k in keys],
+                "staleness": [(now - pending[k].first_at).total_seconds() if k in pending
+                              else 0.0 for k in keys],
+            }))
+            if server._scheduler.drained():
+                break
+            clock.advance(tick_seconds)
+    return pd.concat(frames, ignore_index=True)
 
 
 def recompute(server: Any, source: str, operator: Any, key: str) -> pd.DataFrame:

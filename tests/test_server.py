@@ -13,7 +13,7 @@ from ralf import (
     SourceOperator,
     TableNotFound,
 )
-from ralf.testing import ListSource, recompute
+from ralf.testing import ListSource, ManualClock, recompute
 from tests.pipelines import (
     AVERAGE,
     COUNT,
@@ -140,3 +140,27 @@ def test_a_source_that_raises_is_reported_and_given_up_after_max_failures():
 def assert_frames_equal(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     got = got.sort_values(list(got.columns)[0]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, expected[list(got.columns)], check_dtype=False)
+
+
+def test_metrics_count_work_and_measure_staleness_on_the_clock():
+    clock = ManualClock()
+    with Ralf(clock=clock) as server:
+        rows = ratings(300, users=10)
+        source = server.create_source(ListSource, args=(RATINGS, rows, 300), name="ratings")
+        source.map(CountPerKey, args=(COUNT,), name="eager")
+        source.map(CountPerKey, args=(COUNT,), name="lazy", lazy=True)
+        source.map(CountPerKey, args=(COUNT,), name="budgeted", budget=4)
+        server.step()
+        clock.advance(10)
+        client = RalfClient(server)
+        client.point_query("eager", 1)
+        m = server.metrics()
+        assert m["ticks"] == 1
+        assert m["tables"]["ratings"]["ingested"] == 300
+        eager, lazy, budgeted = (m["tables"][t] for t in ("eager", "lazy", "budgeted"))
+        assert eager["processed"] == 300 and eager["stale_keys"] == 0
+        assert eager["queries"] == 1 and eager["staleness_max"] == 0.0
+        assert lazy["stale_keys"] == 10 and lazy["pending_appends"] == 300
+        assert lazy["staleness_p50"] == lazy["staleness_max"] == 10.0
+        assert budgeted["refreshes"] == 4 and budgeted["stale_keys"] == 6
+        assert budgeted["staleness_p99"] == 10.0

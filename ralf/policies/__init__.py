@@ -8,6 +8,7 @@ from ralf.policies.priority import (
     Lottery,
     MostPending,
     QueryAware,
+    Random,
     RoundRobin,
 )
 from ralf.policies.shedding import KeyWeightedSampling, LatestOnly, NewerThanCurrent, SampleRate
@@ -24,6 +25,7 @@ __all__ = [
     "NewerThanCurrent",
     "PrioritizationPolicy",
     "QueryAware",
+    "Random",
     "RoundRobin",
     "SampleRate",
 ]

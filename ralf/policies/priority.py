@@ -132,6 +132,20 @@ class RoundRobin(PrioritizationPolicy):
         return chosen
 
 
+class Random(PrioritizationPolicy):
+    """Uniformly random stale keys: the baseline every other policy should beat."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._random = random.Random(seed)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return self._random.choice(list(keys))
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        candidates = list(keys)
+        return self._random.sample(candidates, min(k, len(candidates)))
+
+
 def _weights(source: Any, what: str) -> dict[Any, float]:
     """A key -> number mapping from a dict, a pandas Series/DataFrame or a CSV path."""
     import pandas as pd

@@ -53,7 +53,8 @@ class DuckDBStorage(Storage):
         self.path = path or ":memory:"
         try:
             self._con = duckdb.connect(
-                self.path, config={"storage_compatibility_version": STORAGE_VERSION}
+                self.path, config={"storage_compatibility_version": STORAGE_VERSION,
+                                   "enable_external_access": False, "lock_configuration": True}
             )
         except duckdb.Error as exc:
             raise RalfError(f"cannot open DuckDB database {self.path!r}: {exc}") from exc

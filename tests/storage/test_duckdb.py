@@ -153,3 +153,11 @@ def test_the_duckdb_shell_opens_our_files(tmp_path):
     assert "average,feature" in out and "ratings,source" in out
     assert "50" in out.split()
     assert Path(path).exists()
+
+
+@pytest.mark.parametrize("query", ["SELECT * FROM read_csv('/etc/passwd')",
+                                   "SELECT * FROM read_text('/etc/hostname')",
+                                   "SELECT * FROM glob('/*')"])
+def test_sql_cannot_read_the_servers_files(storage, query):
+    with pytest.raises(QueryError, match="disabled"):
+        storage.sql(query)

@@ -1,0 +1,187 @@
+"""Prioritization policies: what each picks, lottery statistics, budgets, no starvation."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from ralf import Ralf, RalfClient
+from ralf.engine.progress import Pending, PendingIndex, StaleKeys
+from ralf.policies import (
+    FIFO,
+    LIFO,
+    LeastRecentlyUpdated,
+    Lottery,
+    MostPending,
+    QueryAware,
+    Random,
+    RoundRobin,
+)
+from ralf.testing import ListSource, ManualClock, replay_staleness
+from tests.pipelines import COUNT, RATINGS, CountPerKey, ratings
+
+T0 = dt.datetime(2024, 1, 1)
+
+
+def view(entries: dict, now: dt.datetime = T0, excluded: set | None = None) -> StaleKeys:
+    """entries: key -> (count, first_seq, last_seq), inserted in FIFO order."""
+    index = PendingIndex()
+    for key, (count, first, last) in entries.items():
+        index.keys[key] = Pending(count, first, T0 + dt.timedelta(seconds=first), last)
+    return StaleKeys(index, excluded or set(), {}, now)
+
+
+STALE = {"a": (1, 1, 9), "b": (5, 2, 3), "c": (2, 4, 12), "d": (9, 5, 6)}
+
+
+def test_fifo_takes_the_oldest_pending_first():
+    assert FIFO().choose_many(view(STALE), 2) == ["a", "b"]
+    assert FIFO().choose(view(STALE)) == "a"
+
+
+def test_lifo_takes_the_newest_pending_first():
+    policy = LIFO()
+    policy.on_pending(sorted(STALE, key=lambda k: STALE[k][2]))
+    assert policy.choose_many(view(STALE), 2) == ["c", "a"]
+
+
+def test_most_pending():
+    assert MostPending().choose_many(view(STALE), 2) == ["d", "b"]
+
+
+def test_least_recently_updated_prefers_never_updated_then_oldest_update():
+    policy = LeastRecentlyUpdated()
+    policy.on_pending(list(STALE))
+    policy.on_refresh(["b"], T0)
+    policy.on_refresh(["a"], T0)
+    first_two = policy.choose_many(view(STALE), 2)
+    assert set(first_two) == {"c", "d"}
+    assert policy.choose_many(view(STALE), 4)[2:] == ["b", "a"]
+
+
+def test_round_robin_cycles_through_every_key():
+    policy = RoundRobin()
+    picks = [policy.choose_many(view(STALE), 1)[0] for _ in range(8)]
+    assert picks == ["a", "b", "c", "d"] * 2
+
+
+def test_quarantined_keys_are_never_offered():
+    stale = view(STALE, excluded={"a", "b"})
+    assert list(stale) == ["c", "d"] and len(stale) == 2 and "a" not in stale
+    assert FIFO().choose_many(stale, 4) == ["c", "d"]
+
+
+def test_query_aware_prefers_recently_queried_keys():
+    policy = QueryAware(half_life=10.0)
+    for _ in range(3):
+        policy.on_query("c", T0)
+    policy.on_query("d", T0 + dt.timedelta(seconds=30))
+    assert policy.choose_many(view(STALE, now=T0 + dt.timedelta(seconds=30)), 3) == [
+        "d", "c", "a"]  # 1 recent query beats 3 queries three half-lives ago
+
+
+def test_random_is_reproducible():
+    assert Random(seed=3).choose_many(view(STALE), 2) == Random(seed=3).choose_many(
+        view(STALE), 2)
+
+
+def _chi_square(observed: Counter, expected: dict) -> float:
+    return sum((observed[k] - e) ** 2 / e for k, e in expected.items())
+
+
+def test_lottery_choose_frequencies_match_ticket_shares():
+    tickets = {"a": 1, "b": 2, "c": 3, "d": 4}
+    policy = Lottery(tickets, seed=7)
+    stale = view(STALE)
+    draws = 20_000
+    observed = Counter(policy.choose(stale) for _ in range(draws))
+    expected = {k: draws * t / 10 for k, t in tickets.items()}
+    assert _chi_square(observed, expected) < 16.27  # chi-square, 3 dof, p = 0.001
+
+
+def test_lottery_choose_many_first_winner_matches_ticket_shares():
+    tickets = {"a": 1, "b": 2, "c": 3, "d": 4}
+    policy = Lottery(tickets, seed=11)
+    observed = Counter()
+    draws = 6000
+    for _ in range(draws):
+        # The k-of-n draw gives every key the chance of successive draws without
+        # replacement: the chance to be among 1 winner is the ticket share.
+        observed[policy.choose_many(view(STALE), 1)[0]] += 1
+    expected = {k: draws * t / 10 for k, t in tickets.items()}
+    assert _chi_square(observed, expected) < 16.27
+
+
+def test_lottery_keeps_a_chance_for_every_key_with_tickets():
+    policy = Lottery({"a": 1000}, default=1, seed=5)
+    seen = {policy.choose(view(STALE)) for _ in range(3000)}
+    assert seen == set(STALE)
+
+
+def test_lottery_tickets_from_a_dataframe_and_a_csv(tmp_path):
+    df = pd.DataFrame({"user": [1, 2], "active_minutes": [10.0, 30.0]})
+    assert Lottery(df).tickets == {1: 10.0, 2: 30.0}
+    path = tmp_path / "user_active_time.csv"
+    df.to_csv(path, index=False)
+    assert Lottery(str(path)).tickets == {1: 10.0, 2: 30.0}
+    with pytest.raises(ValueError, match="negative"):
+        Lottery({1: -1})
+
+
+@pytest.mark.parametrize("policy", [FIFO, LIFO, MostPending, LeastRecentlyUpdated, RoundRobin,
+                                    lambda: Lottery({3: 10}, seed=1), QueryAware,
+                                    lambda: Random(seed=2)])
+def test_budget_is_never_exceeded_and_every_key_is_refreshed_in_the_end(policy):
+    rows = ratings(2000, users=60, seed=4)
+    with Ralf() as server:
+        source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
+        table = source.map(CountPerKey, args=(COUNT,), name="counts", budget=7)
+        table.add_prioritization_policy(policy())
+        refreshed = 0
+        while True:
+            server.step()
+            now = server.metrics()["tables"]["counts"]["refreshes"]
+            assert now - refreshed <= 7
+            refreshed = now
+            if server._scheduler.drained():
+                break
+        got = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
+        assert got == pd.DataFrame(rows)["user"].value_counts().to_dict()
+
+
+def test_keys_a_policy_favours_end_up_fresher():
+    rows = ratings(6000, users=40, seed=9)
+    favoured = set(range(1, 11))
+    staleness = replay_staleness(
+        RATINGS, rows, CountPerKey, (COUNT,), budget=4,
+        policy=Lottery({u: 50 for u in favoured}, seed=3), batch_size=100)
+    mean = staleness.groupby("key")["staleness"].mean()
+    fav = mean[mean.index.isin(favoured)].mean()
+    rest = mean[~mean.index.isin(favoured)].mean()
+    assert fav < rest / 2, (fav, rest)
+
+
+def test_round_robin_starves_nobody_on_a_skewed_stream():
+    # 90% of the records are for user 1; user 1 must not hog the budget.
+    rows = [{"user": 1 if i % 10 else 2 + (i // 10) % 20, "movie": 1, "rating": 1.0}
+            for i in range(3000)]
+    staleness = replay_staleness(RATINGS, rows, CountPerKey, (COUNT,), budget=3,
+                                 policy=RoundRobin(), batch_size=50)
+    worst = staleness.groupby("key")["staleness"].max()
+    assert worst.max() <= 10  # 21 keys, 3 per tick: each key within ~7 ticks
+
+
+def test_ticks_driven_by_a_clock_object():
+    clock = ManualClock()
+    with Ralf(clock=clock) as server:
+        source = server.create_source(ListSource, args=(RATINGS, ratings(500), 50),
+                                      name="ratings")
+        source.map(CountPerKey, args=(COUNT,), name="counts")
+        server.start(interval=5.0)
+        server.stop()
+        ticks = server._scheduler.ticks
+        assert ticks > 0
+        assert clock.now() == dt.datetime(2024, 1, 1) + dt.timedelta(seconds=5 * ticks)
