@@ -1,36 +1,159 @@
-"""RalfClient: point, bulk and SQL queries against a ralf server.
+"""RalfClient: point, bulk and SQL queries, in process or over HTTP, with the same answers.
 
-``RalfClient(server)`` queries a :class:`ralf.Ralf` in this process; the HTTP transport
-(``RalfClient()`` / ``RalfClient(url)``) arrives with the serving layer.
+``RalfClient(server)`` calls a :class:`ralf.Ralf` in this process; ``RalfClient()`` and
+``RalfClient("http://host:port")`` talk to ``ralf serve`` / ``Ralf.serve``. Both return
+the same types (``Record``, pandas DataFrame) and raise the same errors.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
+import urllib3
 
-from ralf.schema import Record
+from ralf import errors
+from ralf.http import codec
+from ralf.schema import Record, Schema
 from ralf.server import Ralf
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_ERRORS = {cls.__name__: cls for cls in (errors.KeyNotFound, errors.TableNotFound,
+                                         errors.SchemaError, errors.QueryError)}
 
 
 class RalfClient:
-    def __init__(self, server: Ralf) -> None:
-        if not isinstance(server, Ralf):
-            raise TypeError(
-                f"RalfClient needs a Ralf instance to query in process, got {server!r}")
-        self._server = server
+    def __init__(self, server: Ralf | str | None = None, *, timeout: float = 10.0,
+                 token: str | None = None) -> None:
+        if isinstance(server, Ralf):
+            self._server: Ralf | None = server
+            self._http: _Http | None = None
+        elif server is None or isinstance(server, str):
+            self._server = None
+            self._http = _Http(server or DEFAULT_URL, timeout,
+                               token or os.environ.get("RALF_TOKEN"))
+        else:
+            raise TypeError(f"RalfClient needs a Ralf instance or a URL, got {server!r}")
 
     def point_query(self, table: str, key: Any, *, with_metadata: bool = False) -> Record:
         """The row of ``table`` for ``key``; a lazy table first applies the key's pending
         appends. ``with_metadata`` adds ``_ralf_updated_at``, ``_ralf_pending``,
         ``_ralf_stale`` and ``_ralf_quarantined``."""
-        return self._server.point_query(table, key, with_metadata=with_metadata)
+        if self._server is not None:
+            return self._server.point_query(table, key, with_metadata=with_metadata)
+        return self._http.point(table, key, with_metadata)
 
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
         """Every row of ``table``, one per key (a lazy table is refreshed first)."""
-        return self._server.bulk_query(table, with_metadata=with_metadata)
+        if self._server is not None:
+            return self._server.bulk_query(table, with_metadata=with_metadata)
+        return self._http.bulk(table, with_metadata)
 
     def sql(self, query: str) -> pd.DataFrame:
         """One read-only SQL query; statements that write raise QueryError."""
-        return self._server.sql(query)
+        if self._server is not None:
+            return self._server.sql(query)
+        return self._http.sql(query)
+
+    def tables(self) -> list[dict[str, Any]]:
+        if self._server is not None:
+            return self._server.tables()
+        return self._http.get_json("/tables")
+
+    def metrics(self) -> dict[str, Any]:
+        if self._server is not None:
+            return self._server.metrics()
+        return self._http.get_json("/status")
+
+    def snapshot(self) -> str:
+        """Path of a consistent copy of the server's database file (same machine)."""
+        if self._server is not None:
+            return self._server.snapshot()
+        return json.loads(self._http.request("POST", "/snapshot").data)["path"]
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.pool.clear()
+
+    def __enter__(self) -> RalfClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Http:
+    """The HTTP transport: one keep-alive connection pool, JSON and Arrow payloads."""
+
+    def __init__(self, url: str, timeout: float, token: str | None) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.pool = urllib3.PoolManager(
+            num_pools=4, maxsize=8, headers=headers,
+            timeout=urllib3.Timeout(total=timeout), retries=False)
+        self._schemas: dict[str, Schema] = {}
+
+    def request(self, method: str, path: str, *, accept: str = "application/json",
+                body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+        headers = {"Accept": accept}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self.pool.request(method, self.url + path, body=body, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise errors.RalfError(f"no ralf server answers at {self.url}: {exc}") from None
+        if response.status >= 400:
+            _raise(response)
+        return response
+
+    def get_json(self, path: str) -> Any:
+        return json.loads(self.request("GET", path).data)
+
+    def schema(self, table: str) -> Schema:
+        if table not in self._schemas:
+            for entry in self.get_json("/tables"):
+                spec = entry["schema"]
+                self._schemas[entry["name"]] = Schema.from_json(json.dumps(spec))
+        return self._schemas[table]
+
+    def point(self, table: str, key: Any, with_metadata: bool) -> Record:
+        path = f"/table/{quote(table, safe='')}/{quote(_key_text(key), safe='')}"
+        if with_metadata:
+            path += "?metadata=true"
+        fields = json.loads(self.request("GET", path).data)
+        return codec.decode_record(fields, self.schema(table))
+
+    def bulk(self, table: str, with_metadata: bool) -> pd.DataFrame:
+        path = f"/table/{quote(table, safe='')}" + ("?metadata=true" if with_metadata else "")
+        data = self.request("GET", path, accept=codec.ARROW).data
+        return codec.arrow_table(data).to_pandas()
+
+    def sql(self, query: str) -> pd.DataFrame:
+        body = json.dumps({"query": query}).encode()
+        data = self.request("POST", "/sql", accept=codec.ARROW, body=body).data
+        return codec.arrow_table(data).to_pandas()
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, bytes):
+        return key.decode("utf-8", errors="surrogateescape")
+    if hasattr(key, "isoformat"):
+        return key.isoformat()
+    return str(key)
+
+
+def _raise(response: urllib3.BaseHTTPResponse) -> None:
+    try:
+        payload = json.loads(response.data)
+        kind, message = payload.get("error"), payload.get("message") or str(payload)
+    except (ValueError, AttributeError):
+        kind, message = None, response.data.decode(errors="replace")[:500]
+    if response.status == 422 and kind is None:
+        raise errors.QueryError(f"the server refused the request: {message}")
+    cls = _ERRORS.get(kind)
+    if cls is None:  # anything else: the server's words, as a plain RalfError
+        raise errors.RalfError(message)
+    raise cls(message)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ralf.clock import Clock, SystemClock
 from ralf.engine.ingest import resume_source
@@ -59,9 +62,11 @@ class Ralf:
         self.clock = self._scheduler.clock
         self._nodes: dict[str, Node] = {}
         self._aliases: dict[str, Node] = {}
+        self._stored: dict[str, Node] = {}  # catalog tables this run did not define
         self.errors: deque[RalfError] = deque(maxlen=1000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._http: Any = None
         self._closed = False
 
     # ---- defining the pipeline ------------------------------------------------------------
@@ -163,13 +168,28 @@ class Ralf:
         for alias, node in self._aliases.items():
             out.append({"name": alias, "kind": "alias", "of": node.name, "lazy": node.info.lazy,
                         "rows": self.storage.count_rows(node.info)})
+        for name, info in self._catalog.items():
+            if name not in self._nodes:
+                out.append({"name": name, "kind": info.kind, "lazy": info.lazy, "stored": True,
+                            "rows": self.storage.count_rows(info)})
         return out
 
     def _node(self, name: str) -> Node:
-        node = self._nodes.get(name) or self._aliases.get(name)
-        if node is None:
+        node = self._nodes.get(name) or self._aliases.get(name) or self._stored.get(name)
+        if node is not None:
+            return node
+        info = self._catalog.get(name) if isinstance(name, str) else None
+        if info is None:
             raise TableNotFound(f"no table named {name!r}")
+        # Stored by an earlier run but not defined by this one: answer from the database.
+        node = self._stored[name] = Node(info, self.storage)
         return node
+
+    def snapshot(self, directory: str | None = None) -> str:
+        """A consistent copy of the database file (for ``ralf shell`` while serving)."""
+        target = Path(directory or tempfile.mkdtemp(prefix="ralf-snapshot-")) / "snapshot.duckdb"
+        self.storage.snapshot(str(target))
+        return str(target)
 
     # ---- processing ---------------------------------------------------------------------
     def step(self) -> bool:
@@ -228,6 +248,24 @@ class Ralf:
             self._thread.join()
             self._thread = None
 
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None
+              ) -> str:
+        """Serve the HTTP API (CONTRACT §4) in a background thread; returns its URL.
+
+        Non-blocking: keep calling ``step``/``run``, or ``start()`` background processing.
+        ``port=0`` picks a free port. With ``token`` (or ``RALF_TOKEN`` in the
+        environment) every request needs ``Authorization: Bearer <token>``.
+        """
+        self._check_open()
+        if self._http is not None:
+            raise RalfError(f"already serving on {self._http.url}")
+        from ralf.http.runner import HttpServer  # the serving stack loads only when used
+
+        http = HttpServer(self, host, port, token)
+        url = http.start()
+        self._http = http
+        return url
+
     def _note(self, errors: list[RalfError]) -> None:
         for error in errors:
             self.errors.append(error)
@@ -278,6 +316,9 @@ class Ralf:
         record.__dict__.update(meta)
 
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
+        return self.bulk_arrow(table, with_metadata=with_metadata).to_pandas()
+
+    def bulk_arrow(self, table: str, *, with_metadata: bool = False) -> pa.Table:
         node = self._node(table)
         node.metrics.queries += 1
         if isinstance(node, FeatureNode) and node.on_lazy_path:
@@ -287,6 +328,9 @@ class Ralf:
 
     def sql(self, query: str) -> pd.DataFrame:
         """One read-only SQL query over the database (tables are named as in the pipeline)."""
+        return self.sql_arrow(query).to_pandas()
+
+    def sql_arrow(self, query: str) -> pa.Table:
         return self.storage.sql(query)
 
     def metrics(self) -> dict[str, Any]:
@@ -311,6 +355,9 @@ class Ralf:
     def close(self) -> None:
         if self._closed:
             return
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         self.stop()
         with self._scheduler.lock:
             self._closed = True

@@ -11,7 +11,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 
 from ralf.schema import Rejection, Schema
@@ -140,14 +139,19 @@ class Storage(ABC):
     def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None: ...
 
     @abstractmethod
-    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pd.DataFrame: ...
+    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
+        """One row per key, sorted by key (a source: its latest append per key)."""
 
     @abstractmethod
-    def sql(self, query: str) -> pd.DataFrame:
+    def sql(self, query: str) -> pa.Table:
         """Run one read-only query; anything that could write raises QueryError."""
 
     @abstractmethod
     def count_rows(self, table: TableInfo) -> int: ...
+
+    @abstractmethod
+    def snapshot(self, target: str) -> None:
+        """Write a consistent copy of the database that other programs may open."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -8,6 +8,7 @@ ingestion. New files are written in a storage format the PyPI ``duckdb`` shell c
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -372,7 +372,7 @@ class DuckDBStorage(Storage):
             return None
         return dict(zip([d[0] for d in result.description], row, strict=True))
 
-    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pd.DataFrame:
+    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
         cols = ", ".join(quote(c) for c in table.schema.names)
         key = quote(table.schema.primary_key)
         if table.kind == FEATURE:
@@ -382,10 +382,10 @@ class DuckDBStorage(Storage):
             latest = (f"QUALIFY row_number() OVER (PARTITION BY {key} "
                       "ORDER BY _ralf_seq DESC) = 1")
         select = f"{cols}, {meta}" if with_metadata else cols
-        return self._reader().execute(
-            f"SELECT {select} FROM {quote(table.name)} {latest} ORDER BY {key}").df()
+        return self._reader().sql(
+            f"SELECT {select} FROM {quote(table.name)} {latest} ORDER BY {key}").to_arrow_table()
 
-    def sql(self, query: str) -> pd.DataFrame:
+    def sql(self, query: str) -> pa.Table:
         cur = self._reader()
         try:
             statements = cur.extract_statements(query)
@@ -398,7 +398,7 @@ class DuckDBStorage(Storage):
             raise QueryError(f"only read-only SELECT queries are allowed, not {kind.name}")
         cur.begin()
         try:
-            return cur.execute(query).df()
+            return cur.sql(query).to_arrow_table()
         except duckdb.Error as exc:
             raise QueryError(str(exc)) from None
         finally:
@@ -406,6 +406,15 @@ class DuckDBStorage(Storage):
 
     def count_rows(self, table: TableInfo) -> int:
         return self._reader().execute(f"SELECT count(*) FROM {quote(table.name)}").fetchall()[0][0]
+
+    def snapshot(self, target: str) -> None:
+        """Copy the database file, consistent: writes wait while it is checkpointed and
+        copied."""
+        if self.path == ":memory:":
+            raise RalfError("an in-memory database has no file to snapshot")
+        with self._lock:
+            self._con.execute("CHECKPOINT").fetchall()
+            shutil.copyfile(self.path, target)
 
     def close(self) -> None:
         with self._lock:

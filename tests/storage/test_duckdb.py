@@ -26,6 +26,10 @@ def storage():
     s.close()
 
 
+def query(storage, sql):
+    return storage.sql(sql).to_pandas()
+
+
 def _source(storage):
     info = TableInfo("ratings", SOURCE, RATINGS)
     storage.create_table(info)
@@ -40,7 +44,7 @@ def _append(storage, info, rows, first_seq):
 def test_layout_user_columns_plus_ralf_bookkeeping(storage):
     _source(storage)
     storage.create_table(TableInfo("average", FEATURE, AVERAGE, parent="ratings"))
-    cols = storage.sql("SELECT table_schema, table_name, column_name FROM "
+    cols = query(storage, "SELECT table_schema, table_name, column_name FROM "
                        "information_schema.columns ORDER BY table_schema, table_name, "
                        "ordinal_position")
     main = cols[cols.table_schema == "main"]
@@ -51,7 +55,7 @@ def test_layout_user_columns_plus_ralf_bookkeeping(storage):
     ralf_tables = set(cols[cols.table_schema == "ralf"].table_name)
     assert {"tables", "watermarks", "operator_state", "source_state", "rejected",
             "schema_migrations", "average__history"} <= ralf_tables
-    pk = storage.sql("SELECT constraint_column_names FROM duckdb_constraints() "
+    pk = query(storage, "SELECT constraint_column_names FROM duckdb_constraints() "
                      "WHERE table_name = 'average' AND constraint_type = 'PRIMARY KEY'")
     assert list(pk.iloc[0, 0]) == ["user"]
 
@@ -82,8 +86,8 @@ def test_a_refresh_is_one_transaction(storage):
     bad.set_watermarks = {"1": "not a number"}  # fails inside the transaction
     with pytest.raises(pa.ArrowInvalid):
         storage.refresh(bad)
-    assert storage.sql("SELECT count(*) AS n FROM average")["n"][0] == 0
-    assert storage.sql("SELECT count(*) AS n FROM ralf.average__history")["n"][0] == 0
+    assert query(storage, "SELECT count(*) AS n FROM average")["n"][0] == 0
+    assert query(storage, "SELECT count(*) AS n FROM ralf.average__history")["n"][0] == 0
     assert storage.load_operator_state("average") == (False, None)
     assert storage.catalog()["average"].watermark == 0
     good = Refresh(info, rows, 1, NOW, 10, {"1": 10}, False, b"state", True)
@@ -93,7 +97,7 @@ def test_a_refresh_is_one_transaction(storage):
     assert storage.catalog()["average"].watermark == 10
 
 
-@pytest.mark.parametrize("query", [
+@pytest.mark.parametrize("sql", [
     "INSERT INTO ratings VALUES (1, 1, 1.0, 1, now())",
     "UPDATE ratings SET rating = 0",
     "DELETE FROM ratings",
@@ -109,21 +113,21 @@ def test_a_refresh_is_one_transaction(storage):
     "/* hidden */ DELETE FROM ratings -- SELECT",
     "SELECT 1 -- ; DROP TABLE ratings\n; DELETE FROM ratings",
 ])
-def test_sql_refuses_anything_that_writes(storage, query):
+def test_sql_refuses_anything_that_writes(storage, sql):
     info = _source(storage)
     _append(storage, info, [{"user": 1, "movie": 1, "rating": 4.0}], 1)
     with pytest.raises(QueryError):
-        storage.sql(query)
-    assert storage.sql("SELECT count(*) AS n, sum(rating) AS r FROM ratings").iloc[0].tolist() \
+        query(storage, sql)
+    assert query(storage, "SELECT count(*) AS n, sum(rating) AS r FROM ratings").iloc[0].tolist() \
         == [1, 4.0]
 
 
 def test_sql_answers_selects(storage):
     info = _source(storage)
     _append(storage, info, [{"user": u, "movie": 1, "rating": 4.0} for u in (1, 2)], 1)
-    assert storage.sql("SELECT user FROM ratings ORDER BY user")["user"].tolist() == [1, 2]
+    assert query(storage, "SELECT user FROM ratings ORDER BY user")["user"].tolist() == [1, 2]
     with pytest.raises(QueryError, match="nope"):
-        storage.sql("SELECT * FROM nope")
+        query(storage, "SELECT * FROM nope")
 
 
 def test_identifiers_with_quotes_and_keywords_are_safe(storage):
@@ -155,9 +159,9 @@ def test_the_duckdb_shell_opens_our_files(tmp_path):
     assert Path(path).exists()
 
 
-@pytest.mark.parametrize("query", ["SELECT * FROM read_csv('/etc/passwd')",
+@pytest.mark.parametrize("sql", ["SELECT * FROM read_csv('/etc/passwd')",
                                    "SELECT * FROM read_text('/etc/hostname')",
                                    "SELECT * FROM glob('/*')"])
-def test_sql_cannot_read_the_servers_files(storage, query):
+def test_sql_cannot_read_the_servers_files(storage, sql):
     with pytest.raises(QueryError, match="disabled"):
-        storage.sql(query)
+        query(storage, sql)

@@ -1,0 +1,1 @@
+"""Serving over HTTP: the FastAPI app, its JSON codec, and the uvicorn runner."""

@@ -1,0 +1,167 @@
+"""The HTTP API of CONTRACT §4 on FastAPI; every route calls the same functions of ``Ralf``
+that the in-process client calls.
+
+Point queries are ``async`` and answered from the serving cache on the event loop (no
+thread hop, no SQL); anything that may block on DuckDB or on a lazy refresh runs in the
+thread pool, where each thread has its own DuckDB cursor.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, Field
+
+from ralf.engine.node import FeatureNode
+from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
+from ralf.http import codec
+
+if TYPE_CHECKING:
+    from ralf.server import Ralf
+
+JSON = "application/json"
+MAX_BODY = 64 * 1024
+MAX_RESULT_ROWS = 1_000_000
+_STATUS = {KeyNotFound: 404, TableNotFound: 404, SchemaError: 400, QueryError: 400}
+_COUNTERS = ("ingested", "rejected", "processed", "shed", "refreshes", "failures", "queries")
+_GAUGES = ("stale_keys", "pending_appends", "staleness_p50", "staleness_p99",
+           "staleness_max", "quarantined_keys")
+
+
+class SqlRequest(BaseModel):
+    query: str = Field(examples=["SELECT * FROM average LIMIT 5"])
+
+
+def error(status: int, kind: str, message: str) -> Response:
+    return Response(codec.dumps({"error": kind, "message": message}), status, media_type=JSON)
+
+
+def _error_for(exc: RalfError) -> Response:
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 400)
+    return error(status, type(exc).__name__, str(exc))
+
+
+def _wants_arrow(request: Request) -> bool:
+    return codec.ARROW in request.headers.get("accept", "")
+
+
+class _MetricsCollector:
+    """Prometheus view of ``Ralf.metrics()``, read at scrape time."""
+
+    def __init__(self, server: Ralf) -> None:
+        self.server = server
+
+    def collect(self) -> Any:
+        metrics = self.server.metrics()
+        ticks = CounterMetricFamily("ralf_ticks", "Scheduler ticks run")
+        ticks.add_metric([], metrics["ticks"])
+        yield ticks
+        families = {}
+        for name in _COUNTERS:
+            families[name] = CounterMetricFamily(f"ralf_{name}", f"{name} per table",
+                                                 labels=["table"])
+        for name in _GAUGES:
+            unit = " (seconds)" if name.startswith("staleness") else ""
+            families[name] = GaugeMetricFamily(f"ralf_{name}", f"{name} per table{unit}",
+                                               labels=["table"])
+        for table, values in metrics["tables"].items():
+            for name, family in families.items():
+                if values.get(name) is not None:
+                    family.add_metric([table], values[name])
+        yield from families.values()
+
+
+def create_app(server: Ralf, token: str | None = None) -> FastAPI:
+    """The ASGI app serving ``server``; with a token, every route wants ``Bearer <token>``."""
+    token = token or os.environ.get("RALF_TOKEN") or None
+    app = FastAPI(title="ralf", version="0.1.0",
+                  description="Feature tables kept incrementally up to date in DuckDB.")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_MetricsCollector(server))
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        if token is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error(401, "Unauthorized", "missing or wrong bearer token")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            return error(413, "PayloadTooLarge", f"request bodies are limited to {MAX_BODY} bytes")
+        try:
+            return await call_next(request)
+        except RalfError as exc:
+            return _error_for(exc)
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> Response:
+        return Response(codec.dumps({"status": "ok"}), media_type=JSON)
+
+    @app.get("/tables", summary="Names, kinds, row counts and schemas of the tables")
+    def tables() -> Response:
+        listed = server.tables()
+        for entry in listed:
+            schema = server._node(entry["name"]).schema
+            entry["schema"] = {"primary_key": schema.primary_key,
+                               "columns": {n: schema.sql_type(n) for n in schema.names}}
+        return Response(codec.dumps(listed), media_type=JSON)
+
+    @app.get("/table/{table}/{key:path}", summary="One row by key")
+    async def point(table: str, key: str, metadata: bool = False) -> Response:
+        try:
+            node = server._node(table)
+            if isinstance(node, FeatureNode) and node.on_lazy_path:
+                record = await run_in_threadpool(server.point_query, table, key,
+                                                 with_metadata=metadata)
+            else:
+                record = server.point_query(table, key, with_metadata=metadata)
+        except RalfError as exc:
+            return _error_for(exc)
+        return Response(codec.dumps(record.__dict__), media_type=JSON)
+
+    @app.get("/table/{table}", summary="All rows, one per key (JSON, or Arrow IPC on request)")
+    def bulk(table: str, request: Request, metadata: bool = False) -> Response:
+        try:
+            data = server.bulk_arrow(table, with_metadata=metadata)
+        except RalfError as exc:
+            return _error_for(exc)
+        return _rows(data, request)
+
+    @app.post("/sql", summary="One read-only SQL query")
+    def sql(request: Request, body: SqlRequest) -> Response:
+        try:
+            data = server.sql_arrow(body.query)
+        except RalfError as exc:
+            return _error_for(exc)
+        return _rows(data, request)
+
+    @app.post("/snapshot", summary="Write a consistent read-only copy of the database file")
+    def snapshot() -> Response:
+        return Response(codec.dumps({"path": server.snapshot()}), media_type=JSON)
+
+    @app.get("/status", summary="Per-table metrics as JSON")
+    def status() -> Response:
+        return Response(codec.dumps(server.metrics()), media_type=JSON)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
+
+
+def _rows(data: Any, request: Request) -> Response:
+    if data.num_rows > MAX_RESULT_ROWS:
+        return error(400, "QueryError", f"result has {data.num_rows} rows; the limit is "
+                                        f"{MAX_RESULT_ROWS} (add a LIMIT or filter)")
+    if _wants_arrow(request):
+        return Response(codec.arrow_bytes(data), media_type=codec.ARROW)
+    return Response(codec.dumps(data.to_pylist()), media_type=JSON)

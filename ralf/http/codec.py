@@ -1,0 +1,76 @@
+"""How rows cross HTTP: JSON with types restored from the table's schema on the client.
+
+JSON has no datetimes, bytes or non-finite floats; they travel as ISO strings, base64 and
+the strings "NaN" / "Infinity" / "-Infinity", and the client turns them back using the
+schema, so remote answers equal in-process ones. Bulk results also travel as Arrow IPC.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from typing import Any
+
+import pyarrow as pa
+
+from ralf.schema import Record, Schema
+
+ARROW = "application/vnd.apache.arrow.stream"
+_META_TYPES = {"_ralf_updated_at": dt.datetime, "_ralf_pending": int, "_ralf_stale": bool,
+               "_ralf_quarantined": bool, "_ralf_seq": int}
+
+
+def encode_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, list):
+        return [encode_value(v) for v in value]
+    return value
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(_encode(data), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _encode(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _encode(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_encode(v) for v in data]
+    return encode_value(data)
+
+
+def decode_value(value: Any, typ: Any) -> Any:
+    if value is None:
+        return None
+    if typ is float:
+        return float(value)
+    if typ is dt.datetime:
+        return dt.datetime.fromisoformat(value)
+    if typ is bytes:
+        return base64.b64decode(value)
+    if typ == list[float]:
+        return [float(v) if v is not None else None for v in value]
+    return value
+
+
+def decode_record(fields: dict[str, Any], schema: Schema) -> Record:
+    types = {**_META_TYPES, **schema.columns}
+    return Record.from_dict({k: decode_value(v, types.get(k)) for k, v in fields.items()})
+
+
+def arrow_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def arrow_table(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()

@@ -1,0 +1,39 @@
+"""uvicorn in a background thread, so ``Ralf.serve`` returns and processing goes on."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from ralf.errors import RalfError
+from ralf.http.app import create_app
+
+if TYPE_CHECKING:
+    from ralf.server import Ralf
+
+
+class HttpServer:
+    def __init__(self, server: Ralf, host: str, port: int, token: str | None) -> None:
+        config = uvicorn.Config(create_app(server, token), host=host, port=port,
+                                log_level="warning", access_log=False, lifespan="off")
+        self._uvicorn = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._uvicorn.run, name="ralf-http",
+                                        daemon=True)
+
+    def start(self, timeout: float = 10.0) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._uvicorn.started:  # uvicorn offers a flag, not an event
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RalfError("the HTTP server did not start (is the port in use?)")
+            time.sleep(0.005)
+        host, port = self._uvicorn.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        self._uvicorn.should_exit = True
+        self._thread.join()
