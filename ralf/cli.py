@@ -212,7 +212,8 @@ def parser() -> argparse.ArgumentParser:
                     "Otherwise ask the server at --url for a consistent read-only snapshot "
                     "and open that.")
     p.add_argument("--db", default=None, help="DuckDB file not held by a running server")
-    p.add_argument("shell_args", nargs="*", help="passed to duckdb (e.g. -c 'SELECT 1')")
+    p.add_argument("shell_args", nargs="*",
+                   help="after --, passed to duckdb (e.g. -- -c 'SELECT 1')")
     _add_connection(p)
     p.set_defaults(run=shell)
     return top

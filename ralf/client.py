@@ -90,15 +90,14 @@ class _Http:
 
     def __init__(self, url: str, timeout: float, token: str | None) -> None:
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.pool = urllib3.PoolManager(
-            num_pools=4, maxsize=8, headers=headers,
-            timeout=urllib3.Timeout(total=timeout), retries=False)
+            num_pools=4, maxsize=8, timeout=urllib3.Timeout(total=timeout), retries=False)
         self._schemas: dict[str, Schema] = {}
 
     def request(self, method: str, path: str, *, accept: str = "application/json",
                 body: bytes | None = None) -> urllib3.BaseHTTPResponse:
-        headers = {"Accept": accept}
+        headers = {**self.headers, "Accept": accept}
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
