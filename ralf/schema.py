@@ -43,6 +43,29 @@ _KEY_TYPES = (int, str, float, bool, bytes, dt.datetime)
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 
 
+_SQL_INTEGERS = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                 "UINTEGER", "UBIGINT", "UHUGEINT"}
+_SQL_FLOATS = {"FLOAT", "REAL", "DOUBLE"}
+
+
+def python_type(sql_type: str) -> Any:
+    """The column type ralf uses for a SQL result type (for SQL-defined tables)."""
+    base = sql_type.upper()
+    if base in _SQL_INTEGERS:
+        return int
+    if base in _SQL_FLOATS or base.startswith("DECIMAL"):
+        return float
+    if base.startswith("TIMESTAMP"):
+        return dt.datetime
+    if base in _BY_SQL:
+        return _BY_SQL[base].python
+    if base.endswith("[]"):
+        inner = python_type(base[:-2])
+        if inner in (int, float, str):
+            return list[inner]
+    raise SchemaError(f"SQL type {sql_type} has no ralf column type")
+
+
 def quote(identifier: str) -> str:
     """Quote an SQL identifier; every table and column name goes through here."""
     return '"' + identifier.replace('"', '""') + '"'

@@ -19,8 +19,9 @@ from ralf.engine.ingest import resume_source
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError, TableNotFound
+from ralf.ivm.aggregate import DeltaAggregate
 from ralf.operators import instantiate
-from ralf.schema import Record, Schema
+from ralf.schema import Record, Schema, python_type, quote
 from ralf.sources.csv import CsvSource
 from ralf.storage.base import FEATURE, SOURCE, TableInfo
 from ralf.storage.duckdb import DuckDBStorage
@@ -103,6 +104,31 @@ class Ralf:
         node = FeatureNode(info, self.storage, parent, instance, lookup, budget)
         if lookup is not None and lookup.cache is None:
             lookup.load_cache()
+        with self._scheduler.lock:
+            node.resume()
+            parent.children.append(node)
+            self._scheduler.features.append(node)
+            self._nodes[name] = node
+        return Table(self, node)
+
+    def _add_view(self, parent: Node, plan: Any, *, name: str, lazy: bool,
+                  budget: int | None) -> Table:
+        """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
+        if budget is not None and (not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
+        name = self._new_name(name, plan)
+        source = f"main.{quote(parent.name)}"
+        if isinstance(plan, DeltaAggregate):
+            described = self.storage.describe(plan.query(source))
+            helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
+        else:
+            described = self.storage.describe(plan.query)
+            helpers = []
+        columns = {column: python_type(sql) for column, sql in described}
+        schema = Schema(plan.key, columns)
+        info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
+                                      hidden=helpers))
+        node = FeatureNode(info, self.storage, parent, plan, None, budget)
         with self._scheduler.lock:
             node.resume()
             parent.children.append(node)

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 from ralf.engine.node import FeatureNode, Node
 from ralf.errors import SchemaError
+from ralf.ivm import views
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
 from ralf.schema import Schema
-from ralf.storage.base import FEATURE
+from ralf.storage.base import FEATURE, SOURCE
 
 if TYPE_CHECKING:
     from ralf.server import Ralf
@@ -65,6 +66,36 @@ class Table:
         return self._server._add_feature(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
             budget=budget, lookup=other._node, on=on)
+
+    def aggregate(self, by: str, *, name: str | None = None, lazy: bool = False,
+                  budget: int | None = None, **outputs: tuple[str, str]) -> Table:
+        """A feature table of aggregates per key, maintained by SQL inside the database:
+        ``ratings.aggregate(by="user", average=("rating", "avg"), n=("*", "count"))``.
+
+        Functions: count, sum, avg, min, max, var_pop, var_samp (var), stddev_pop,
+        stddev_samp (stddev)."""
+        self._check_key(by, "aggregate(by=...)")
+        plan = views.from_aggregate(self.name, self.kind == SOURCE, by,
+                                    set(self.schema.columns), outputs)
+        return self._server._add_view(self._node, plan, name=name or f"{self.name}_by_{by}",
+                                      lazy=lazy, budget=budget)
+
+    def sql(self, query: str, *, name: str, lazy: bool = False, budget: int | None = None
+            ) -> Table:
+        """A feature table defined by one SELECT over this table, grouped by its key:
+        ``ratings.sql("SELECT user, avg(rating) AS average FROM ratings GROUP BY user",
+        name="average")``. Decomposable aggregates are maintained by deltas, anything else
+        by recomputing the stale keys' groups."""
+        plan = views.from_sql(query, self.name, self.kind == SOURCE, self.schema.primary_key)
+        return self._server._add_view(self._node, plan, name=name, lazy=lazy, budget=budget)
+
+    def _check_key(self, by: str, what: str) -> None:
+        key = self.schema.primary_key
+        if by != key:
+            raise SchemaError(
+                f"{what}: {self.name!r} is keyed by {key!r}; ralf maintains feature tables "
+                f"key by key, so they are grouped by the parent's key ({by!r} given)",
+                table=self.name, column=by)
 
     def as_queryable(self, name: str) -> Table:
         """Make the table queryable under another name too (a view in the database)."""

@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 
 from ralf.engine.progress import PendingIndex, Watermarks
+from ralf.ivm.aggregate import DeltaAggregate
+from ralf.ivm.views import KeyRecompute
 from ralf.policies.base import (
     LoadSheddingPolicy,
     PrioritizationPolicy,
@@ -104,6 +106,11 @@ class FeatureNode(Node):
         return self.info.lazy
 
     @property
+    def is_view(self) -> bool:
+        """Maintained by SQL inside the database (aggregate / sql tables)."""
+        return isinstance(self.operator, (DeltaAggregate, KeyRecompute))
+
+    @property
     def aligned(self) -> bool:
         """True when this table's keys are its parent's keys, so a key can be refreshed alone."""
         return self.schema.primary_key == self.parent.schema.primary_key
@@ -145,6 +152,8 @@ class FeatureNode(Node):
     # ---- checkpoints ------------------------------------------------------------------------
     def snapshot(self) -> bytes | None:
         """Pickled operator state, or None if it cannot be pickled (replay on reopen)."""
+        if self.is_view:
+            return None  # its state is the table itself
         op = self.operator
         try:
             state = op.__getstate__()
@@ -169,7 +178,9 @@ class FeatureNode(Node):
     def resume(self) -> None:
         """Pick up where the database says this table stopped (a no-op for a new table)."""
         found, state = self.storage.load_operator_state(self.name)
-        if found and state is None:
+        if self.is_view:
+            pass
+        elif found and state is None:
             log.warning("table %r: rebuilding from the append log (state was not picklable)",
                         self.name)
             self.storage.reset_progress(self.name)

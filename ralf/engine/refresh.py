@@ -20,7 +20,7 @@ from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
 from ralf.errors import OperatorError, RalfError
 from ralf.schema import Record
-from ralf.storage.base import Refresh
+from ralf.storage.base import Refresh, ViewRefresh
 
 log = logging.getLogger("ralf")
 
@@ -43,6 +43,8 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     """Refresh the given stale keys (None: every stale key). Returns keys refreshed."""
     if keys is not None and not keys:
         return 0
+    if node.is_view:
+        return _refresh_view(node, keys, errors, now)
     read = node.read_all() if keys is None else node.read_keys(keys)
     high = read.high
     data = node.storage.read_log(read)
@@ -76,6 +78,42 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     refreshed_keys = _refreshed(data.column(pk).to_pylist(), keys, skip)
     _commit(node, rows, run, keys, refreshed_keys, skip, high, now)
     return len(refreshed_keys)
+
+
+def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
+                  now: dt.datetime) -> int:
+    """A SQL-maintained table: the plan runs inside the database, in one transaction."""
+    read = node.read_all() if keys is None else node.read_keys(keys)
+    marks = node.marks
+    full = keys is None or _still_stale(node, keys, keys, set()) is not None
+    if full:  # nothing left behind: the floor moves, only held-back keys keep a mark
+        changed = {k: marks.of(k) for k in node.quarantined if marks.of(k) < read.high}
+    else:
+        changed = {k: read.high for k in keys}
+    unit = ViewRefresh(
+        table=node.info, read=read, plan=node.operator, first_seq=node.seq + 1,
+        updated_at=now, watermark=read.high if full else marks.floor,
+        set_watermarks={node.parent.schema.key_to_text(k): v for k, v in changed.items()},
+        clear_watermarks=full)
+    try:
+        rows, deleted = node.storage.refresh_view(unit)
+    except RalfError as exc:
+        error = OperatorError(f"table {node.name!r}: SQL maintenance failed: {exc}",
+                              table=node.name)
+        errors.append(error)
+        log.error("%s", error)
+        return 0
+    node.info.watermark = marks.floor = unit.watermark
+    marks.overrides = changed if full else {**marks.overrides, **changed}
+    first_seq = node.seq + 1
+    node.seq += rows.num_rows
+    _cache_rows(node, rows, now)
+    for k in deleted:
+        node.cache.pop(k, None)
+    if keys is None:
+        keys = rows.column(node.schema.primary_key).to_pylist() + list(deleted)
+    _after_refresh(node, keys, rows.num_rows, first_seq, now)
+    return len(keys)
 
 
 def _run(node: FeatureNode, records: list[Record], pk: str, skip: set[Any]) -> _Pass:
@@ -210,19 +248,30 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
     marks.floor = new_floor
     marks.overrides = overrides
     node.seq += rows.num_rows
+    _cache_rows(node, rows, now)
+    node.metrics.processed += run.processed
+    node.metrics.shed += run.shed
+    _after_refresh(node, refreshed, rows.num_rows, first_seq, now)
+
+
+def _cache_rows(node: FeatureNode, rows: pa.Table, now: dt.datetime) -> None:
+    """Write-through to the serving cache, after the commit."""
     pk = node.schema.primary_key
-    for row in rows.to_pylist():
+    names = node.schema.names
+    for row in rows.select(names).to_pylist():
         node.cache[row[pk]] = (Record.from_dict(row), now)
+
+
+def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, first_seq: int,
+                   now: dt.datetime) -> None:
     for k in refreshed:
         node.failures.pop(k, None)
         if node.pending is not None:
             node.pending.pop(k)
-    node.metrics.processed += run.processed
-    node.metrics.shed += run.shed
     node.metrics.refreshes += len(refreshed)
     if node.priority is not None:
         node.priority.on_refresh(refreshed, now)
-    if rows.num_rows:
+    if written:
         notify_children(node, first_seq - 1)
 
 

@@ -31,6 +31,7 @@ class TableInfo:
     lookup_on: str | None = None
     lazy: bool = False
     watermark: int = 0
+    hidden: list[tuple[str, str]] = field(default_factory=list)  # (name, SQL type) helpers
 
 
 @dataclass
@@ -60,6 +61,21 @@ class Refresh:
     clear_watermarks: bool  # drop every override first
     state: bytes | None
     write_state: bool
+
+
+@dataclass
+class ViewRefresh:
+    """A SQL-maintained table's progress: the plan runs over the pending appends inside
+    the database; outputs, history and watermarks commit together."""
+
+    table: TableInfo
+    read: LogRead
+    plan: Any  # ralf.ivm DeltaAggregate | KeyRecompute
+    first_seq: int
+    updated_at: dt.datetime
+    watermark: int
+    set_watermarks: dict[str, int]
+    clear_watermarks: bool
 
 
 @dataclass
@@ -100,6 +116,15 @@ class Storage(ABC):
 
     @abstractmethod
     def refresh(self, unit: Refresh) -> None: ...
+
+    @abstractmethod
+    def refresh_view(self, unit: ViewRefresh) -> tuple[pa.Table, list[Any]]:
+        """Apply a SQL-maintained refresh; returns (rows written: user columns and
+        ``_ralf_seq``, keys deleted)."""
+
+    @abstractmethod
+    def describe(self, query: str) -> list[tuple[str, str]]:
+        """Column names and SQL types of a query's result."""
 
     @abstractmethod
     def reject(self, rejected: list[Rejection]) -> None: ...

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ralf.errors import QueryError, RalfError
+from ralf.errors import QueryError, RalfError, SchemaError
+from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
 from ralf.storage.base import (
@@ -30,6 +31,7 @@ from ralf.storage.base import (
     Refresh,
     Storage,
     TableInfo,
+    ViewRefresh,
 )
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
@@ -140,6 +142,7 @@ class DuckDBStorage(Storage):
                     c + (" PRIMARY KEY" if n == schema.primary_key else "")
                     for n, c in zip(schema.names, user_cols, strict=True)
                 ]
+                keyed += [f"{quote(n)} {t}" for n, t in info.hidden]
                 con.execute(
                     f"CREATE TABLE {quote(info.name)} ({', '.join(keyed)}, "
                     "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL)"
@@ -199,34 +202,14 @@ class DuckDBStorage(Storage):
 
     def refresh(self, unit: Refresh) -> None:
         info, rows = unit.table, unit.rows
-        schema = info.schema
         n = rows.num_rows
         data = rows.append_column(
             "_ralf_seq", pa.array(np.arange(unit.first_seq, unit.first_seq + n, dtype=np.int64))
         )
-        cols = ", ".join(quote(c) for c in schema.names)
-        updates = ", ".join(
-            f"{quote(c)} = excluded.{quote(c)}" for c in [*schema.names, "_ralf_seq",
-                                                         "_ralf_updated_at"]
-            if c != schema.primary_key
-        )
         with self._transaction() as con:
             if n:
-                con.register("__ralf_rows", data)
-                try:
-                    con.execute(
-                        f"INSERT INTO {quote(info.name)} ({cols}, _ralf_seq, _ralf_updated_at) "
-                        f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows "
-                        f"ON CONFLICT ({quote(schema.primary_key)}) DO UPDATE SET {updates}",
-                        [unit.updated_at],
-                    )
-                    con.execute(
-                        f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
-                        f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows",
-                        [unit.updated_at],
-                    )
-                finally:
-                    con.unregister("__ralf_rows")
+                self._upsert(con, info, data, unit.updated_at)
+                self._append_history(con, info, data, unit.updated_at)
             self._write_watermarks(con, unit)
             if unit.write_state:
                 con.execute(
@@ -234,6 +217,64 @@ class DuckDBStorage(Storage):
                     "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
                     [info.name, unit.state, unit.updated_at],
                 )
+
+    def refresh_view(self, unit: ViewRefresh) -> tuple[pa.Table, list[Any]]:
+        info, plan = unit.table, unit.plan
+        target = quote(info.name)
+        types = {n: info.schema.sql_type(n) for n in info.schema.names}
+        pending = self.pending_rows(unit.read)
+        deleted: list[Any] = []
+        with self._transaction() as con, self._registered(con, unit.read):
+            if isinstance(plan, DeltaAggregate):
+                rows = con.sql(plan.upsert(target, pending, types),
+                               params=[unit.first_seq - 1, unit.updated_at]).to_arrow_table()
+            else:
+                rows, deleted = self._recompute(con, unit, pending)
+            if rows.num_rows:
+                self._append_history(con, info, rows, unit.updated_at)
+            self._write_watermarks(con, unit)
+        return rows.select([*info.schema.names, "_ralf_seq"]), deleted
+
+    def _recompute(self, con: duckdb.DuckDBPyConnection, unit: ViewRefresh, pending: str
+                   ) -> tuple[pa.Table, list[Any]]:
+        info, plan = unit.table, unit.plan
+        key = quote(plan.key)
+        parent = unit.read.table
+        cols = ", ".join(quote(c) for c in parent.schema.names)
+        stale = con.sql(f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s").to_arrow_table()
+        if stale.num_rows == 0:
+            return info.schema.arrow.empty_table().append_column(
+                "_ralf_seq", pa.array([], pa.int64())), []
+        con.register("__ralf_stale", stale)
+        try:
+            parent_rows = (f"SELECT {cols} FROM main.{quote(parent.name)} "
+                           f"WHERE {key} IN (SELECT key FROM __ralf_stale)")
+            result = con.sql(plan.recompute(parent_rows)).to_arrow_table()
+        finally:
+            con.unregister("__ralf_stale")
+        data, _ = info.schema.to_arrow(result.select(info.schema.names), info.name)
+        n = data.num_rows
+        data = data.append_column("_ralf_seq", pa.array(
+            np.arange(unit.first_seq, unit.first_seq + n, dtype=np.int64)))
+        self._upsert(con, info, data, unit.updated_at)
+        kept = set(data.column(plan.key).to_pylist())
+        deleted = [k for k in stale.column("key").to_pylist() if k not in kept]
+        if deleted:
+            con.register("__ralf_gone",
+                         pa.table({"key": pa.array(deleted, stale.column("key").type)}))
+            try:
+                con.execute(f"DELETE FROM {quote(info.name)} "
+                            f"WHERE {key} IN (SELECT key FROM __ralf_gone)").fetchall()
+            finally:
+                con.unregister("__ralf_gone")
+        return data, deleted
+
+    def describe(self, query: str) -> list[tuple[str, str]]:
+        with self._lock:
+            try:
+                return [(r[0], r[1]) for r in self._con.sql(f"DESCRIBE {query}").fetchall()]
+            except duckdb.Error as exc:
+                raise SchemaError(f"SQL table: {exc}") from None
 
     def _write_watermarks(self, con: duckdb.DuckDBPyConnection, unit: Refresh) -> None:
         name = unit.table.name
@@ -252,6 +293,39 @@ class DuckDBStorage(Storage):
                     "ON CONFLICT (table_name, key) DO UPDATE SET seq = excluded.seq", [name])
             finally:
                 con.unregister("__ralf_marks")
+
+    @staticmethod
+    def _upsert(con: duckdb.DuckDBPyConnection, info: TableInfo, data: pa.Table,
+                at: dt.datetime) -> None:
+        """Rows (user columns + _ralf_seq) into the feature table, replacing by key."""
+        schema = info.schema
+        cols = ", ".join(quote(c) for c in schema.names)
+        updates = ", ".join(
+            f"{quote(c)} = excluded.{quote(c)}"
+            for c in [*schema.names, "_ralf_seq", "_ralf_updated_at"] if c != schema.primary_key
+        )
+        con.register("__ralf_rows", data)
+        try:
+            con.execute(
+                f"INSERT INTO {quote(info.name)} ({cols}, _ralf_seq, _ralf_updated_at) "
+                f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows "
+                f"ON CONFLICT ({quote(schema.primary_key)}) DO UPDATE SET {updates}", [at]
+            ).fetchall()
+        finally:
+            con.unregister("__ralf_rows")
+
+    @staticmethod
+    def _append_history(con: duckdb.DuckDBPyConnection, info: TableInfo, data: pa.Table,
+                        at: dt.datetime) -> None:
+        cols = ", ".join(quote(c) for c in info.schema.names)
+        con.register("__ralf_versions", data)
+        try:
+            con.execute(
+                f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
+                f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_versions", [at]
+            ).fetchall()
+        finally:
+            con.unregister("__ralf_versions")
 
     def reject(self, rejected: list[Rejection]) -> None:
         if rejected:
@@ -281,42 +355,55 @@ class DuckDBStorage(Storage):
             return self._con.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {_log(table)}"
                                      ).fetchall()[0][0]
 
-    def _log_query(self, read: LogRead, select: str, tail: str) -> pa.Table:
+    @staticmethod
+    def _log_from(read: LogRead) -> str:
+        """``FROM <log> p ... WHERE <pending>``; integers inlined, so it nests anywhere."""
         key = f"p.{quote(read.table.schema.primary_key)}"
-        params: list[Any] = []
+        high = int(read.high)
         if read.keys is not None:
             lo = pc.min(read.keys.column("wm")).as_py()
+            lo = high if lo is None else int(lo)
             joins = f"JOIN __ralf_keys k ON {key} = k.key AND p._ralf_seq > k.wm"
-            where = "p._ralf_seq > ? AND p._ralf_seq <= ?"
-            params = [lo if lo is not None else read.high, read.high]
+            where = f"p._ralf_seq > {lo} AND p._ralf_seq <= {high}"
         elif read.watermarks is not None and read.watermarks.num_rows:
-            lo = min(read.floor, pc.min(read.watermarks.column("wm")).as_py())
+            floor = int(read.floor)
+            lo = min(floor, int(pc.min(read.watermarks.column("wm")).as_py()))
             joins = f"LEFT JOIN __ralf_wm w ON {key} = w.key"
-            where = "p._ralf_seq > ? AND p._ralf_seq <= ? AND p._ralf_seq > coalesce(w.wm, ?)"
-            params = [lo, read.high, read.floor]
+            where = (f"p._ralf_seq > {lo} AND p._ralf_seq <= {high} "
+                     f"AND p._ralf_seq > coalesce(w.wm, {floor})")
         else:
             joins = ""
-            where = "p._ralf_seq > ? AND p._ralf_seq <= ?"
-            params = [read.floor, read.high]
-        sql = f"SELECT {select} FROM {_log(read.table)} p {joins} WHERE {where} {tail}"
-        with self._lock:
-            con = self._con
-            registered = []
-            if read.keys is not None:
-                con.register("__ralf_keys", read.keys)
-                registered.append("__ralf_keys")
-            if read.watermarks is not None:
-                con.register("__ralf_wm", read.watermarks)
-                registered.append("__ralf_wm")
-            try:
-                return con.sql(sql, params=params).to_arrow_table()
-            finally:
-                for name in registered:
-                    con.unregister(name)
+            where = f"p._ralf_seq > {int(read.floor)} AND p._ralf_seq <= {high}"
+        return f"FROM {_log(read.table)} p {joins} WHERE {where}"
+
+    @contextmanager
+    def _registered(self, con: duckdb.DuckDBPyConnection, read: LogRead) -> Iterator[None]:
+        names = []
+        for name, table in (("__ralf_keys", read.keys), ("__ralf_wm", read.watermarks)):
+            if table is not None:
+                con.register(name, table)
+                names.append(name)
+        try:
+            yield
+        finally:
+            for name in names:
+                con.unregister(name)
+
+    def _log_query(self, read: LogRead, select: str, tail: str) -> pa.Table:
+        with self._lock, self._registered(self._con, read):
+            return self._con.sql(f"SELECT {select} {self._log_from(read)} {tail}"
+                                 ).to_arrow_table()
+
+    @staticmethod
+    def pending_rows(read: LogRead) -> str:
+        """The pending appends as a subquery: user columns and ``_ralf_seq``."""
+        cols = ", ".join(f"p.{quote(c)}" for c in read.table.schema.names)
+        return f"SELECT {cols}, p._ralf_seq {DuckDBStorage._log_from(read)}"
 
     def read_log(self, read: LogRead) -> pa.Table:
-        cols = ", ".join(f"p.{quote(c)}" for c in read.table.schema.names)
-        return self._log_query(read, f"{cols}, p._ralf_seq", "ORDER BY p._ralf_seq")
+        with self._lock, self._registered(self._con, read):
+            return self._con.sql(f"{self.pending_rows(read)} ORDER BY p._ralf_seq"
+                                 ).to_arrow_table()
 
     def pending_summary(self, read: LogRead) -> pa.Table:
         key = f"p.{quote(read.table.schema.primary_key)}"

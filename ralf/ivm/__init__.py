@@ -1,0 +1,1 @@
+"""Incremental view maintenance: feature tables maintained by SQL inside the database."""

@@ -1,0 +1,171 @@
+"""Decomposable aggregates maintained by SQL deltas: per key, helper columns (count, sum,
+min, max, mean, sum of squared deviations) are merged with the aggregate of the key's
+pending appends, and the outputs are computed from the merged helpers.
+
+Everything is generated SQL run inside the database; no Python touches a record.
+Variance uses the parallel (Chan et al.) merge of (n, mean, M2), which stays accurate
+where a sum of squares would cancel catastrophically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ralf.schema import quote
+
+# function name -> helper kinds it needs
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "count": ("cnt",),
+    "sum": ("sum", "cnt"),
+    "avg": ("sum", "cnt"),
+    "mean": ("sum", "cnt"),
+    "min": ("min",),
+    "max": ("max",),
+    "var_pop": ("cnt", "mean", "m2"),
+    "var_samp": ("cnt", "mean", "m2"),
+    "var": ("cnt", "mean", "m2"),
+    "variance": ("cnt", "mean", "m2"),
+    "stddev_pop": ("cnt", "mean", "m2"),
+    "stddev_samp": ("cnt", "mean", "m2"),
+    "stddev": ("cnt", "mean", "m2"),
+    "std": ("cnt", "mean", "m2"),
+}
+_CANONICAL = {"mean": "avg", "var": "var_samp", "variance": "var_samp", "stddev": "stddev_samp",
+              "std": "stddev_samp"}
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    function: str  # canonical: count, sum, avg, min, max, var_pop, var_samp, stddev_*
+    argument: str  # SQL expression over the parent's columns, or "*"
+
+
+def canonical(function: str) -> str:
+    name = function.lower()
+    if name not in FUNCTIONS:
+        raise ValueError(f"unsupported aggregate {function!r} "
+                         f"(supported: {', '.join(sorted(FUNCTIONS))})")
+    return _CANONICAL.get(name, name)
+
+
+class DeltaAggregate:
+    """Maintains ``SELECT key, agg(arg) AS name, ... FROM parent [WHERE filter] GROUP BY key``
+    from the parent's pending appends."""
+
+    def __init__(self, key: str, outputs: list[Output], where: str | None) -> None:
+        self.key = key
+        self.outputs = outputs
+        self.where = where
+        arguments = list(dict.fromkeys(o.argument for o in outputs))
+        self._arg_index = {a: i for i, a in enumerate(arguments)}
+        kinds: dict[str, None] = {}
+        for o in outputs:
+            for kind in FUNCTIONS[o.function]:
+                kinds[self.helper(o.argument, kind)] = None
+        self.helpers = list(kinds)
+
+    # ---- naming ---------------------------------------------------------------------------
+    def helper(self, argument: str, kind: str) -> str:
+        return f"_ralf_agg{self._arg_index[argument]}_{kind}"
+
+    def query(self, source: str) -> str:
+        """The aggregate as a plain query over ``source`` (for types and for recomputation)."""
+        selects = [quote(self.key)] + [f"{_call(o)} AS {quote(o.name)}" for o in self.outputs]
+        where = f" WHERE {self.where}" if self.where else ""
+        return f"SELECT {', '.join(selects)} FROM {source}{where} GROUP BY {quote(self.key)}"
+
+    # ---- SQL ------------------------------------------------------------------------------
+    def delta_select(self, pending: str) -> str:
+        """Per key of the pending appends: the helpers of their aggregate."""
+        cols = [f"{quote(self.key)} AS {quote(self.key)}"]
+        for name in self.helpers:
+            argument, kind = self._parse(name)
+            cols.append(f"{_delta(kind, argument)} AS {quote(name)}")
+        where = f" WHERE {self.where}" if self.where else ""
+        return (f"SELECT {', '.join(cols)} FROM ({pending}) AS __ralf_pending{where} "
+                f"GROUP BY {quote(self.key)}")
+
+    def upsert(self, target: str, pending: str, types: dict[str, str]) -> str:
+        """INSERT the delta's keys, merging into existing rows; RETURNING what changed.
+
+        Parameters: (seq base, updated_at)."""
+        fresh = {n: f"d.{quote(n)}" for n in self.helpers}
+        old = {n: f"{target}.{quote(n)}" for n in self.helpers}
+        new = {n: f"excluded.{quote(n)}" for n in self.helpers}
+        merged = {n: self._merge(n, old, new) for n in self.helpers}
+        out_names = [o.name for o in self.outputs]
+        insert_cols = [self.key, *out_names, *self.helpers, "_ralf_seq", "_ralf_updated_at"]
+        values = [f"d.{quote(self.key)}"]
+        values += [f"CAST({self._final(o, fresh)} AS {types[o.name]})" for o in self.outputs]
+        values += [fresh[n] for n in self.helpers]
+        values += ["? + row_number() OVER ()", "?::TIMESTAMP"]
+        sets = [f"{quote(n)} = {merged[n]}" for n in self.helpers]
+        sets += [f"{quote(o.name)} = CAST({self._final(o, merged)} AS {types[o.name]})"
+                 for o in self.outputs]
+        sets += ["_ralf_seq = excluded._ralf_seq", "_ralf_updated_at = excluded._ralf_updated_at"]
+        returning = ", ".join(quote(c) for c in [self.key, *out_names, "_ralf_seq"])
+        return (f"INSERT INTO {target} ({', '.join(quote(c) for c in insert_cols)}) "
+                f"SELECT {', '.join(values)} FROM ({self.delta_select(pending)}) AS d "
+                f"ON CONFLICT ({quote(self.key)}) DO UPDATE SET {', '.join(sets)} "
+                f"RETURNING {returning}")
+
+    def _parse(self, helper: str) -> tuple[str, str]:
+        prefix, kind = helper[len("_ralf_agg"):].split("_", 1)
+        argument = next(a for a, i in self._arg_index.items() if i == int(prefix))
+        return argument, kind
+
+    def _merge(self, name: str, old: dict[str, str], new: dict[str, str]) -> str:
+        argument, kind = self._parse(name)
+        o, e = old[name], new[name]
+        if kind == "cnt":
+            return f"({o} + {e})"
+        if kind == "sum":
+            return f"coalesce({o} + {e}, {o}, {e})"
+        if kind == "min":
+            return f"least({o}, {e})"
+        if kind == "max":
+            return f"greatest({o}, {e})"
+        n_old = old[self.helper(argument, "cnt")]
+        n_new = new[self.helper(argument, "cnt")]
+        total = f"({n_old} + {n_new})"
+        if kind == "mean":
+            combined = f"({n_old} * {o} + {n_new} * {e}) / {total}"
+        else:  # m2: Chan et al. parallel merge
+            mean_old = old[self.helper(argument, "mean")]
+            mean_new = new[self.helper(argument, "mean")]
+            combined = (f"{o} + {e} + ({mean_new} - {mean_old}) * ({mean_new} - {mean_old}) "
+                        f"* {n_old} * {n_new} / {total}")
+        return (f"(CASE WHEN {n_old} = 0 THEN {e} WHEN {n_new} = 0 THEN {o} "
+                f"ELSE {combined} END)")
+
+    def _final(self, output: Output, h: dict[str, str]) -> str:
+        def of(kind: str) -> str:
+            return h[self.helper(output.argument, kind)]
+
+        f = output.function
+        if f == "count":
+            return of("cnt")
+        if f == "sum":
+            return of("sum")
+        if f == "avg":
+            return f"(CAST({of('sum')} AS DOUBLE) / nullif({of('cnt')}, 0))"
+        if f in ("min", "max"):
+            return of(f)
+        variance = (f"({of('m2')} / nullif({of('cnt')}, 0))" if f.endswith("_pop")
+                    else f"({of('m2')} / nullif({of('cnt')} - 1, 0))")
+        return f"sqrt({variance})" if f.startswith("stddev") else variance
+
+
+def _call(output: Output) -> str:
+    return f"{output.function}({output.argument})"
+
+
+def _delta(kind: str, argument: str) -> str:
+    if kind == "cnt":
+        return f"count({argument})"
+    if kind == "mean":
+        return f"avg({argument})"
+    if kind == "m2":
+        return f"coalesce(var_pop({argument}) * count({argument}), 0)"
+    return f"{kind}({argument})"
