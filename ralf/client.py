@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pandas as pd
+import pyarrow as pa
 import urllib3
 
 from ralf import errors
@@ -38,13 +39,24 @@ class RalfClient:
         else:
             raise TypeError(f"RalfClient needs a Ralf instance or a URL, got {server!r}")
 
-    def point_query(self, table: str, key: Any, *, with_metadata: bool = False) -> Record:
+    def point_query(self, table: str, key: Any, *, with_metadata: bool = False,
+                    as_of: Any = None) -> Record:
         """The row of ``table`` for ``key``; a lazy table first applies the key's pending
         appends. ``with_metadata`` adds ``_ralf_updated_at``, ``_ralf_pending``,
-        ``_ralf_stale`` and ``_ralf_quarantined``."""
+        ``_ralf_stale`` and ``_ralf_quarantined``. ``as_of`` (a datetime, UTC if naive)
+        gives the row as it was then, from the table's history."""
         if self._server is not None:
-            return self._server.point_query(table, key, with_metadata=with_metadata)
-        return self._http.point(table, key, with_metadata)
+            return self._server.point_query(table, key, with_metadata=with_metadata,
+                                            as_of=as_of)
+        return self._http.point(table, key, with_metadata, as_of)
+
+    def historical_query(self, entity_df: pd.DataFrame, features: list[str],
+                         timestamp_column: str = "event_timestamp") -> pd.DataFrame:
+        """Point-in-time-correct ``"table.column"`` features for each row of ``entity_df``
+        (key columns and ``timestamp_column``): training data without leakage."""
+        if self._server is not None:
+            return self._server.historical_query(entity_df, features, timestamp_column)
+        return self._http.historical(entity_df, features, timestamp_column)
 
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
         """Every row of ``table``, one per key (a lazy table is refreshed first)."""
@@ -96,10 +108,11 @@ class _Http:
         self._schemas: dict[str, Schema] = {}
 
     def request(self, method: str, path: str, *, accept: str = "application/json",
-                body: bytes | None = None) -> urllib3.BaseHTTPResponse:
+                body: bytes | None = None, content_type: str = "application/json"
+                ) -> urllib3.BaseHTTPResponse:
         headers = {**self.headers, "Accept": accept}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         try:
             response = self.pool.request(method, self.url + path, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as exc:
@@ -118,12 +131,25 @@ class _Http:
                 self._schemas[entry["name"]] = Schema.from_json(json.dumps(spec))
         return self._schemas[table]
 
-    def point(self, table: str, key: Any, with_metadata: bool) -> Record:
+    def point(self, table: str, key: Any, with_metadata: bool, as_of: Any) -> Record:
         path = f"/table/{quote(table, safe='')}/{quote(_key_text(key), safe='')}"
+        params = {}
         if with_metadata:
-            path += "?metadata=true"
+            params["metadata"] = "true"
+        if as_of is not None:
+            params["as_of"] = pd.Timestamp(as_of).isoformat()
+        if params:
+            path += "?" + urlencode(params)
         fields = json.loads(self.request("GET", path).data)
         return codec.decode_record(fields, self.schema(table))
+
+    def historical(self, entity_df: pd.DataFrame, features: list[str], timestamp_column: str
+                   ) -> pd.DataFrame:
+        query = urlencode({"features": ",".join(features), "timestamp_column": timestamp_column})
+        body = codec.arrow_bytes(pa.Table.from_pandas(entity_df, preserve_index=False))
+        data = self.request("POST", f"/historical?{query}", accept=codec.ARROW, body=body,
+                            content_type=codec.ARROW).data
+        return codec.arrow_table(data).to_pandas()
 
     def bulk(self, table: str, with_metadata: bool) -> pd.DataFrame:
         path = f"/table/{quote(table, safe='')}" + ("?metadata=true" if with_metadata else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import tempfile
@@ -52,14 +53,17 @@ class Ralf:
     ``max_failures``: after that many failures an operator key is quarantined and a
     source is given up on. ``clock``: where timestamps and waits come from (default: the
     system clock; ``ralf.testing.ManualClock`` for deterministic tests).
+    ``history_retention``: seconds of feature history to keep for ``as_of`` and
+    ``historical_query`` (None: keep everything).
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, history_retention: float | None = None) -> None:
         self.path = path
         self.storage = DuckDBStorage(path)
         self._catalog = self.storage.catalog()
-        self._scheduler = Scheduler(max_failures=max_failures, clock=clock)
+        self._scheduler = Scheduler(max_failures=max_failures, clock=clock,
+                                    history_retention=history_retention)
         self.clock = self._scheduler.clock
         self._nodes: dict[str, Node] = {}
         self._aliases: dict[str, Node] = {}
@@ -297,10 +301,13 @@ class Ralf:
             self.errors.append(error)
 
     # ---- queries (the in-process client and the HTTP layer call these) --------------------
-    def point_query(self, table: str, key: Any, *, with_metadata: bool = False) -> Record:
+    def point_query(self, table: str, key: Any, *, with_metadata: bool = False,
+                    as_of: Any = None) -> Record:
         node = self._node(table)
         key = node.schema.parse_key(key)
         node.metrics.queries += 1
+        if as_of is not None:
+            return self._point_as_of(node, table, key, _utc_naive(as_of), with_metadata)
         if isinstance(node, FeatureNode):
             if node.priority is not None:
                 with self._scheduler.lock:
@@ -319,6 +326,58 @@ class Ralf:
         if with_metadata:
             self._add_metadata(node, key, record, entry[1])
         return record
+
+    def _point_as_of(self, node: Node, table: str, key: Any, at: dt.datetime,
+                     with_metadata: bool) -> Record:
+        row = self.storage.point_as_of(node.info, key, at)
+        if row is None:
+            raise KeyNotFound(f"table {table!r} has no row for key {key!r} as of {at}")
+        fields = {n: row[n] for n in node.schema.names}
+        if with_metadata:
+            fields["_ralf_updated_at"] = row["_ralf_updated_at"]
+        return Record.from_dict(fields)
+
+    def historical_query(self, entity_df: pd.DataFrame, features: list[str],
+                         timestamp_column: str = "event_timestamp") -> pd.DataFrame:
+        """Point-in-time-correct features for training data: each row of ``entity_df`` (a
+        key column per table and ``timestamp_column``) gets each ``"table.column"`` as it
+        was at the row's timestamp — never a value from after it."""
+        return self.historical_arrow(
+            pa.Table.from_pandas(entity_df, preserve_index=False), features, timestamp_column
+        ).to_pandas()
+
+    def historical_arrow(self, entities: pa.Table, features: list[str],
+                         timestamp_column: str = "event_timestamp") -> pa.Table:
+        if timestamp_column not in entities.column_names:
+            raise SchemaError(f"historical_query: the entity rows have no column "
+                              f"{timestamp_column!r}", column=timestamp_column)
+        wanted = []
+        for feature in features:
+            table, _, column = str(feature).rpartition(".")
+            node = self._node(table) if table else None
+            if node is None or column not in node.schema.columns:
+                raise SchemaError(f"historical_query: {feature!r} is not 'table.column' of a "
+                                  "defined table", column=str(feature))
+            if node.schema.primary_key not in entities.column_names:
+                raise SchemaError(f"historical_query: the entity rows need the key column "
+                                  f"{node.schema.primary_key!r} of {table!r}",
+                                  column=node.schema.primary_key)
+            wanted.append((node, column))
+        columns = [c for _, c in wanted]
+        out_names = [c if columns.count(c) == 1 else f"{n.name}__{c}" for n, c in wanted]
+        ts = entities.column(timestamp_column)
+        if pa.types.is_timestamp(ts.type) and ts.type.tz is not None:
+            entities = entities.set_column(
+                entities.column_names.index(timestamp_column), timestamp_column,
+                ts.cast(pa.timestamp(ts.type.unit, tz="UTC")).cast(pa.timestamp(ts.type.unit)))
+        entities = entities.append_column(
+            "__ralf_row", pa.array(np.arange(entities.num_rows, dtype=np.int64)))
+        for node, _ in wanted:
+            if isinstance(node, FeatureNode) and node.on_lazy_path:
+                self._note(self._scheduler.ensure_fresh(node, None))
+        return self.storage.historical(
+            entities, timestamp_column,
+            [(n.info, c, o) for (n, c), o in zip(wanted, out_names, strict=True)])
 
     def _refresh_for_query(self, node: FeatureNode, key: Any) -> None:
         if not node.on_lazy_path:
@@ -397,6 +456,14 @@ class Ralf:
 
     def __repr__(self) -> str:
         return f"Ralf({self.path!r}, tables={list(self._nodes)})"
+
+
+def _utc_naive(value: Any) -> dt.datetime:
+    """A timestamp as stored: UTC without tzinfo (accepts datetimes, pandas and ISO text)."""
+    stamp = pd.Timestamp(value)
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp.to_pydatetime()
 
 
 def _staleness(node: FeatureNode, now: Any) -> dict[str, Any]:

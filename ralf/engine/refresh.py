@@ -14,7 +14,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
@@ -46,38 +48,70 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     if node.is_view:
         return _refresh_view(node, keys, errors, now)
     read = node.read_all() if keys is None else node.read_keys(keys)
-    high = read.high
     data = node.storage.read_log(read)
     pk = node.parent.schema.primary_key
-    records = node.parent.schema.records(data)
-    read_count = len(records)
-    for policy in node.selectors:
-        records = policy.select(records, pk)
-    selected_out = read_count - len(records)
+    batch = callable(getattr(node.operator, "on_batch", None))
+    data, shed = _shed(node, data, pk, per_record=batch)
+    attempt = _run_batch if batch else _run
     skip = set(node.quarantined)
-    run = _run(node, records, pk, skip)
     for _ in range(_MAX_RETRY_PASSES):
+        run, rows = attempt(node, data, pk, skip)
         if not run.failed:
             break
         skip |= set(run.failed)
         _record_failures(node, run.failed, errors, max_failures)
-        if node.state is not None:
-            node.restore(node.state)  # undo what the failed keys did to the state
-            run = _run(node, records, pk, skip)
-        else:
-            break  # state cannot be rolled back: keep the other keys' results as they are
-    rows, bad = _to_arrow(node, run)
-    if bad:
-        skip |= set(bad)
-        _record_failures(node, bad, errors, max_failures)
-        if node.state is not None:
-            node.restore(node.state)
-            run = _run(node, records, pk, skip)
-            rows, _ = _to_arrow(node, run)
-    run.shed += selected_out
+        if node.state is None:  # state cannot be rolled back: keep the other keys' results
+            rows = _without(rows, run, node.schema.primary_key, skip)
+            break
+        node.restore(node.state)  # undo what the failed keys did to the state, then replay
+    run.shed += shed
     refreshed_keys = _refreshed(data.column(pk).to_pylist(), keys, skip)
-    _commit(node, rows, run, keys, refreshed_keys, skip, high, now)
+    _commit(node, rows, run, keys, refreshed_keys, skip, read.high, now)
     return len(refreshed_keys)
+
+
+def _shed(node: FeatureNode, data: pa.Table, pk: str, per_record: bool
+          ) -> tuple[pa.Table, int]:
+    """Apply load shedding ahead of the operator: ``select`` policies always, ``process``
+    policies too for ``on_batch`` operators (the per-record path asks them as it goes, so a
+    two-argument policy sees the row each record produced). Returns the kept rows and how
+    many went."""
+    per_record = per_record and bool(node.shedding)
+    if not per_record and not node.selectors:
+        return data, 0
+    records = node.parent.schema.records(data)
+    for i, record in enumerate(records):
+        record._ralf_row = i
+    kept = records
+    for policy in node.selectors:
+        kept = policy.select(kept, pk)
+    if per_record:  # on_batch: the kept record stands in for the row it will produce
+        latest: dict[Any, Any] = {}
+        survivors = []
+        for record in kept:
+            key = getattr(record, pk)
+            if _keep(node, record, key, latest):
+                survivors.append(record)
+                latest[key] = record
+        kept = survivors
+    rows = [r.__dict__.pop("_ralf_row") for r in kept]
+    return data.take(pa.array(rows, pa.int64())), data.num_rows - len(rows)
+
+
+def _keep(node: FeatureNode, record: Record, key: Any, outputs: dict[Any, Any]) -> bool:
+    for policy, wants_current in node.shedding:
+        if wants_current:
+            current = outputs.get(key)
+            if current is None:
+                current = node.current(key)
+            elif not isinstance(current, Record):
+                current = Record.from_dict(dict(current))
+            keep = policy.process(record, current)
+        else:
+            keep = policy.process(record)
+        if not keep:
+            return False
+    return True
 
 
 def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
@@ -116,20 +150,21 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
     return len(keys)
 
 
-def _run(node: FeatureNode, records: list[Record], pk: str, skip: set[Any]) -> _Pass:
+def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[_Pass, pa.Table]:
+    """The per-record path: ``on_record`` for each pending append, in arrival order."""
     result = _Pass()
     op = node.operator
     on_record = op.on_record
     lookup = node.lookup
     on = node.info.lookup_on
-    shedding = node.shedding
     out_pk = node.schema.primary_key
     outputs = result.outputs
-    for record in records:
+    shedding = node.shedding
+    for record in node.parent.schema.records(data):
         key = getattr(record, pk)
         if key in skip or key in result.failed:
             continue
-        if shedding and not _keep(node, record, key, outputs, shedding):
+        if shedding and not _keep(node, record, key, outputs):
             result.shed += 1
             continue
         try:
@@ -155,38 +190,74 @@ def _run(node: FeatureNode, records: list[Record], pk: str, skip: set[Any]) -> _
             result.failed[key] = OperatorError(
                 f"table {node.name!r}: operator returned {out!r}, not Records with the "
                 f"primary key {out_pk!r} ({type(exc).__name__}: {exc})", table=node.name, key=key)
-    return result
+    rows, rejected = node.schema.to_arrow(list(outputs.values()), node.name)
+    _reject_outputs(node, result, rejected)
+    return result, rows
 
 
-def _keep(node: FeatureNode, record: Record, key: Any, outputs: dict, shedding: list) -> bool:
-    for policy, wants_current in shedding:
-        if wants_current:
-            current = outputs.get(key)
-            if current is None:
-                current = node.current(key)
-            elif not isinstance(current, Record):
-                current = Record.from_dict(dict(current))
-            keep = policy.process(record, current)
-        else:
-            keep = policy.process(record)
-        if not keep:
-            return False
-    return True
+def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
+               ) -> tuple[_Pass, pa.Table]:
+    """The vectorised path: ``on_batch(df)`` once for all chosen keys; if it raises, once
+    per key, to find the keys that fail."""
+    result = _Pass()
+    if skip:
+        data = data.filter(pc.invert(pc.is_in(data.column(pk), pa.array(list(skip)))))
+    frame = data.select(node.parent.schema.names).to_pandas()
+    try:
+        outputs = [_batch_output(node, frame)]
+    except Exception:  # user code: find the failing keys, one call per key
+        if node.state is not None:
+            node.restore(node.state)
+        outputs = []
+        for key, group in frame.groupby(pk, sort=False):
+            try:
+                outputs.append(_batch_output(node, group))
+            except Exception as exc:
+                result.failed[key] = exc
+    result.processed = len(frame)
+    combined = pd.concat([o for o in outputs if len(o)], ignore_index=True) if outputs else None
+    if combined is None or combined.empty:
+        return result, node.schema.arrow.empty_table()
+    out_pk = node.schema.primary_key
+    if out_pk in combined.columns:
+        combined = combined.drop_duplicates(subset=[out_pk], keep="last")
+        result.origin = dict.fromkeys(combined[out_pk].tolist())
+        result.origin = {k: k for k in result.origin}
+    rows, rejected = node.schema.to_arrow(combined, node.name)
+    _reject_outputs(node, result, rejected)
+    return result, rows
 
 
-def _to_arrow(node: FeatureNode, run: _Pass) -> tuple[pa.Table, dict[Any, BaseException]]:
-    """Validate the outputs; a bad output is a failure of the input key that produced it."""
-    rows, rejected = node.schema.to_arrow(list(run.outputs.values()), node.name)
-    bad: dict[Any, BaseException] = {}
+def _batch_output(node: FeatureNode, frame: pd.DataFrame) -> pd.DataFrame:
+    out = node.operator.on_batch(frame)
+    if isinstance(out, pa.Table):
+        out = out.to_pandas()
+    if out is None:
+        return frame.iloc[0:0]
+    if not isinstance(out, pd.DataFrame):
+        raise TypeError(f"on_batch must return a DataFrame or an Arrow table, got "
+                        f"{type(out).__name__}")
+    return out
+
+
+def _reject_outputs(node: FeatureNode, run: _Pass, rejected: list) -> None:
+    """A bad output is a failure of the input key that produced it."""
     pk = node.schema.primary_key
     for rejection in rejected:
         raw = rejection.raw
         fields = raw.__dict__ if isinstance(raw, Record) else raw
         out_key = fields.get(pk) if isinstance(fields, Mapping) else None
         origin = run.origin.get(out_key, out_key)
-        bad[origin] = OperatorError(
+        run.failed[origin] = OperatorError(
             f"operator output rejected: {rejection.reason}", table=node.name, key=origin)
-    return rows, bad
+
+
+def _without(rows: pa.Table, run: _Pass, pk: str, skip: set[Any]) -> pa.Table:
+    """Drop outputs that came from keys held back."""
+    gone = [out for out, origin in run.origin.items() if origin in skip]
+    if not gone:
+        return rows
+    return rows.filter(pc.invert(pc.is_in(rows.column(pk), pa.array(gone))))
 
 
 def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],

@@ -21,13 +21,16 @@ from ralf.errors import RalfError
 
 
 class Scheduler:
-    def __init__(self, max_failures: int = 3, clock: Clock | None = None) -> None:
+    def __init__(self, max_failures: int = 3, clock: Clock | None = None,
+                 history_retention: float | None = None) -> None:
         self.sources: list[SourceNode] = []
         self.features: list[FeatureNode] = []  # in creation order, hence topological
         self.max_failures = max_failures
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
         self.ticks = 0
+        self.history_retention = history_retention
+        self._compacted_at: dt.datetime | None = None
 
     # ---- one tick -------------------------------------------------------------------------
     def tick(self) -> tuple[bool, list[RalfError]]:
@@ -43,6 +46,7 @@ class Scheduler:
                 if not node.lazy:
                     worked |= self._refresh_eager(node, errors, now) > 0
             self.ticks += 1
+            self._compact(now)
         return worked, errors
 
     def _failed(self, source: SourceNode) -> bool:
@@ -64,6 +68,20 @@ class Scheduler:
         policy = node.priority or node.default_priority
         policy.view = stale
         return policy.choose_many(stale, node.budget)
+
+    def _compact(self, now: dt.datetime) -> None:
+        """Apply the history retention, at most once a minute (or once per retention)."""
+        if self.history_retention is None:
+            return
+        period = dt.timedelta(seconds=min(60.0, self.history_retention))
+        if self._compacted_at is not None and now - self._compacted_at < period:
+            return
+        self._compacted_at = now
+        cutoff = now - dt.timedelta(seconds=self.history_retention)
+        for node in self.features:
+            marks = [min([c.marks.floor, *c.marks.overrides.values()]) for c in node.children]
+            keep_from = min(marks) + 1 if marks else node.seq + 1
+            node.storage.compact_history(node.info, cutoff, keep_from)
 
     # ---- lazy refresh -----------------------------------------------------------------------
     def ensure_fresh(self, node: Node, key: Any = None) -> list[RalfError]:

@@ -8,10 +8,12 @@ thread pool, where each thread has its own DuckDB cursor.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import os
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 
 JSON = "application/json"
 MAX_BODY = 64 * 1024
+MAX_ENTITY_BODY = 256 * 1024 * 1024
 MAX_RESULT_ROWS = 1_000_000
 _STATUS = {KeyNotFound: 404, TableNotFound: 404, SchemaError: 400, QueryError: 400}
 _COUNTERS = ("ingested", "rejected", "processed", "shed", "refreshes", "failures", "queries")
@@ -93,8 +96,9 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return error(401, "Unauthorized", "missing or wrong bearer token")
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return error(413, "PayloadTooLarge", f"request bodies are limited to {MAX_BODY} bytes")
+        limit = MAX_ENTITY_BODY if request.url.path == "/historical" else MAX_BODY
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error(413, "PayloadTooLarge", f"request bodies are limited to {limit} bytes")
         try:
             return await call_next(request)
         except RalfError as exc:
@@ -113,13 +117,14 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
                                "columns": {n: schema.sql_type(n) for n in schema.names}}
         return Response(codec.dumps(listed), media_type=JSON)
 
-    @app.get("/table/{table}/{key:path}", summary="One row by key")
-    async def point(table: str, key: str, metadata: bool = False) -> Response:
+    @app.get("/table/{table}/{key:path}", summary="One row by key (as_of: from history)")
+    async def point(table: str, key: str, metadata: bool = False,
+                    as_of: dt.datetime | None = None) -> Response:
         try:
             node = server._node(table)
-            if isinstance(node, FeatureNode) and node.on_lazy_path:
+            if as_of is not None or (isinstance(node, FeatureNode) and node.on_lazy_path):
                 record = await run_in_threadpool(server.point_query, table, key,
-                                                 with_metadata=metadata)
+                                                 with_metadata=metadata, as_of=as_of)
             else:
                 record = server.point_query(table, key, with_metadata=metadata)
         except RalfError as exc:
@@ -145,6 +150,21 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     @app.post("/snapshot", summary="Write a consistent read-only copy of the database file")
     def snapshot() -> Response:
         return Response(codec.dumps({"path": server.snapshot()}), media_type=JSON)
+
+    @app.post("/historical", summary="Point-in-time features for entity rows (Arrow IPC in)")
+    async def historical(request: Request, features: str,
+                         timestamp_column: str = "event_timestamp") -> Response:
+        body = await request.body()
+        try:
+            entities = codec.arrow_table(body)
+        except (pa.ArrowInvalid, OSError):
+            return error(400, "SchemaError", "expected the entity rows as an Arrow IPC stream")
+        try:
+            data = await run_in_threadpool(server.historical_arrow, entities,
+                                           features.split(","), timestamp_column)
+        except RalfError as exc:
+            return _error_for(exc)
+        return _rows(data, request)
 
     @app.get("/status", summary="Per-table metrics as JSON")
     def status() -> Response:

@@ -164,6 +164,22 @@ class Storage(ABC):
     def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None: ...
 
     @abstractmethod
+    def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
+        """The key's row as it was at ``at`` (the newest version valid from ``at`` or before)."""
+
+    @abstractmethod
+    def historical(self, entities: pa.Table, timestamp: str,
+                   features: list[tuple[TableInfo, str, str]]) -> pa.Table:
+        """Point-in-time join: for each entity row, each (table, column, output name) as of
+        the row's timestamp; rows in the entities' order."""
+
+    @abstractmethod
+    def compact_history(self, table: TableInfo, cutoff: dt.datetime, keep_from_seq: int
+                        ) -> int:
+        """Drop versions older than ``cutoff`` that a query at ``cutoff`` or later cannot
+        see, sparing versions from ``keep_from_seq`` on (children still replay them)."""
+
+    @abstractmethod
     def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
         """One row per key, sorted by key (a source: its latest append per key)."""
 

@@ -459,6 +459,48 @@ class DuckDBStorage(Storage):
             return None
         return dict(zip([d[0] for d in result.description], row, strict=True))
 
+    def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
+        cols = ", ".join(quote(c) for c in table.schema.names)
+        time = _time_column(table)
+        result = self._reader().execute(
+            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {_log(table)} "
+            f"WHERE {quote(table.schema.primary_key)} = ? AND {time} <= ? "
+            "ORDER BY _ralf_seq DESC LIMIT 1", [key, at])
+        row = _first(result)
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in result.description], row, strict=True))
+
+    def historical(self, entities: pa.Table, timestamp: str,
+                   features: list[tuple[TableInfo, str, str]]) -> pa.Table:
+        cur = self._reader()
+        ts = quote(timestamp)
+        selects, joins = ["e.* EXCLUDE (__ralf_row)"], []
+        for i, table in enumerate(dict.fromkeys(t for t, _, _ in features)):
+            alias = f"h{i}"
+            key = quote(table.schema.primary_key)
+            time = _time_column(table)
+            joins.append(f"ASOF LEFT JOIN {_log(table)} {alias} ON e.{key} = {alias}.{key} "
+                         f"AND e.{ts} >= {alias}.{time}")
+            selects += [f"{alias}.{quote(column)} AS {quote(out)}"
+                        for t, column, out in features if t is table]
+        cur.register("__ralf_entities", entities)
+        try:
+            return cur.sql(f"SELECT {', '.join(selects)} FROM __ralf_entities e "
+                           f"{' '.join(joins)} ORDER BY e.__ralf_row").to_arrow_table()
+        finally:
+            cur.unregister("__ralf_entities")
+
+    def compact_history(self, table: TableInfo, cutoff: dt.datetime, keep_from_seq: int
+                        ) -> int:
+        log, time = _log(table), _time_column(table)
+        key = quote(table.schema.primary_key)
+        with self._transaction() as con:
+            return con.execute(
+                f"DELETE FROM {log} AS h WHERE {time} < ? AND _ralf_seq < ? AND _ralf_seq < ("
+                f"SELECT max(_ralf_seq) FROM {log} AS v WHERE v.{key} = h.{key} "
+                f"AND v.{time} < ?)", [cutoff, keep_from_seq, cutoff]).fetchall()[0][0]
+
     def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
         cols = ", ".join(quote(c) for c in table.schema.names)
         key = quote(table.schema.primary_key)
