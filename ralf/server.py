@@ -319,10 +319,10 @@ class Ralf:
         else:
             row = self.storage.point(node.info, key)
             entry = None if row is None else (
-                Record.from_dict({n: row[n] for n in node.schema.names}), row["_ralf_updated_at"])
+                tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"])
         if entry is None:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r}")
-        record = Record.from_dict(dict(entry[0].__dict__))
+        record = node.record(entry[0])
         if with_metadata:
             self._add_metadata(node, key, record, entry[1])
         return record

@@ -119,16 +119,9 @@ def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
     node.metrics.ingested += rows.num_rows
     node.metrics.rejected += len(rejected)
     if rows.num_rows:
-        if node.cache is not None:
-            update_latest(node, rows, now)
+        if node.cache is not None:  # a lookup source: its current row is the latest append
+            node.put_rows(rows, now)
         notify_children(node, first_seq - 1)
-
-
-def update_latest(node: Node, rows: pa.Table, at: dt.datetime) -> None:
-    """Keep a lookup source's cache at the latest append per key."""
-    pk = node.schema.primary_key
-    for row in rows.to_pylist():
-        node.cache[row[pk]] = (Record.from_dict(row), at)
 
 
 def notify_children(node: Node, after_seq: int) -> None:

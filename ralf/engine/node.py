@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import pickle
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
@@ -47,8 +48,10 @@ class Node:
         self.children: list[FeatureNode] = []
         self.seq = storage.max_seq(info)
         self.metrics = TableMetrics()
-        # key -> (Record, updated_at); kept for feature tables and for lookup sources.
-        self.cache: dict[Any, tuple[Record, dt.datetime]] | None = None
+        # The serving cache: key -> (tuple of the schema's values, updated_at); kept for
+        # feature tables and for sources used in lookup joins. Tuples, not Records: they
+        # are built by the thousand per tick in C loops; a Record is made when asked for.
+        self.cache: dict[Any, tuple[tuple, dt.datetime]] | None = None
 
     @property
     def name(self) -> str:
@@ -59,17 +62,26 @@ class Node:
         return self.info.schema
 
     def load_cache(self) -> None:
-        rows = self.storage.current_rows(self.info).to_pylist()
-        pk = self.schema.primary_key
-        cache = {}
-        for row in rows:
-            updated = row.pop("_ralf_updated_at")
-            cache[row[pk]] = (Record.from_dict(row), updated)
-        self.cache = cache
+        rows = self.storage.current_rows(self.info)
+        self.cache = {}
+        self.put_rows(rows, rows.column("_ralf_updated_at").to_pylist())
+
+    def put_rows(self, rows: pa.Table, at: Any) -> None:
+        """Write rows (the schema's columns, maybe more) through to the cache; ``at`` is one
+        time for all rows or a list of times."""
+        if rows.num_rows == 0:
+            return
+        values = zip(*(rows.column(n).to_pylist() for n in self.schema.names), strict=True)
+        times = at if isinstance(at, list) else repeat(at, rows.num_rows)
+        keys = rows.column(self.schema.primary_key).to_pylist()
+        self.cache.update(zip(keys, zip(values, times, strict=False), strict=True))
 
     def current(self, key: Any) -> Record | None:
         entry = self.cache.get(key) if self.cache is not None else None
-        return entry[0] if entry is not None else None
+        return None if entry is None else self.record(entry[0])
+
+    def record(self, values: tuple) -> Record:
+        return Record.from_dict(dict(zip(self.schema.names, values, strict=True)))
 
 
 class SourceNode(Node):

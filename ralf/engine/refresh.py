@@ -141,7 +141,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
     marks.overrides = changed if full else {**marks.overrides, **changed}
     first_seq = node.seq + 1
     node.seq += rows.num_rows
-    _cache_rows(node, rows, now)
+    node.put_rows(rows, now)
     for k in deleted:
         node.cache.pop(k, None)
     if keys is None:
@@ -319,18 +319,10 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
     marks.floor = new_floor
     marks.overrides = overrides
     node.seq += rows.num_rows
-    _cache_rows(node, rows, now)
+    node.put_rows(rows, now)
     node.metrics.processed += run.processed
     node.metrics.shed += run.shed
     _after_refresh(node, refreshed, rows.num_rows, first_seq, now)
-
-
-def _cache_rows(node: FeatureNode, rows: pa.Table, now: dt.datetime) -> None:
-    """Write-through to the serving cache, after the commit."""
-    pk = node.schema.primary_key
-    names = node.schema.names
-    for row in rows.select(names).to_pylist():
-        node.cache[row[pk]] = (Record.from_dict(row), now)
 
 
 def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, first_seq: int,

@@ -86,29 +86,31 @@ class DeltaAggregate:
         return (f"SELECT {', '.join(cols)} FROM ({pending}) AS __ralf_pending{where} "
                 f"GROUP BY {quote(self.key)}")
 
-    def upsert(self, target: str, pending: str, types: dict[str, str]) -> str:
-        """INSERT the delta's keys, merging into existing rows; RETURNING what changed.
+    def merge(self, target: str, pending: str, types: dict[str, str]) -> str:
+        """MERGE the delta's helpers into the table (new keys inserted, existing keys merged);
+        changed rows get ``_ralf_seq`` above the base. Parameters: (seq base, updated_at).
 
-        Parameters: (seq base, updated_at)."""
+        MERGE, not INSERT ... ON CONFLICT: DuckDB runs it several times faster."""
         fresh = {n: f"d.{quote(n)}" for n in self.helpers}
-        old = {n: f"{target}.{quote(n)}" for n in self.helpers}
-        new = {n: f"excluded.{quote(n)}" for n in self.helpers}
-        merged = {n: self._merge(n, old, new) for n in self.helpers}
+        old = {n: f"t.{quote(n)}" for n in self.helpers}
+        merged = {n: self._merge(n, old, fresh) for n in self.helpers}
         out_names = [o.name for o in self.outputs]
         insert_cols = [self.key, *out_names, *self.helpers, "_ralf_seq", "_ralf_updated_at"]
         values = [f"d.{quote(self.key)}"]
         values += [f"CAST({self._final(o, fresh)} AS {types[o.name]})" for o in self.outputs]
         values += [fresh[n] for n in self.helpers]
-        values += ["? + row_number() OVER ()", "?::TIMESTAMP"]
+        values += ["d.__ralf_seq", "d.__ralf_at"]
         sets = [f"{quote(n)} = {merged[n]}" for n in self.helpers]
         sets += [f"{quote(o.name)} = CAST({self._final(o, merged)} AS {types[o.name]})"
                  for o in self.outputs]
-        sets += ["_ralf_seq = excluded._ralf_seq", "_ralf_updated_at = excluded._ralf_updated_at"]
-        returning = ", ".join(quote(c) for c in [self.key, *out_names, "_ralf_seq"])
-        return (f"INSERT INTO {target} ({', '.join(quote(c) for c in insert_cols)}) "
-                f"SELECT {', '.join(values)} FROM ({self.delta_select(pending)}) AS d "
-                f"ON CONFLICT ({quote(self.key)}) DO UPDATE SET {', '.join(sets)} "
-                f"RETURNING {returning}")
+        sets += ["_ralf_seq = d.__ralf_seq", "_ralf_updated_at = d.__ralf_at"]
+        source = (f"SELECT *, ? + row_number() OVER () AS __ralf_seq, ?::TIMESTAMP AS __ralf_at "
+                  f"FROM ({self.delta_select(pending)}) AS delta")
+        return (f"MERGE INTO {target} AS t USING ({source}) AS d "
+                f"ON t.{quote(self.key)} = d.{quote(self.key)} "
+                f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)} "
+                f"WHEN NOT MATCHED THEN INSERT ({', '.join(quote(c) for c in insert_cols)}) "
+                f"VALUES ({', '.join(values)})")
 
     def _parse(self, helper: str) -> tuple[str, str]:
         prefix, kind = helper[len("_ralf_agg"):].split("_", 1)

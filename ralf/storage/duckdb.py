@@ -226,8 +226,12 @@ class DuckDBStorage(Storage):
         deleted: list[Any] = []
         with self._transaction() as con, self._registered(con, unit.read):
             if isinstance(plan, DeltaAggregate):
-                rows = con.sql(plan.upsert(target, pending, types),
-                               params=[unit.first_seq - 1, unit.updated_at]).to_arrow_table()
+                con.execute(plan.merge(target, pending, types),
+                            [unit.first_seq - 1, unit.updated_at]).fetchall()
+                cols = ", ".join(quote(c) for c in info.schema.names)
+                rows = con.sql(f"SELECT {cols}, _ralf_seq FROM {target} "
+                               f"WHERE _ralf_seq >= {int(unit.first_seq)} ORDER BY _ralf_seq"
+                               ).to_arrow_table()
             else:
                 rows, deleted = self._recompute(con, unit, pending)
             if rows.num_rows:
@@ -299,17 +303,17 @@ class DuckDBStorage(Storage):
                 at: dt.datetime) -> None:
         """Rows (user columns + _ralf_seq) into the feature table, replacing by key."""
         schema = info.schema
-        cols = ", ".join(quote(c) for c in schema.names)
-        updates = ", ".join(
-            f"{quote(c)} = excluded.{quote(c)}"
-            for c in [*schema.names, "_ralf_seq", "_ralf_updated_at"] if c != schema.primary_key
-        )
+        key = quote(schema.primary_key)
+        names = [quote(c) for c in [*schema.names, "_ralf_seq"]]
+        updates = ", ".join(f"{c} = r.{c}" for c in names if c != key)
         con.register("__ralf_rows", data)
-        try:
+        try:  # MERGE, not INSERT ... ON CONFLICT: DuckDB runs it several times faster
             con.execute(
-                f"INSERT INTO {quote(info.name)} ({cols}, _ralf_seq, _ralf_updated_at) "
-                f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_rows "
-                f"ON CONFLICT ({quote(schema.primary_key)}) DO UPDATE SET {updates}", [at]
+                f"MERGE INTO {quote(info.name)} AS t USING __ralf_rows AS r "
+                f"ON t.{key} = r.{key} "
+                f"WHEN MATCHED THEN UPDATE SET {updates}, _ralf_updated_at = ?::TIMESTAMP "
+                f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}, _ralf_updated_at) "
+                f"VALUES ({', '.join('r.' + c for c in names)}, ?::TIMESTAMP)", [at, at]
             ).fetchall()
         finally:
             con.unregister("__ralf_rows")
@@ -476,14 +480,15 @@ class DuckDBStorage(Storage):
         cur = self._reader()
         ts = quote(timestamp)
         selects, joins = ["e.* EXCLUDE (__ralf_row)"], []
-        for i, table in enumerate(dict.fromkeys(t for t, _, _ in features)):
+        tables = {t.name: t for t, _, _ in features}
+        for i, table in enumerate(tables.values()):
             alias = f"h{i}"
             key = quote(table.schema.primary_key)
             time = _time_column(table)
             joins.append(f"ASOF LEFT JOIN {_log(table)} {alias} ON e.{key} = {alias}.{key} "
                          f"AND e.{ts} >= {alias}.{time}")
             selects += [f"{alias}.{quote(column)} AS {quote(out)}"
-                        for t, column, out in features if t is table]
+                        for t, column, out in features if t.name == table.name]
         cur.register("__ralf_entities", entities)
         try:
             return cur.sql(f"SELECT {', '.join(selects)} FROM __ralf_entities e "

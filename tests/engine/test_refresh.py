@@ -9,8 +9,17 @@ from ralf import (
     RalfClient,
     Record,
 )
-from ralf.testing import ListSource
-from tests.pipelines import COUNT, RATINGS, SINK, CountPerKey, Identity, ratings
+from ralf.testing import ListSource, recompute
+from tests.pipelines import (
+    AVERAGE,
+    COUNT,
+    RATINGS,
+    SINK,
+    AverageRating,
+    CountPerKey,
+    Identity,
+    ratings,
+)
 
 
 def test_upsert_replaces_the_row_of_a_key(server):
@@ -77,3 +86,48 @@ def test_a_failure_in_one_tick_does_not_apply_a_record_twice(server):
     counts = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
     assert counts == pd.DataFrame(rows)["user"].value_counts().to_dict()
 
+
+
+class BatchAverage(Operator):
+    """The tutorial's AverageRating, vectorised: one pandas call per refresh."""
+
+    def __init__(self, schema):
+        self.sums = pd.DataFrame({"s": [], "n": []})
+
+    def on_batch(self, df):
+        if (df["rating"] < 0).any():
+            bad = df.loc[df["rating"] < 0, "user"].iloc[0]
+            raise ValueError(f"negative rating for user {bad}")
+        delta = df.groupby("user")["rating"].agg(s="sum", n="count")
+        self.sums = self.sums.add(delta, fill_value=0)
+        now = self.sums.loc[delta.index]
+        return pd.DataFrame({"user": now.index.astype("int64"), "average": now.s / now.n,
+                             "n": now.n.astype("int64")})
+
+
+def test_on_batch_is_used_instead_of_on_record_and_matches_the_oracle(server):
+    rows = ratings(3000, users=25)
+    source = server.create_source(ListSource, args=(RATINGS, rows, 300), name="ratings")
+    source.map(BatchAverage, args=(AVERAGE,), name="batch")
+    source.map(BatchAverage, args=(AVERAGE,), name="batch_budgeted", budget=3)
+    server.run()
+    expected = recompute(server, "ratings", AverageRating(AVERAGE), "user")
+    for table in ("batch", "batch_budgeted"):
+        got = RalfClient(server).bulk_query(table)
+        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+
+
+def test_on_batch_failures_are_isolated_to_their_key(server):
+    rows = ratings(400, users=6)
+    rows[50] = {**rows[50], "rating": -1.0}
+    bad_user = rows[50]["user"]
+    source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
+    source.map(BatchAverage, args=(AVERAGE,), name="batch")
+    with pytest.raises(OperatorError, match="negative rating"):
+        server.run()
+    got = RalfClient(server).bulk_query("batch").set_index("user")
+    assert bad_user not in got.index
+    truth = pd.DataFrame(rows)
+    truth = truth[truth.user != bad_user].groupby("user")["rating"].agg(["mean", "count"])
+    assert (got["n"] == truth["count"]).all()  # nobody else lost or doubled anything
+    assert ((got["average"] - truth["mean"]).abs() < 1e-9).all()
