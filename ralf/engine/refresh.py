@@ -125,7 +125,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
     else:
         changed = {k: read.high for k in keys}
     unit = ViewRefresh(
-        table=node.info, read=read, plan=node.operator, first_seq=node.seq + 1,
+        table=node.info, read=read, plan=node.operator, version=node.seq + 1,
         updated_at=now, watermark=read.high if full else marks.floor,
         set_watermarks={node.parent.schema.key_to_text(k): v for k, v in changed.items()},
         clear_watermarks=full)
@@ -139,14 +139,12 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
         return 0
     node.info.watermark = marks.floor = unit.watermark
     marks.overrides = changed if full else {**marks.overrides, **changed}
-    first_seq = node.seq + 1
-    node.seq += rows.num_rows
     node.put_rows(rows, now)
     for k in deleted:
         node.cache.pop(k, None)
     if keys is None:
         keys = rows.column(node.schema.primary_key).to_pylist() + list(deleted)
-    _after_refresh(node, keys, rows.num_rows, first_seq, now)
+    _after_refresh(node, keys, rows.num_rows, now)
     return len(keys)
 
 
@@ -301,11 +299,10 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
         overrides = {**marks.overrides, **changed}
         clear = False
     state = node.snapshot() if run.processed else node.state
-    first_seq = node.seq + 1
     node.storage.refresh(Refresh(
         table=node.info,
         rows=rows,
-        first_seq=first_seq,
+        version=node.seq + 1,
         updated_at=now,
         watermark=new_floor,
         set_watermarks={parent_schema.key_to_text(k): v for k, v in changed.items()},
@@ -318,15 +315,15 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
     node.info.watermark = new_floor
     marks.floor = new_floor
     marks.overrides = overrides
-    node.seq += rows.num_rows
     node.put_rows(rows, now)
     node.metrics.processed += run.processed
     node.metrics.shed += run.shed
-    _after_refresh(node, refreshed, rows.num_rows, first_seq, now)
+    _after_refresh(node, refreshed, rows.num_rows, now)
 
 
-def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, first_seq: int,
-                   now: dt.datetime) -> None:
+def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, now: dt.datetime
+                   ) -> None:
+    """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log."""
     for k in refreshed:
         node.failures.pop(k, None)
         if node.pending is not None:
@@ -335,7 +332,8 @@ def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, first_
     if node.priority is not None:
         node.priority.on_refresh(refreshed, now)
     if written:
-        notify_children(node, first_seq - 1)
+        node.seq += 1
+        notify_children(node, node.seq - 1)
 
 
 def _still_stale(node: FeatureNode, keys: list[Any] | None, refreshed: list[Any],

@@ -54,7 +54,7 @@ class Refresh:
 
     table: TableInfo
     rows: pa.Table  # user columns, one row per key (last write wins already applied)
-    first_seq: int  # _ralf_seq of the first output row in its log
+    version: int  # the _ralf_seq every row written by this refresh carries
     updated_at: dt.datetime
     watermark: int  # new floor
     set_watermarks: dict[str, int]  # key text -> seq
@@ -71,7 +71,7 @@ class ViewRefresh:
     table: TableInfo
     read: LogRead
     plan: Any  # ralf.ivm DeltaAggregate | KeyRecompute
-    first_seq: int
+    version: int
     updated_at: dt.datetime
     watermark: int
     set_watermarks: dict[str, int]

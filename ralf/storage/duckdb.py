@@ -203,9 +203,7 @@ class DuckDBStorage(Storage):
     def refresh(self, unit: Refresh) -> None:
         info, rows = unit.table, unit.rows
         n = rows.num_rows
-        data = rows.append_column(
-            "_ralf_seq", pa.array(np.arange(unit.first_seq, unit.first_seq + n, dtype=np.int64))
-        )
+        data = rows.append_column("_ralf_seq", pa.array(np.full(n, unit.version, np.int64)))
         with self._transaction() as con:
             if n:
                 self._upsert(con, info, data, unit.updated_at)
@@ -226,29 +224,29 @@ class DuckDBStorage(Storage):
         deleted: list[Any] = []
         with self._transaction() as con, self._registered(con, unit.read):
             if isinstance(plan, DeltaAggregate):
-                con.execute(plan.merge(target, pending, types),
-                            [unit.first_seq - 1, unit.updated_at]).fetchall()
-                cols = ", ".join(quote(c) for c in info.schema.names)
-                rows = con.sql(f"SELECT {cols}, _ralf_seq FROM {target} "
-                               f"WHERE _ralf_seq >= {int(unit.first_seq)} ORDER BY _ralf_seq"
-                               ).to_arrow_table()
+                new = con.sql(plan.new_rows(target, pending, types),
+                              params=[unit.version, unit.updated_at]).to_arrow_table()
+                self._upsert(con, info, new, unit.updated_at)
             else:
-                rows, deleted = self._recompute(con, unit, pending)
-            if rows.num_rows:
-                self._append_history(con, info, rows, unit.updated_at)
+                deleted = self._recompute(con, unit, pending)
+            cols = ", ".join(quote(c) for c in info.schema.names)
+            written = f"FROM {target} WHERE _ralf_seq = {int(unit.version)}"
+            con.execute(f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
+                        f"SELECT {cols}, _ralf_seq, _ralf_updated_at {written}").fetchall()
+            rows = con.sql(f"SELECT {cols} {written}").to_arrow_table()
             self._write_watermarks(con, unit)
-        return rows.select([*info.schema.names, "_ralf_seq"]), deleted
+        return rows, deleted
 
     def _recompute(self, con: duckdb.DuckDBPyConnection, unit: ViewRefresh, pending: str
-                   ) -> tuple[pa.Table, list[Any]]:
+                   ) -> list[Any]:
+        """Upsert the stale keys' recomputed groups; returns the keys that have none now."""
         info, plan = unit.table, unit.plan
         key = quote(plan.key)
         parent = unit.read.table
         cols = ", ".join(quote(c) for c in parent.schema.names)
         stale = con.sql(f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s").to_arrow_table()
         if stale.num_rows == 0:
-            return info.schema.arrow.empty_table().append_column(
-                "_ralf_seq", pa.array([], pa.int64())), []
+            return []
         con.register("__ralf_stale", stale)
         try:
             parent_rows = (f"SELECT {cols} FROM main.{quote(parent.name)} "
@@ -257,9 +255,8 @@ class DuckDBStorage(Storage):
         finally:
             con.unregister("__ralf_stale")
         data, _ = info.schema.to_arrow(result.select(info.schema.names), info.name)
-        n = data.num_rows
-        data = data.append_column("_ralf_seq", pa.array(
-            np.arange(unit.first_seq, unit.first_seq + n, dtype=np.int64)))
+        data = data.append_column("_ralf_seq", pa.array(np.full(data.num_rows, unit.version,
+                                                                np.int64)))
         self._upsert(con, info, data, unit.updated_at)
         kept = set(data.column(plan.key).to_pylist())
         deleted = [k for k in stale.column("key").to_pylist() if k not in kept]
@@ -271,7 +268,7 @@ class DuckDBStorage(Storage):
                             f"WHERE {key} IN (SELECT key FROM __ralf_gone)").fetchall()
             finally:
                 con.unregister("__ralf_gone")
-        return data, deleted
+        return deleted
 
     def describe(self, query: str) -> list[tuple[str, str]]:
         with self._lock:
@@ -301,20 +298,21 @@ class DuckDBStorage(Storage):
     @staticmethod
     def _upsert(con: duckdb.DuckDBPyConnection, info: TableInfo, data: pa.Table,
                 at: dt.datetime) -> None:
-        """Rows (user columns + _ralf_seq) into the feature table, replacing by key."""
-        schema = info.schema
-        key = quote(schema.primary_key)
-        names = [quote(c) for c in [*schema.names, "_ralf_seq"]]
-        updates = ", ".join(f"{c} = r.{c}" for c in names if c != key)
+        """Replace the rows of the keys in ``data`` (user columns and ``_ralf_seq``, maybe
+        helpers and ``_ralf_updated_at``): delete, then one bulk insert by name.
+
+        Not INSERT ... ON CONFLICT nor MERGE: measured here (duckdb 2.0), a MERGE of 10,000
+        aggregate rows went from ~9 ms to ~200 ms per refresh after six refreshes, and ON
+        CONFLICT was slower still, while delete + append stays flat (benchmarks/ivm.py)."""
+        key = quote(info.schema.primary_key)
+        stamp = "" if "_ralf_updated_at" in data.column_names else \
+            ", ?::TIMESTAMP AS _ralf_updated_at"
         con.register("__ralf_rows", data)
-        try:  # MERGE, not INSERT ... ON CONFLICT: DuckDB runs it several times faster
-            con.execute(
-                f"MERGE INTO {quote(info.name)} AS t USING __ralf_rows AS r "
-                f"ON t.{key} = r.{key} "
-                f"WHEN MATCHED THEN UPDATE SET {updates}, _ralf_updated_at = ?::TIMESTAMP "
-                f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}, _ralf_updated_at) "
-                f"VALUES ({', '.join('r.' + c for c in names)}, ?::TIMESTAMP)", [at, at]
-            ).fetchall()
+        try:
+            con.execute(f"DELETE FROM {quote(info.name)} "
+                        f"WHERE {key} IN (SELECT {key} FROM __ralf_rows)").fetchall()
+            con.execute(f"INSERT INTO {quote(info.name)} BY NAME "
+                        f"SELECT *{stamp} FROM __ralf_rows", [at] if stamp else []).fetchall()
         finally:
             con.unregister("__ralf_rows")
 
