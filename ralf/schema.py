@@ -79,7 +79,7 @@ class Record:
     """
 
     def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
+        self.__dict__ = fields  # a fresh dict already: no copy
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> Record:
@@ -312,8 +312,9 @@ class Schema:
         rejected: list[Rejection] = []
         good: list[dict[str, Any]] = []
         names = self._name_set
+        pk = self.primary_key
         for row in rows:
-            fields = _fields_of(row)
+            fields = row.__dict__ if type(row) is Record else _fields_of(row)
             if fields is None:
                 reason = f"table {table!r}: expected a Record or dict, got {type(row).__name__}"
                 rejected.append(Rejection(table, reason, None, repr(row)))
@@ -321,7 +322,7 @@ class Schema:
             if fields.keys() != names:
                 rejected.append(self._shape_rejection(fields, row, table))
                 continue
-            if fields[self.primary_key] is None:
+            if fields[pk] is None:
                 reason = f"table {table!r}: column {self.primary_key!r}: the primary key is null"
                 rejected.append(Rejection(table, reason, self.primary_key, row))
                 continue
@@ -368,8 +369,16 @@ class Schema:
         return Rejection(table, reason, str(extra[0]), row)
 
     def records(self, data: pa.Table) -> list[Record]:
-        """Arrow rows of this schema as Records (user columns only)."""
-        return [Record.from_dict(d) for d in data.select(self.names).to_pylist()]
+        """Arrow rows of this schema as Records (user columns only); the hot path of every
+        Python operator, so no per-row function call beyond the allocation."""
+        new = object.__new__
+        out = []
+        append = out.append
+        for fields in data.select(self.names).to_pylist():
+            record = new(Record)
+            record.__dict__ = fields
+            append(record)
+        return out
 
 
 def _fields_of(row: Any) -> Mapping[str, Any] | None:

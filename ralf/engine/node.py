@@ -36,6 +36,7 @@ class TableMetrics:
     refreshes: int = 0
     failures: int = 0
     queries: int = 0
+    refresh_seconds: float = 0.0  # wall time spent refreshing (reading, operator, commit)
 
 
 class Node:

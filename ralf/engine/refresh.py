@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,8 +46,17 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     """Refresh the given stale keys (None: every stale key). Returns keys refreshed."""
     if keys is not None and not keys:
         return 0
-    if node.is_view:
-        return _refresh_view(node, keys, errors, now)
+    start = time.perf_counter()
+    try:
+        if node.is_view:
+            return _refresh_view(node, keys, errors, now)
+        return _refresh_python(node, keys, errors, max_failures, now)
+    finally:
+        node.metrics.refresh_seconds += time.perf_counter() - start
+
+
+def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
+                    max_failures: int, now: dt.datetime) -> int:
     read = node.read_all() if keys is None else node.read_keys(keys)
     data = node.storage.read_log(read)
     pk = node.parent.schema.primary_key

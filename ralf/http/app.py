@@ -33,7 +33,8 @@ MAX_BODY = 64 * 1024
 MAX_ENTITY_BODY = 256 * 1024 * 1024
 MAX_RESULT_ROWS = 1_000_000
 _STATUS = {KeyNotFound: 404, TableNotFound: 404, SchemaError: 400, QueryError: 400}
-_COUNTERS = ("ingested", "rejected", "processed", "shed", "refreshes", "failures", "queries")
+_COUNTERS = ("ingested", "rejected", "processed", "shed", "refreshes", "failures", "queries",
+             "refresh_seconds")
 _GAUGES = ("stale_keys", "pending_appends", "staleness_p50", "staleness_p99",
            "staleness_max", "quarantined_keys")
 
