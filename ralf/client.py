@@ -70,6 +70,15 @@ class RalfClient:
             return self._server.sql(query)
         return self._http.sql(query)
 
+    def record_error(self, table: str, key: Any, error: float) -> None:
+        """Report the prediction error observed using ``key``'s features in ``table``, so
+        accuracy-aware policies can refresh where staleness costs most."""
+        if self._server is not None:
+            self._server.record_error(table, key, error)
+        else:
+            body = json.dumps({"table": table, "key": _key_text(key), "error": error})
+            self._http.request("POST", "/feedback", body=body.encode())
+
     def tables(self) -> list[dict[str, Any]]:
         if self._server is not None:
             return self._server.tables()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import re
 import tempfile
 import threading
@@ -326,6 +327,24 @@ class Ralf:
         if with_metadata:
             self._add_metadata(node, key, record, entry[1])
         return record
+
+    def record_error(self, table: str, key: Any, error: float) -> None:
+        """Feedback: the prediction error a client observed using ``key``'s features (e.g.
+        prediction minus truth). Kept per key for prioritization policies
+        (``AccuracyAware``) and counted in metrics; not persisted."""
+        node = self._node(table)
+        key = node.schema.parse_key(key)
+        try:
+            error = float(error)
+        except (TypeError, ValueError):
+            raise SchemaError(f"record_error: error must be a number, got {error!r}") from None
+        if not math.isfinite(error):
+            raise SchemaError(f"record_error: error must be finite, got {error!r}")
+        node.metrics.errors_reported += 1
+        node.metrics.squared_error += error * error
+        if isinstance(node, FeatureNode) and node.priority is not None:
+            with self._scheduler.lock:
+                node.priority.on_error(key, error, self.clock.now())
 
     def _point_as_of(self, node: Node, table: str, key: Any, at: dt.datetime,
                      with_metadata: bool) -> Record:

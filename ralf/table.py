@@ -112,7 +112,7 @@ class Table:
                                   kwargs: dict | None = None) -> Table:
         node = self._feature("add_prioritization_policy")
         instance = _build(policy, args, kwargs, PrioritizationPolicy, "choose")
-        for hook in ("on_pending", "on_refresh", "on_query", "choose_many"):
+        for hook in ("on_pending", "on_refresh", "on_query", "on_error", "choose_many"):
             if not hasattr(instance, hook):  # a duck-typed user policy: give it the defaults
                 setattr(instance, hook, getattr(PrioritizationPolicy, hook).__get__(instance))
         with self._server._scheduler.lock:

@@ -37,6 +37,8 @@ class TableMetrics:
     failures: int = 0
     queries: int = 0
     refresh_seconds: float = 0.0  # wall time spent refreshing (reading, operator, commit)
+    errors_reported: int = 0  # client.record_error calls
+    squared_error: float = 0.0  # their sum of squares
 
 
 class Node:

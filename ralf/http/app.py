@@ -34,9 +34,15 @@ MAX_ENTITY_BODY = 256 * 1024 * 1024
 MAX_RESULT_ROWS = 1_000_000
 _STATUS = {KeyNotFound: 404, TableNotFound: 404, SchemaError: 400, QueryError: 400}
 _COUNTERS = ("ingested", "rejected", "processed", "shed", "refreshes", "failures", "queries",
-             "refresh_seconds")
+             "refresh_seconds", "errors_reported")
 _GAUGES = ("stale_keys", "pending_appends", "staleness_p50", "staleness_p99",
            "staleness_max", "quarantined_keys")
+
+
+class Feedback(BaseModel):
+    table: str
+    key: str
+    error: float
 
 
 class SqlRequest(BaseModel):
@@ -147,6 +153,15 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         except RalfError as exc:
             return _error_for(exc)
         return _rows(data, request)
+
+    @app.post("/feedback", status_code=204,
+              summary="Report a prediction error observed with a key's features")
+    async def feedback(body: Feedback) -> Response:
+        try:
+            server.record_error(body.table, body.key, body.error)
+        except RalfError as exc:
+            return _error_for(exc)
+        return Response(status_code=204)
 
     @app.post("/snapshot", summary="Write a consistent read-only copy of the database file")
     def snapshot() -> Response:

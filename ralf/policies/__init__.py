@@ -4,6 +4,7 @@ from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
 from ralf.policies.priority import (
     FIFO,
     LIFO,
+    AccuracyAware,
     LeastRecentlyUpdated,
     Lottery,
     MostPending,
@@ -14,6 +15,7 @@ from ralf.policies.priority import (
 from ralf.policies.shedding import KeyWeightedSampling, LatestOnly, NewerThanCurrent, SampleRate
 
 __all__ = [
+    "AccuracyAware",
     "FIFO",
     "LIFO",
     "KeyWeightedSampling",

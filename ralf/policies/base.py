@@ -72,6 +72,9 @@ class PrioritizationPolicy:
     def on_query(self, key: Any, at: dt.datetime) -> None:
         """A client asked for this key."""
 
+    def on_error(self, key: Any, error: float, at: dt.datetime) -> None:
+        """A client reported the prediction error it observed using this key's features."""
+
 
 def selects(policy: LoadSheddingPolicy) -> bool:
     """True if the policy chooses among a refresh's records as a whole."""

@@ -146,6 +146,53 @@ class Random(PrioritizationPolicy):
         return self._random.sample(candidates, min(k, len(candidates)))
 
 
+class AccuracyAware(PrioritizationPolicy):
+    """Refresh the keys whose stale features cost the most downstream error first.
+
+    Estimator (the regret a refresh removes): for each key, the sum of squared prediction
+    errors clients reported (``client.record_error``) since the key was last refreshed.
+    Every query that used the stale row and was wrong adds to it, so a key counts more
+    the more often it is queried and the further its features have drifted; a refresh
+    resets it. ``decay`` (seconds, optional) halves old errors' weight every ``decay``
+    seconds. Keys without reported errors follow in FIFO order, so nothing starves once
+    the high-regret keys are served.
+    """
+
+    def __init__(self, decay: float | None = None) -> None:
+        self.decay = decay
+        self._regret: dict[Any, tuple[float, dt.datetime]] = {}
+
+    def on_error(self, key: Any, error: float, at: dt.datetime) -> None:
+        self._regret[key] = (self.regret(key, at) + float(error) ** 2, at)
+
+    def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        for key in keys:
+            self._regret.pop(key, None)
+
+    def regret(self, key: Any, at: dt.datetime) -> float:
+        """The key's estimated regret at time ``at``."""
+        entry = self._regret.get(key)
+        if entry is None:
+            return 0.0
+        value, since = entry
+        if self.decay is None:
+            return value
+        age = max((at - since).total_seconds(), 0.0)
+        return value * math.pow(0.5, age / self.decay)
+
+    def choose(self, keys: Sequence[Any]) -> Any:
+        return self.choose_many(keys, 1)[0]
+
+    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        now = getattr(keys, "now", None) or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        candidates = [key for key in self._regret if key in keys]
+        chosen = heapq.nlargest(k, candidates, key=lambda key: self.regret(key, now))
+        if len(chosen) < k:
+            have = set(chosen)
+            chosen += list(islice((x for x in keys if x not in have), k - len(chosen)))
+        return chosen
+
+
 def _weights(source: Any, what: str) -> dict[Any, float]:
     """A key -> number mapping from a dict, a pandas Series/DataFrame or a CSV path."""
     import pandas as pd

@@ -8,11 +8,12 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from ralf import Ralf, RalfClient
+from ralf import Ralf, RalfClient, SchemaError
 from ralf.engine.progress import Pending, PendingIndex, StaleKeys
 from ralf.policies import (
     FIFO,
     LIFO,
+    AccuracyAware,
     LeastRecentlyUpdated,
     Lottery,
     MostPending,
@@ -185,3 +186,43 @@ def test_ticks_driven_by_a_clock_object():
         ticks = server._scheduler.ticks
         assert ticks > 0
         assert clock.now() == dt.datetime(2024, 1, 1) + dt.timedelta(seconds=5 * ticks)
+
+
+def test_accuracy_aware_estimates_regret_from_reported_errors():
+    policy = AccuracyAware()
+    policy.on_error("c", 2.0, T0)   # regret 4
+    policy.on_error("c", 1.0, T0)   # regret 5
+    policy.on_error("b", 3.0, T0)   # regret 9
+    policy.on_error("zz", 9.0, T0)  # not stale: never chosen
+    assert policy.regret("c", T0) == 5.0 and policy.regret("a", T0) == 0.0
+    assert policy.choose_many(view(STALE), 3) == ["b", "c", "a"]  # then FIFO
+    policy.on_refresh(["b"], T0)
+    assert policy.regret("b", T0) == 0.0
+    assert policy.choose(view(STALE)) == "c"
+
+
+def test_accuracy_aware_decay_halves_old_errors():
+    policy = AccuracyAware(decay=10.0)
+    policy.on_error("a", 2.0, T0)
+    assert policy.regret("a", T0 + dt.timedelta(seconds=10)) == pytest.approx(2.0)
+    policy.on_error("a", 1.0, T0 + dt.timedelta(seconds=10))
+    assert policy.regret("a", T0 + dt.timedelta(seconds=20)) == pytest.approx(1.5)
+
+
+def test_record_error_feeds_the_policy_in_process_and_over_http():
+    rows = ratings(600, users=30, seed=2)
+    with Ralf() as server:
+        source = server.create_source(ListSource, args=(RATINGS, rows, 600), name="ratings")
+        table = source.map(CountPerKey, args=(COUNT,), name="counts", budget=2)
+        table.add_prioritization_policy(AccuracyAware())
+        url = server.serve(port=0)
+        RalfClient(server).record_error("counts", 17, 5.0)
+        RalfClient(url).record_error("counts", "23", -7.0)
+        server.step()
+        assert sorted(RalfClient(server).bulk_query("counts")["user"]) == [17, 23]
+        m = server.metrics()["tables"]["counts"]
+        assert m["errors_reported"] == 2 and m["squared_error"] == 74.0
+        with pytest.raises(SchemaError, match="finite"):
+            RalfClient(server).record_error("counts", 1, float("nan"))
+        with pytest.raises(SchemaError):
+            RalfClient(url).record_error("counts", "x", 1.0)
