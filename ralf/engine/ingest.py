@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ralf.engine.faults import crashpoint
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.errors import OperatorError, RalfError, SchemaError
 from ralf.schema import Record, Rejection
@@ -54,6 +55,7 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
     """Ingest one batch; returns whether anything was appended."""
     if node.exhausted:
         return False
+    crashpoint("ingest.before_next")
     try:
         batch = node.source.next()
     except StopIteration:
@@ -74,6 +76,7 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
         if node.skip == 0:
             _commit(node, node.schema.arrow.empty_table(), [], 0, now)
         return False
+    crashpoint("ingest.after_next")
     try:
         n = batch_length(batch)
     except TypeError:
@@ -99,6 +102,7 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
         for rejection in take_rejected():
             rejection.table = node.name
             rejected.append(rejection)
+    crashpoint("ingest.after_validate")
     _commit(node, rows, rejected, n, now)
     if rejected:
         first = rejected[0]
@@ -114,6 +118,7 @@ def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
     first_seq = node.seq + 1
     node.storage.append(Append(
         node.info, rows, first_seq, now, state, node.emitted + emitted, node.exhausted, rejected))
+    crashpoint("append.after_commit")
     node.emitted += emitted
     node.seq += rows.num_rows
     node.metrics.ingested += rows.num_rows

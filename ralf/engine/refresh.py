@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
 from ralf.errors import OperatorError, RalfError
@@ -59,6 +60,7 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
                     max_failures: int, now: dt.datetime) -> int:
     read = node.read_all() if keys is None else node.read_keys(keys)
     data = node.storage.read_log(read)
+    crashpoint("refresh.after_read")
     pk = node.parent.schema.primary_key
     batch = callable(getattr(node.operator, "on_batch", None))
     data, shed = _shed(node, data, pk, per_record=batch)
@@ -74,6 +76,7 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
             rows = _without(rows, run, node.schema.primary_key, skip)
             break
         node.restore(node.state)  # undo what the failed keys did to the state, then replay
+    crashpoint("refresh.after_operator")
     run.shed += shed
     refreshed_keys = _refreshed(data.column(pk).to_pylist(), keys, skip)
     _commit(node, rows, run, keys, refreshed_keys, skip, read.high, now)
@@ -147,6 +150,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
         errors.append(error)
         log.error("%s", error)
         return 0
+    crashpoint("view.after_commit")
     node.info.watermark = marks.floor = unit.watermark
     marks.overrides = changed if full else {**marks.overrides, **changed}
     node.put_rows(rows, now)
@@ -175,6 +179,7 @@ def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[_P
         if shedding and not _keep(node, record, key, outputs):
             result.shed += 1
             continue
+        crashpoint("refresh.in_operator")
         try:
             if lookup is None:
                 out = on_record(record)
@@ -309,6 +314,7 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
         overrides = {**marks.overrides, **changed}
         clear = False
     state = node.snapshot() if run.processed else node.state
+    crashpoint("refresh.after_checkpoint")
     node.storage.refresh(Refresh(
         table=node.info,
         rows=rows,
@@ -320,12 +326,14 @@ def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | Non
         state=state,
         write_state=run.processed > 0,
     ))
+    crashpoint("refresh.after_commit")
     # Committed: now the in-memory view may move.
     node.state = state
     node.info.watermark = new_floor
     marks.floor = new_floor
     marks.overrides = overrides
     node.put_rows(rows, now)
+    crashpoint("refresh.after_cache")
     node.metrics.processed += run.processed
     node.metrics.shed += run.shed
     _after_refresh(node, refreshed, rows.num_rows, now)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ralf.clock import Clock, SystemClock
+from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import pull
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.progress import StaleKeys
@@ -47,6 +48,7 @@ class Scheduler:
                     worked |= self._refresh_eager(node, errors, now) > 0
             self.ticks += 1
             self._compact(now)
+            crashpoint("tick.end")
         return worked, errors
 
     def _failed(self, source: SourceNode) -> bool:
@@ -107,6 +109,7 @@ class Scheduler:
         else:
             keys = [key] if key in node.pending and key not in node.quarantined else []
         if keys:
+            crashpoint("lazy.before_refresh")
             refresh(node, keys, errors, self.max_failures, now)
 
     # ---- whole runs -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ralf.engine.faults import crashpoint
 from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
@@ -182,6 +183,7 @@ class DuckDBStorage(Storage):
         )
         cols = ", ".join(quote(c) for c in info.schema.names)
         with self._transaction() as con:
+            crashpoint("append.in_transaction")
             if n:
                 con.register("__ralf_rows", data)
                 try:
@@ -199,22 +201,28 @@ class DuckDBStorage(Storage):
                 [info.name, unit.source_state, unit.emitted, unit.exhausted, unit.ingested_at],
             )
             self._insert_rejected(con, unit.rejected)
+            crashpoint("append.before_commit")
 
     def refresh(self, unit: Refresh) -> None:
         info, rows = unit.table, unit.rows
         n = rows.num_rows
         data = rows.append_column("_ralf_seq", pa.array(np.full(n, unit.version, np.int64)))
         with self._transaction() as con:
+            crashpoint("refresh.in_transaction")
             if n:
                 self._upsert(con, info, data, unit.updated_at)
+                crashpoint("refresh.after_upsert")
                 self._append_history(con, info, data, unit.updated_at)
+                crashpoint("refresh.after_history")
             self._write_watermarks(con, unit)
+            crashpoint("refresh.after_watermarks")
             if unit.write_state:
                 con.execute(
                     "INSERT INTO ralf.operator_state VALUES (?, ?, ?) ON CONFLICT (table_name) "
                     "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
                     [info.name, unit.state, unit.updated_at],
                 )
+            crashpoint("refresh.before_commit")
 
     def refresh_view(self, unit: ViewRefresh) -> tuple[pa.Table, list[Any]]:
         info, plan = unit.table, unit.plan
@@ -223,6 +231,7 @@ class DuckDBStorage(Storage):
         pending = self.pending_rows(unit.read)
         deleted: list[Any] = []
         with self._transaction() as con, self._registered(con, unit.read):
+            crashpoint("view.in_transaction")
             if isinstance(plan, DeltaAggregate):
                 new = con.sql(plan.new_rows(target, pending, types),
                               params=[unit.version, unit.updated_at]).to_arrow_table()
@@ -233,8 +242,10 @@ class DuckDBStorage(Storage):
             written = f"FROM {target} WHERE _ralf_seq = {int(unit.version)}"
             con.execute(f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
                         f"SELECT {cols}, _ralf_seq, _ralf_updated_at {written}").fetchall()
+            crashpoint("view.after_upsert")
             rows = con.sql(f"SELECT {cols} {written}").to_arrow_table()
             self._write_watermarks(con, unit)
+            crashpoint("view.before_commit")
         return rows, deleted
 
     def _recompute(self, con: duckdb.DuckDBPyConnection, unit: ViewRefresh, pending: str

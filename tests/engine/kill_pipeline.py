@@ -35,6 +35,9 @@ def build(server: Ralf, n: int) -> None:
     source.map(AverageRating, args=(AVERAGE,), name="average")
     source.map(CountPerKey, args=(COUNT,), name="budgeted_counts", budget=4)
     source.map(CountPerKey, args=(COUNT,), name="lazy_counts", lazy=True)
+    source.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"), name="agg")
+    source.sql("SELECT user, median(rating) AS med FROM events GROUP BY user", name="medians",
+               budget=5)
 
 
 def main() -> None:
@@ -45,6 +48,10 @@ def main() -> None:
         while True:
             server.step()
             tick += 1
+            try:
+                server.point_query("lazy_counts", tick % 37)  # lazy refresh on query
+            except KeyError:
+                pass
             print(f"tick {tick}", flush=True)
             if server._scheduler.drained():
                 break
