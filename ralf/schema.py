@@ -336,8 +336,11 @@ class Schema:
     def _columns(self, rows: list[Mapping[str, Any]]) -> tuple[list[pa.Array], str | None]:
         arrays = []
         for name in self.names:
+            values = [f[name] for f in rows]
             try:
-                arrays.append(pa.array([f[name] for f in rows], type=self.arrow.field(name).type))
+                if self.columns[name] is int:
+                    _no_fractions(values)
+                arrays.append(pa.array(values, type=self.arrow.field(name).type))
             except _CONVERSION_ERRORS:
                 return arrays, name
         return arrays, None
@@ -349,6 +352,8 @@ class Schema:
         keep = []
         for fields in rows:
             try:
+                if self.columns[name] is int:
+                    _no_fractions([fields[name]])
                 pa.array([fields[name]], type=typ)
                 keep.append(fields)
             except _CONVERSION_ERRORS as exc:
@@ -379,6 +384,13 @@ class Schema:
             record.__dict__ = fields
             append(record)
         return out
+
+
+def _no_fractions(values: list[Any]) -> None:
+    """Arrow silently truncates 1.5 to 1 in an integer column; ralf refuses instead."""
+    for value in values:
+        if value.__class__ is float and not value.is_integer():
+            raise ValueError(f"{value!r} is not an integer")
 
 
 def _fields_of(row: Any) -> Mapping[str, Any] | None:

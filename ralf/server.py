@@ -216,6 +216,25 @@ class Ralf:
         node = self._stored[name] = Node(info, self.storage)
         return node
 
+    def quarantined(self, table: str) -> list[Any]:
+        """Keys of a feature table held back after ``max_failures`` operator failures."""
+        node = self._node(table)
+        return sorted(getattr(node, "quarantined", ()), key=repr)
+
+    def release(self, table: str, key: Any = None) -> int:
+        """Give quarantined keys (one, or all with ``key=None``) — or a source that was
+        given up on — another chance; returns how many were released."""
+        node = self._node(table)
+        with self._scheduler.lock:
+            if isinstance(node, SourceNode):
+                released = int(node.failures > 0)
+                node.failures = node.retry_tick = 0
+                return released
+            if not isinstance(node, FeatureNode):
+                return 0
+            keys = list(node.quarantined) if key is None else [node.schema.parse_key(key)]
+            return sum(node.release(k) for k in keys)
+
     def snapshot(self, directory: str | None = None) -> str:
         """A consistent copy of the database file (for ``ralf shell`` while serving)."""
         target = Path(directory or tempfile.mkdtemp(prefix="ralf-snapshot-")) / "snapshot.duckdb"
@@ -448,6 +467,11 @@ class Ralf:
                 if isinstance(node, FeatureNode):
                     m.update(_staleness(node, now))
                     m["quarantined_keys"] = len(node.quarantined)
+                    m["retrying_keys"] = len(node.retry_tick)
+                elif isinstance(node, SourceNode):
+                    m["source_failures"] = node.failures
+                    m["source_failed"] = node.failures >= self._scheduler.max_failures
+                    m["exhausted"] = node.exhausted
                 tables[name] = m
         return {"ticks": self._scheduler.ticks, "tables": tables}
 

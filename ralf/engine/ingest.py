@@ -51,7 +51,7 @@ def resume_source(node: SourceNode) -> None:
         node.skip = emitted
 
 
-def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
+def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime, tick: int) -> bool:
     """Ingest one batch; returns whether anything was appended."""
     if node.exhausted:
         return False
@@ -60,8 +60,9 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
         batch = node.source.next()
     except StopIteration:
         batch = None
-    except Exception as exc:  # user code: report, keep the source, try again next tick
+    except Exception as exc:  # user code: report, keep the source, retry with backoff
         node.failures += 1
+        node.retry_tick = tick + 2 ** (node.failures - 1)
         if isinstance(exc, RalfError):
             errors.append(exc)
         else:
@@ -77,6 +78,7 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
             _commit(node, node.schema.arrow.empty_table(), [], 0, now)
         return False
     crashpoint("ingest.after_next")
+    node.failures = 0
     try:
         n = batch_length(batch)
     except TypeError:

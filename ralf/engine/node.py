@@ -94,7 +94,8 @@ class SourceNode(Node):
         self.emitted = 0
         self.exhausted = False
         self.skip = 0  # records to drop on replay after a reopen (count-based resume)
-        self.failures = 0
+        self.failures = 0  # consecutive failed next() calls
+        self.retry_tick = 0  # next() is not called again before this tick (backoff)
 
 
 class FeatureNode(Node):
@@ -111,8 +112,10 @@ class FeatureNode(Node):
         self.default_priority = FIFO()
         self.marks = Watermarks()
         self.pending: PendingIndex | None = None
-        self.failures: dict[Any, int] = {}
-        self.quarantined: set[Any] = set()
+        self.failures: dict[Any, int] = {}  # consecutive failures per key
+        self.retry_tick: dict[Any, int] = {}  # failed keys wait until this tick (backoff)
+        self.quarantined: set[Any] = set()  # failed max_failures times: held until released
+        self.tick = 0  # the scheduler's current tick, for backoff
         self.state: bytes | None = None  # last committed operator checkpoint
         self.cache = {}
 
@@ -227,16 +230,33 @@ class FeatureNode(Node):
         return LogRead(self.parent.info, self.marks.floor, self.parent.seq, None,
                        keys=self.marks.arrow(key_type, keys))
 
+    @property
+    def held(self) -> set[Any]:
+        """Keys not to refresh now: quarantined, or waiting out a retry backoff."""
+        waiting = {k for k, t in self.retry_tick.items() if t > self.tick}
+        return self.quarantined | waiting if waiting else self.quarantined
+
     def stale_keys(self) -> list[Any]:
         if self.pending is None:
             return []
-        return [k for k in self.pending.keys if k not in self.quarantined]
+        held = self.held
+        return [k for k in self.pending.keys if k not in held]
 
-    def has_work(self) -> bool:
-        """Whether an eager refresh would find anything to apply."""
+    def has_work(self, now_only: bool = True) -> bool:
+        """Whether an eager refresh would find anything to apply (``now_only=False``: also
+        keys that are only waiting out a backoff)."""
+        held = self.held if now_only else self.quarantined
         if self.pending is not None:
-            return any(k not in self.quarantined for k in self.pending.keys)
+            return any(k not in held for k in self.pending.keys)
         if self.parent.seq > self.marks.floor:
             return True
-        return any(k not in self.quarantined and wm < self.parent.seq
+        return any(k not in held and wm < self.parent.seq
                    for k, wm in self.marks.overrides.items())
+
+    def release(self, key: Any) -> bool:
+        """Give a quarantined (or backing-off) key another chance; True if it was held."""
+        held = key in self.quarantined or key in self.retry_tick
+        self.quarantined.discard(key)
+        self.failures.pop(key, None)
+        self.retry_tick.pop(key, None)
+        return held

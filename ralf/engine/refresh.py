@@ -65,7 +65,7 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
     batch = callable(getattr(node.operator, "on_batch", None))
     data, shed = _shed(node, data, pk, per_record=batch)
     attempt = _run_batch if batch else _run
-    skip = set(node.quarantined)
+    skip = set(node.held)
     for _ in range(_MAX_RETRY_PASSES):
         run, rows = attempt(node, data, pk, skip)
         if not run.failed:
@@ -134,7 +134,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
     marks = node.marks
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
     if full:  # nothing left behind: the floor moves, only held-back keys keep a mark
-        changed = {k: marks.of(k) for k in node.quarantined if marks.of(k) < read.high}
+        changed = {k: marks.of(k) for k in node.held if marks.of(k) < read.high}
     else:
         changed = {k: read.high for k in keys}
     unit = ViewRefresh(
@@ -172,6 +172,7 @@ def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[_P
     out_pk = node.schema.primary_key
     outputs = result.outputs
     shedding = node.shedding
+    aligned = node.aligned
     for record in node.parent.schema.records(data):
         key = getattr(record, pk)
         if key in skip or key in result.failed:
@@ -197,12 +198,20 @@ def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[_P
             for row in out:
                 fields = row.__dict__ if isinstance(row, Record) else row
                 out_key = fields[out_pk]
+                if aligned and out_key != key:
+                    raise LookupError(f"it returned a row for key {out_key!r} while refreshing "
+                                      f"key {key!r} (the table shares its parent's key)")
                 outputs[out_key] = row
                 result.origin[out_key] = key
-        except (KeyError, TypeError) as exc:
+        except LookupError as exc:  # a missing key column (KeyError) or a foreign key
+            detail = exc if not isinstance(exc, KeyError) else f"no column {out_pk!r}"
             result.failed[key] = OperatorError(
-                f"table {node.name!r}: operator returned {out!r}, not Records with the "
-                f"primary key {out_pk!r} ({type(exc).__name__}: {exc})", table=node.name, key=key)
+                f"table {node.name!r}: operator output for key {key!r} rejected: {detail}",
+                table=node.name, key=key)
+        except TypeError as exc:
+            result.failed[key] = OperatorError(
+                f"table {node.name!r}: operator returned {out!r}, not Records "
+                f"({exc})", table=node.name, key=key)
     rows, rejected = node.schema.to_arrow(list(outputs.values()), node.name)
     _reject_outputs(node, result, rejected)
     return result, rows
@@ -282,6 +291,8 @@ def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
         quarantined = count >= max_failures
         if quarantined:
             node.quarantined.add(key)
+        else:  # exponential backoff, in ticks: 1, 2, 4, ...
+            node.retry_tick[key] = node.tick + 2 ** (count - 1)
         detail = exc if isinstance(exc, OperatorError) else f"{type(exc).__name__}: {exc}"
         error = OperatorError(
             f"table {node.name!r}, key {key!r}: operator failed ({detail})"
@@ -344,6 +355,7 @@ def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, now: d
     """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log."""
     for k in refreshed:
         node.failures.pop(k, None)
+        node.retry_tick.pop(k, None)
         if node.pending is not None:
             node.pending.pop(k)
     node.metrics.refreshes += len(refreshed)
@@ -359,7 +371,7 @@ def _still_stale(node: FeatureNode, keys: list[Any] | None, refreshed: list[Any]
     """The keys left stale if this refresh drains the table of all others, else None."""
     if keys is None:
         return list(skip)
-    held = skip | node.quarantined
+    held = skip | node.held
     done = set(refreshed)
     if len(node.pending) - len(done) > len(held):
         return None

@@ -41,9 +41,10 @@ class Scheduler:
         with self.lock:
             now = self.clock.now()
             for source in self.sources:
-                if not self._failed(source):
-                    worked |= pull(source, errors, now)
+                if not self._failed(source) and source.retry_tick <= self.ticks:
+                    worked |= pull(source, errors, now, self.ticks)
             for node in self.features:
+                node.tick = self.ticks
                 if not node.lazy:
                     worked |= self._refresh_eager(node, errors, now) > 0
             self.ticks += 1
@@ -64,7 +65,7 @@ class Scheduler:
 
     def choose(self, node: FeatureNode, now: dt.datetime) -> list[Any]:
         """The stale keys to refresh this tick: all of them, or the policy's pick within budget."""
-        stale = StaleKeys(node.pending, node.quarantined, node.cache, now)
+        stale = StaleKeys(node.pending, node.held, node.cache, now)
         if node.budget is None or len(stale) <= node.budget:
             return list(stale)
         policy = node.priority or node.default_priority
@@ -107,7 +108,7 @@ class Scheduler:
         if key is None:
             keys = node.stale_keys()
         else:
-            keys = [key] if key in node.pending and key not in node.quarantined else []
+            keys = [key] if key in node.pending and key not in node.held else []
         if keys:
             crashpoint("lazy.before_refresh")
             refresh(node, keys, errors, self.max_failures, now)
@@ -116,7 +117,7 @@ class Scheduler:
     def drained(self) -> bool:
         """Every source exhausted (or given up on), every eager table without pending work."""
         return all(s.exhausted or self._failed(s) for s in self.sources) and not any(
-            node.has_work() for node in self.features if not node.lazy
+            node.has_work(now_only=False) for node in self.features if not node.lazy
         )
 
     def run(self, timeout: float | None = None, idle_wait: float = 0.005) -> list[RalfError]:

@@ -6,6 +6,7 @@ import pytest
 from ralf import (
     Operator,
     OperatorError,
+    Ralf,
     RalfClient,
     Record,
 )
@@ -131,3 +132,59 @@ def test_on_batch_failures_are_isolated_to_their_key(server):
     truth = truth[truth.user != bad_user].groupby("user")["rating"].agg(["mean", "count"])
     assert (got["n"] == truth["count"]).all()  # nobody else lost or doubled anything
     assert ((got["average"] - truth["mean"]).abs() < 1e-9).all()
+
+
+def test_failing_keys_back_off_then_quarantine_and_can_be_released():
+    class FailsWhileBroken(CountPerKey):
+        broken = True
+
+        def on_record(self, record):
+            if record.user == 3 and FailsWhileBroken.broken:
+                raise RuntimeError("dependency down")
+            return super().on_record(record)
+
+    rows = ratings(200, users=5)
+    with Ralf(max_failures=3) as server:
+        source = server.create_source(ListSource, args=(RATINGS, rows, 200), name="ratings")
+        source.map(FailsWhileBroken, args=(COUNT,), name="counts")
+        attempts = []
+        for tick in range(8):
+            before = server.metrics()["tables"]["counts"]["failures"]
+            try:
+                server.step()
+            except OperatorError:
+                pass
+            if server.metrics()["tables"]["counts"]["failures"] > before:
+                attempts.append(tick)
+        assert attempts == [0, 1, 3]  # retried after 1, then 2 ticks; then quarantined
+        assert server.quarantined("counts") == [3]
+        assert server.metrics()["tables"]["counts"]["quarantined_keys"] == 1
+        assert RalfClient(server).point_query("counts", 1, with_metadata=True)._ralf_stale \
+            is False
+        FailsWhileBroken.broken = False
+        assert server.release("counts", 3) == 1
+        server.run()
+        counts = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
+        assert counts == pd.DataFrame(rows)["user"].value_counts().to_dict()
+        assert server.quarantined("counts") == []
+
+
+def test_a_source_that_fails_is_retried_with_backoff_and_reported():
+    class Flaky(ListSource):
+        failures_left = 2
+
+        def next(self):
+            if Flaky.failures_left:
+                Flaky.failures_left -= 1
+                raise ConnectionError("broker unreachable")
+            return super().next()
+
+    rows = ratings(50, users=3)
+    with Ralf(max_failures=3) as server:
+        server.create_source(Flaky, args=(RATINGS, rows, 10), name="ratings").map(
+            CountPerKey, args=(COUNT,), name="counts")
+        with pytest.raises(OperatorError, match="broker unreachable"):
+            server.run()
+        assert len([e for e in server.errors if "broker" in str(e)]) == 2
+        assert server.metrics()["tables"]["ratings"]["source_failed"] is False
+        assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 50

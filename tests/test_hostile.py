@@ -1,0 +1,180 @@
+"""Hostile and odd input: each gets a clear error or correct handling, and nothing that was
+accepted is lost."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ralf import (
+    Operator,
+    OperatorError,
+    Ralf,
+    RalfClient,
+    Record,
+    Schema,
+    SchemaError,
+    SourceOperator,
+)
+from ralf.testing import ListSource
+from tests.pipelines import RATINGS, SINK, Identity
+
+TEXT = Schema("name", {"name": str, "note": str, "score": float, "raw": bytes})
+
+
+@pytest.fixture
+def served():
+    with Ralf() as server:
+        yield server, server.serve(port=0)
+
+
+def _text_table(server, rows, name="texts"):
+    source = server.create_source(ListSource, args=(TEXT, rows), name=f"{name}_src")
+    source.map(Identity, args=(TEXT,), name=name)
+    try:
+        server.run()
+    except SchemaError:
+        pass
+    return RalfClient(server)
+
+
+def test_wrong_types_are_rejected_by_name_and_the_rest_lands(server):
+    rows = [{"user": 1, "movie": 1, "rating": "five"}, {"user": "two", "movie": 1, "rating": 1.0},
+            {"user": 3, "movie": 1.5, "rating": 1.0}, {"user": 4, "movie": 1, "rating": 4.0}]
+    server.create_source(ListSource, args=(RATINGS, rows), name="ratings")
+    with pytest.raises(SchemaError, match="table 'ratings'"):
+        server.run()
+    assert server.sql("SELECT user FROM ratings")["user"].tolist() == [4]
+    reasons = server.sql("SELECT column_name FROM ralf.rejected ORDER BY id")["column_name"]
+    assert sorted(reasons) == ["movie", "rating", "user"]
+
+
+def test_missing_and_extra_columns(server):
+    rows = [{"user": 1, "movie": 1}, {"user": 2, "movie": 1, "rating": 1.0, "extra": 1}]
+    server.create_source(ListSource, args=(RATINGS, rows), name="ratings")
+    with pytest.raises(SchemaError, match="missing column 'rating'"):
+        server.run()
+    reasons = " ".join(server.sql("SELECT reason FROM ralf.rejected")["reason"])
+    assert "unexpected column 'extra'" in reasons
+
+
+def test_nan_and_infinities_are_stored_and_served(served):
+    server, url = served
+    rows = [{"name": n, "note": "", "score": v, "raw": b""}
+            for n, v in [("nan", math.nan), ("inf", math.inf), ("-inf", -math.inf)]]
+    _text_table(server, rows)
+    for client in (RalfClient(server), RalfClient(url)):
+        assert math.isnan(client.point_query("texts", "nan").score)
+        assert client.point_query("texts", "inf").score == math.inf
+        assert client.point_query("texts", "-inf").score == -math.inf
+
+
+def test_very_long_strings(served):
+    server, url = served
+    long = "x" * 1_000_000
+    _text_table(server, [{"name": "long" * 1000, "note": long, "score": 1.0, "raw": b"y" * 10**6}])
+    assert RalfClient(url).point_query("texts", "long" * 1000).note == long
+    assert RalfClient(server).bulk_query("texts")["raw"][0] == b"y" * 10**6
+
+
+def test_non_utf8_bytes_in_a_text_column_are_rejected_but_fine_in_a_bytes_column(server):
+    rows = [{"name": "a", "note": b"\xff\xfe", "score": 1.0, "raw": b"\xff"},
+            {"name": "b", "note": "ok", "score": 1.0, "raw": b"\xff\x00\xfe"}]
+    client = _text_table(server, rows)
+    assert client.bulk_query("texts")["name"].tolist() == ["b"]
+    assert client.point_query("texts", "b").raw == b"\xff\x00\xfe"
+    assert "column 'note'" in server.sql("SELECT reason FROM ralf.rejected")["reason"][0]
+
+
+def test_unicode_keys(served):
+    server, url = served
+    keys = ["ユーザー🙂", "naïve", "a/b?c#d", " spaced ", "%2F"]
+    _text_table(server, [{"name": k, "note": k, "score": 1.0, "raw": b""} for k in keys])
+    for key in keys:
+        assert RalfClient(url).point_query("texts", key).note == key
+        assert RalfClient(server).point_query("texts", key).note == key
+
+
+def test_null_keys_are_rejected(server):
+    rows = [{"user": None, "movie": 1, "rating": 1.0}, {"user": 1, "movie": 1, "rating": 1.0}]
+    server.create_source(ListSource, args=(RATINGS, rows), name="ratings")
+    with pytest.raises(SchemaError, match="primary key is null"):
+        server.run()
+    assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 1
+
+
+def test_sql_metacharacters_in_names_keys_and_values(served):
+    server, url = served
+    evil_table = 'evil"; DROP TABLE ralf.tables; --'
+    evil_column = "o'k\"; DELETE FROM x; --"
+    schema = Schema(evil_column, {evil_column: str, "v": str})
+    key = "'; DROP TABLE ralf.tables; --"
+    rows = [{evil_column: key, "v": "Robert'); DROP TABLE students;--"}]
+    source = server.create_source(ListSource, args=(schema, rows), name=evil_table)
+    source.map(Identity, args=(schema,), name=evil_table + "_features")
+    server.run()
+    for client in (RalfClient(server), RalfClient(url)):
+        assert client.point_query(evil_table + "_features", key).v.startswith("Robert')")
+        assert client.point_query(evil_table, key).v.startswith("Robert')")
+        assert len(client.bulk_query(evil_table)) == 1
+    assert len(server.sql("SELECT * FROM ralf.tables")) == 2  # nothing was dropped
+
+
+def test_sql_keywords_as_column_names(server):
+    schema = Schema("user", {"user": int, "order": int, "group": str, "select": float})
+    rows = [{"user": 1, "order": 2, "group": "g", "select": 0.5}]
+    source = server.create_source(ListSource, args=(schema, rows), name="select")
+    source.map(Identity, args=(schema,), name="from")
+    source.aggregate(by="user", total=("order", "sum"), name="where")
+    server.run()
+    client = RalfClient(server)
+    assert client.point_query("from", 1).group == "g"
+    assert client.point_query("where", 1).total == 2
+    assert client.sql('SELECT "order" FROM "from"')["order"].tolist() == [2]
+
+
+def test_duplicate_table_names_are_refused(server):
+    source = server.create_source(ListSource, args=(SINK, []), name="s")
+    with pytest.raises(ValueError, match="already defined"):
+        server.create_source(ListSource, args=(SINK, []), name="s")
+    source.as_queryable("alias")
+    with pytest.raises(ValueError, match="already defined"):
+        source.map(Identity, args=(SINK,), name="alias")
+
+
+@pytest.mark.parametrize("output, fragment", [
+    (lambda r: Record(id=r.id), "missing column 'value'"),
+    (lambda r: Record(id=r.id, value="nope"), "column 'value'"),
+    (lambda r: Record(id=r.id, value=1, extra=2), "unexpected column 'extra'"),
+    (lambda r: Record(value=1), "no column 'id'"),
+    (lambda r: Record(id=r.id + 1000, value=1), "while refreshing key"),
+    (lambda r: 42, "not Records"),
+])
+def test_operators_returning_the_wrong_schema_or_key_fail_for_that_key(server, output, fragment):
+    class Bad(Operator):
+        def on_record(self, record):
+            return output(record) if record.id == 2 else Record(id=record.id, value=record.value)
+
+    rows = [{"id": i, "value": i} for i in (1, 2, 3)]
+    server.create_source(ListSource, args=(SINK, rows), name="s").map(Bad, args=(SINK,), name="t")
+    with pytest.raises(OperatorError, match=fragment) as info:
+        server.run()
+    assert info.value.table == "t" and info.value.key == 2
+    assert server.bulk_query("t")["id"].tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("garbage", [42, "a string", [1, 2, 3], [{"id": 1}, "x"], object()])
+def test_a_source_returning_garbage_is_filed_and_ingestion_goes_on(server, garbage):
+    class Garbage(SourceOperator):
+        def __init__(self, schema):
+            self.batches = [garbage, [{"id": 7, "value": 7}]]
+
+        def next(self):
+            return self.batches.pop(0) if self.batches else None
+
+    server.create_source(Garbage, args=(SINK,), name="g")
+    with pytest.raises(SchemaError):
+        server.run()
+    assert server.sql("SELECT id FROM g")["id"].tolist() == [7]
+    assert len(server.sql("SELECT * FROM ralf.rejected")) >= 1
