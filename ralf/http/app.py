@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, generate_latest
@@ -95,6 +96,13 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
                   description="Feature tables kept incrementally up to date in DuckDB.")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MetricsCollector(server))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the input back and fails (500) on non-UTF-8 bytes.
+        detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                           for e in exc.errors())
+        return error(422, "ValidationError", detail or "invalid request")
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
