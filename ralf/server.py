@@ -55,13 +55,15 @@ class Ralf:
     source is given up on. ``clock``: where timestamps and waits come from (default: the
     system clock; ``ralf.testing.ManualClock`` for deterministic tests).
     ``history_retention``: seconds of feature history to keep for ``as_of`` and
-    ``historical_query`` (None: keep everything).
+    ``historical_query`` (None: keep everything). ``memory_limit``: DuckDB's buffer
+    memory (e.g. ``"1GB"``; default: DuckDB's, 80% of RAM).
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
-                 clock: Clock | None = None, history_retention: float | None = None) -> None:
+                 clock: Clock | None = None, history_retention: float | None = None,
+                 memory_limit: str | None = None) -> None:
         self.path = path
-        self.storage = DuckDBStorage(path)
+        self.storage = DuckDBStorage(path, memory_limit=memory_limit)
         self._catalog = self.storage.catalog()
         self._scheduler = Scheduler(max_failures=max_failures, clock=clock,
                                     history_retention=history_retention)

@@ -52,13 +52,14 @@ def _utcnow() -> dt.datetime:
 
 
 class DuckDBStorage(Storage):
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: str | None = None, memory_limit: str | None = None) -> None:
         self.path = path or ":memory:"
+        config = {"storage_compatibility_version": STORAGE_VERSION,
+                  "enable_external_access": False, "lock_configuration": True}
+        if memory_limit:
+            config["memory_limit"] = memory_limit
         try:
-            self._con = duckdb.connect(
-                self.path, config={"storage_compatibility_version": STORAGE_VERSION,
-                                   "enable_external_access": False, "lock_configuration": True}
-            )
+            self._con = duckdb.connect(self.path, config=config)
         except duckdb.Error as exc:
             raise RalfError(f"cannot open DuckDB database {self.path!r}: {exc}") from exc
         self._lock = threading.RLock()

@@ -1,0 +1,125 @@
+"""Soak: sustained ingestion with concurrent queries; throughput, latency, staleness and
+memory over time.
+
+    python -m benchmarks.soak [--duration 300] [--report-every 15] [--clients 4]
+
+A file-backed Ralf (temporary directory, DuckDB memory limit 512MB, 60 s of feature
+history) ingests a synthetic ratings stream as fast as it can through a Python operator,
+an aggregate table, a budgeted table (2,000 keys per tick) and a lazy table, while client
+threads run point queries. Every interval it prints the ingestion rate, point-query
+latency p99 on eager tables (the serving cache) and on the lazy table (which waits for
+the engine lock to refresh), the budgeted table's staleness p99 and the process's
+resident memory; at the end, memory growth after warm-up (the first fifth of the run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ralf import KeyNotFound, Operator, Ralf, RalfClient, Record, Schema, SourceOperator
+
+USERS = 20_000
+RATINGS = Schema("user", {"user": int, "rating": float})
+AVERAGE = Schema("user", {"user": int, "average": float})
+
+
+class Stream(SourceOperator):
+    """An endless stream, 5,000 ratings per batch."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def next(self) -> pd.DataFrame:
+        users = (self.rng.zipf(1.3, 5_000) % USERS) + 1
+        return pd.DataFrame({"user": users, "rating": self.rng.integers(1, 6, 5_000) * 1.0})
+
+
+class AverageRating(Operator):
+    def __init__(self, schema: Schema) -> None:
+        self.sums: dict[int, tuple[float, int]] = {}
+
+    def on_record(self, record: Record) -> Record:
+        s, n = self.sums.get(record.user, (0.0, 0))
+        self.sums[record.user] = (s + record.rating, n + 1)
+        return Record(user=record.user, average=(s + record.rating) / (n + 1))
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds (default 300)")
+    parser.add_argument("--report-every", type=float, default=15.0)
+    parser.add_argument("--clients", type=int, default=4)
+    args = parser.parse_args()
+    latencies: dict[str, list[float]] = {"eager": [], "lazy": []}
+    lock = threading.Lock()
+    stop = threading.Event()
+    with tempfile.TemporaryDirectory() as tmp, Ralf(
+            str(Path(tmp) / "soak.duckdb"), history_retention=60.0,
+            memory_limit="512MB") as server:
+        ratings = server.create_source(Stream, args=(RATINGS,), name="ratings")
+        ratings.map(AverageRating, args=(AVERAGE,), name="average")
+        ratings.aggregate(by="user", mean=("rating", "avg"), n=("*", "count"), name="stats")
+        ratings.map(AverageRating, args=(AVERAGE,), name="average_lazy", lazy=True)
+        ratings.map(AverageRating, args=(AVERAGE,), name="average_budgeted", budget=2_000)
+
+        def query(seed: int) -> None:
+            client, rng = RalfClient(server), np.random.default_rng(seed)
+            while not stop.is_set():
+                table = ("average", "stats", "average_lazy")[int(rng.integers(0, 3))]
+                start = time.perf_counter()
+                try:
+                    client.point_query(table, int(rng.integers(1, 200)))
+                except KeyNotFound:
+                    pass
+                with lock:
+                    latencies["lazy" if table == "average_lazy" else "eager"].append(
+                        time.perf_counter() - start)
+
+        threads = [threading.Thread(target=query, args=(i,)) for i in range(args.clients)]
+        server.start()
+        for t in threads:
+            t.start()
+        print(f"{'t s':>6}{'records/s':>12}{'p99 ms eager':>14}{'p99 ms lazy':>13}"
+              f"{'stale p99 s':>13}{'RSS MB':>9}", flush=True)
+        began, last_ingested, memory = time.monotonic(), 0, []
+        while (elapsed := time.monotonic() - began) < args.duration:
+            time.sleep(min(args.report_every, args.duration - elapsed))  # report pacing
+            metrics = server.metrics()["tables"]
+            ingested = metrics["ratings"]["ingested"]
+            with lock:
+                p99 = {kind: np.percentile(w, 99) * 1e3 if w else float("nan")
+                       for kind, w in latencies.items()}
+                for window in latencies.values():
+                    window.clear()
+            memory.append((time.monotonic() - began, rss_mb()))
+            print(f"{memory[-1][0]:>6.0f}{(ingested - last_ingested) / args.report_every:>12,.0f}"
+                  f"{p99['eager']:>14.3f}{p99['lazy']:>13.1f}"
+                  f"{metrics['average_budgeted']['staleness_p99']:>13.2f}"
+                  f"{memory[-1][1]:>9.0f}", flush=True)
+            last_ingested = ingested
+        stop.set()
+        for t in threads:
+            t.join()
+        server.stop()
+    warm = [m for t, m in memory if t >= args.duration / 5] or [m for _, m in memory]
+    growth = (warm[-1] - warm[0]) / warm[0] * 100
+    print(f"\nresident memory after warm-up: {warm[0]:.0f} MB -> {warm[-1]:.0f} MB "
+          f"({growth:+.1f}%)")
+
+
+if __name__ == "__main__":
+    main()
