@@ -97,6 +97,21 @@ class Ralf:
         return self.create_source(CsvSource, args=(path, schema), schema=schema,
                                   name=name or _csv_name(path))
 
+    def create_kafka_source(self, topic: str, schema: Schema, *, bootstrap_servers: str,
+                            group_id: str = "ralf", format: str = "json",
+                            name: str | None = None, **options: Any) -> Table:
+        """A streaming source on a Kafka topic, exactly once into the append table (the
+        partition offsets commit with the records). ``options``: ``batch_size``,
+        ``poll_timeout``, ``until_end`` (end the source once the topic has been quiet for
+        ``idle_polls`` polls), ``config`` (more librdkafka settings)."""
+        from ralf.sources.kafka import KafkaSource
+
+        return self.create_source(
+            KafkaSource, args=(topic, schema),
+            kwargs={"bootstrap_servers": bootstrap_servers, "group_id": group_id,
+                    "format": format, **options},
+            schema=schema, name=name or re.sub(r"\W+", "_", topic))
+
     def _add_feature(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
                      schema: Schema | None, name: str | None, lazy: bool, budget: int | None,
                      lookup: Node | None = None, on: str | None = None) -> Table:
@@ -489,6 +504,10 @@ class Ralf:
             self._http.stop()
             self._http = None
         self.stop()
+        for source in self._scheduler.sources:
+            close = getattr(source.source, "close", None)
+            if callable(close):
+                close()  # e.g. a Kafka consumer
         with self._scheduler.lock:
             self._closed = True
             self.storage.close()

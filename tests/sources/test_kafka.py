@@ -1,0 +1,129 @@
+"""Kafka sources against a real Kafka-protocol broker on loopback: exactly once into the
+append table across restarts and kills; malformed messages to the dead-letter table."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ralf import Ralf, RalfClient, SchemaError
+from tests.services import kafka_broker, unavailable
+from tests.sources.kafka_pipeline import build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bootstrap():
+    if importlib.util.find_spec("confluent_kafka") is None:
+        unavailable("confluent-kafka is not installed: pip install 'ralf[kafka]'")
+    with kafka_broker() as servers:
+        yield servers
+
+
+def new_topic(bootstrap: str, partitions: int = 3) -> str:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"t{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                                replication_factor=1)]).values():
+        future.result(timeout=30)
+    return topic
+
+
+def produce(bootstrap: str, topic: str, values: list) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for value in values:
+        key = str(value.get("user")) if isinstance(value, dict) else None
+        payload = value if isinstance(value, bytes) else json.dumps(value)
+        producer.produce(topic, key=key, value=payload)
+    producer.flush(30)
+
+
+def events(start: int, n: int) -> list[dict]:
+    return [{"user": i % 7, "id": i} for i in range(start, start + n)]
+
+
+def assert_exactly_once(server: Ralf, n: int) -> None:
+    ids = server.sql("SELECT id FROM events")["id"]
+    assert sorted(ids) == list(range(n))
+    counts = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
+    assert counts == pd.Series([i % 7 for i in range(n)]).value_counts().to_dict()
+
+
+def test_a_topic_lands_once_in_the_append_table(bootstrap):
+    topic = new_topic(bootstrap)
+    produce(bootstrap, topic, events(0, 300))
+    with Ralf() as server:
+        build(server, bootstrap, topic)
+        server.run(timeout=60)
+        assert_exactly_once(server, 300)
+        state, emitted, exhausted = server.storage.load_source_state("events")
+        offsets = pickle.loads(state)
+        assert sum(offsets.values()) == 300 and len(offsets) == 3 and exhausted
+
+
+def test_malformed_messages_go_to_the_dead_letter_table(bootstrap):
+    topic = new_topic(bootstrap, partitions=1)
+    produce(bootstrap, topic, [*events(0, 5), b"not json", b"[1, 2]", {"user": "x", "id": 9},
+                               *events(5, 5)])
+    with Ralf() as server:
+        build(server, bootstrap, topic)
+        with pytest.raises(SchemaError):
+            server.run(timeout=60)
+        assert_exactly_once(server, 10)
+        reasons = sorted(server.sql("SELECT reason FROM ralf.rejected")["reason"])
+        assert len(reasons) == 3
+        assert any("not JSON" in r and "@5" in r for r in reasons)
+        assert any("not a JSON object" in r and "@6" in r for r in reasons)
+        assert any("column 'user'" in r for r in reasons)
+
+
+def test_restart_in_the_middle_neither_loses_nor_duplicates(bootstrap, tmp_path):
+    topic = new_topic(bootstrap)
+    db = str(tmp_path / "kafka.duckdb")
+    produce(bootstrap, topic, events(0, 400))
+    with Ralf(db) as server:
+        build(server, bootstrap, topic)
+        for _ in range(4):
+            server.step()
+        partial = server.sql("SELECT count(*) AS n FROM events")["n"][0]
+        assert 0 < partial < 400
+    produce(bootstrap, topic, events(400, 400))
+    with Ralf(db) as server:
+        build(server, bootstrap, topic)
+        server.run(timeout=60)
+        assert_exactly_once(server, 800)
+
+
+@pytest.mark.parametrize("point", ["append.before_commit@3", "append.after_commit@2",
+                                   "refresh.in_transaction@2"])
+def test_sigkill_mid_stream_then_restart_is_exactly_once(bootstrap, tmp_path, point):
+    topic = new_topic(bootstrap)
+    db = str(tmp_path / "killed.duckdb")
+    produce(bootstrap, topic, events(0, 600))
+    command = [sys.executable, "-m", "tests.sources.kafka_pipeline", db, bootstrap, topic]
+    crashed = subprocess.run(command, cwd=ROOT, env={**os.environ, "RALF_CRASH_AT": point},
+                             capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    env = {k: v for k, v in os.environ.items() if k != "RALF_CRASH_AT"}
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    with Ralf(db) as server:
+        build(server, bootstrap, topic)
+        server.run(timeout=60)
+        assert_exactly_once(server, 600)
