@@ -56,12 +56,19 @@ class Ralf:
     system clock; ``ralf.testing.ManualClock`` for deterministic tests).
     ``history_retention``: seconds of feature history to keep for ``as_of`` and
     ``historical_query`` (None: keep everything). ``memory_limit``: DuckDB's buffer
-    memory (e.g. ``"1GB"``; default: DuckDB's, 80% of RAM).
+    memory (e.g. ``"1GB"``; default: DuckDB's, 80% of RAM). ``executor="ray"`` runs each
+    Python operator as ``num_replicas`` Ray actors, keys routed by a stable hash.
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
                  clock: Clock | None = None, history_retention: float | None = None,
-                 memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, executor: str = "local",
+                 num_replicas: int = 1) -> None:
+        if executor not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+        if num_replicas < 1:
+            raise ValueError(f"num_replicas must be at least 1, got {num_replicas!r}")
+        self.executor, self.num_replicas = executor, num_replicas
         self.path = path
         self.storage = DuckDBStorage(path, memory_limit=memory_limit)
         self._catalog = self.storage.catalog()
@@ -124,6 +131,10 @@ class Ralf:
             name, FEATURE, schema, parent=parent.name,
             lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy))
         node = FeatureNode(info, self.storage, parent, instance, lookup, budget)
+        if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
+            from ralf.engine.ray_executor import Replicas
+
+            node.replicas = Replicas(instance, schema, parent.schema, self.num_replicas)
         if lookup is not None and lookup.cache is None:
             lookup.load_cache()
         with self._scheduler.lock:
@@ -508,6 +519,9 @@ class Ralf:
             close = getattr(source.source, "close", None)
             if callable(close):
                 close()  # e.g. a Kafka consumer
+        for node in self._scheduler.features:
+            if node.replicas is not None:
+                node.replicas.close()
         with self._scheduler.lock:
             self._closed = True
             self.storage.close()

@@ -47,3 +47,17 @@ SINK = Schema("id", {"id": int, "value": int})
 class Identity(Operator):
     def on_record(self, record: Record) -> Record:
         return record
+
+
+class FailsOnUser(Operator):
+    """Counts, but raises for one user, after touching its state (to test rollback)."""
+
+    def __init__(self, schema: Schema, bad_user: int) -> None:
+        self.bad_user = bad_user
+        self.counts: dict[int, int] = {}
+
+    def on_record(self, record: Record) -> Record:
+        self.counts[record.user] = self.counts.get(record.user, 0) + 1  # mutate, then fail
+        if record.user == self.bad_user:
+            raise ValueError("boom")
+        return Record(user=record.user, count=self.counts[record.user])

@@ -117,6 +117,7 @@ class FeatureNode(Node):
         self.quarantined: set[Any] = set()  # failed max_failures times: held until released
         self.tick = 0  # the scheduler's current tick, for backoff
         self.state: bytes | None = None  # last committed operator checkpoint
+        self.replicas: Any = None  # a ralf.engine.ray_executor.Replicas when on Ray
         self.cache = {}
 
     @property
@@ -172,6 +173,8 @@ class FeatureNode(Node):
         """Pickled operator state, or None if it cannot be pickled (replay on reopen)."""
         if self.is_view:
             return None  # its state is the table itself
+        if self.replicas is not None:
+            return self.replicas.snapshot()
         op = self.operator
         try:
             state = op.__getstate__()
@@ -184,7 +187,13 @@ class FeatureNode(Node):
             return None
 
     def restore(self, state: bytes) -> None:
+        if self.replicas is not None:
+            self.replicas.restore(state)
+            self.state = state
+            return
         value = pickle.loads(state)
+        if isinstance(value, list):
+            raise ValueError("the checkpoint was written by Ray replicas")
         op = self.operator
         if hasattr(type(op), "__setstate__"):
             op.__setstate__(value)
@@ -204,7 +213,13 @@ class FeatureNode(Node):
             self.storage.reset_progress(self.name)
             self.info.watermark = 0
         elif found:
-            self.restore(state)
+            try:
+                self.restore(state)
+            except ValueError as exc:  # e.g. another number of replicas than last time
+                log.warning("table %r: %s; rebuilding from the append log", self.name, exc)
+                self.storage.reset_progress(self.name)
+                self.info.watermark = 0
+                self.state = self.snapshot()
         else:
             self.state = self.snapshot()  # the point to roll back to if the first refresh fails
         overrides = {

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ralf.engine.apply import Applied, apply_records
 from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
@@ -29,17 +30,6 @@ from ralf.storage.base import Refresh, ViewRefresh
 log = logging.getLogger("ralf")
 
 _MAX_RETRY_PASSES = 5
-
-
-class _Pass:
-    """The outcome of running the pending records through the operator once."""
-
-    def __init__(self) -> None:
-        self.outputs: dict[Any, Record | Mapping] = {}
-        self.origin: dict[Any, Any] = {}
-        self.failed: dict[Any, BaseException] = {}
-        self.processed = 0
-        self.shed = 0
 
 
 def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
@@ -63,7 +53,7 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
     crashpoint("refresh.after_read")
     pk = node.parent.schema.primary_key
     batch = callable(getattr(node.operator, "on_batch", None))
-    data, shed = _shed(node, data, pk, per_record=batch)
+    data, shed = _shed(node, data, pk, per_record=batch or node.replicas is not None)
     attempt = _run_batch if batch else _run
     skip = set(node.held)
     for _ in range(_MAX_RETRY_PASSES):
@@ -162,66 +152,31 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
     return len(keys)
 
 
-def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[_Pass, pa.Table]:
-    """The per-record path: ``on_record`` for each pending append, in arrival order."""
-    result = _Pass()
-    op = node.operator
-    on_record = op.on_record
-    lookup = node.lookup
-    on = node.info.lookup_on
-    out_pk = node.schema.primary_key
-    outputs = result.outputs
-    shedding = node.shedding
-    aligned = node.aligned
-    for record in node.parent.schema.records(data):
-        key = getattr(record, pk)
-        if key in skip or key in result.failed:
-            continue
-        if shedding and not _keep(node, record, key, outputs):
-            result.shed += 1
-            continue
-        crashpoint("refresh.in_operator")
-        try:
-            if lookup is None:
-                out = on_record(record)
-            else:
-                out = on_record(record, lookup.current(getattr(record, on)))
-        except Exception as exc:  # user code
-            result.failed[key] = exc
-            continue
-        result.processed += 1
-        if out is None:
-            continue
-        if isinstance(out, (Record, Mapping)):
-            out = (out,)
-        try:
-            for row in out:
-                fields = row.__dict__ if isinstance(row, Record) else row
-                out_key = fields[out_pk]
-                if aligned and out_key != key:
-                    raise LookupError(f"it returned a row for key {out_key!r} while refreshing "
-                                      f"key {key!r} (the table shares its parent's key)")
-                outputs[out_key] = row
-                result.origin[out_key] = key
-        except LookupError as exc:  # a missing key column (KeyError) or a foreign key
-            detail = exc if not isinstance(exc, KeyError) else f"no column {out_pk!r}"
-            result.failed[key] = OperatorError(
-                f"table {node.name!r}: operator output for key {key!r} rejected: {detail}",
-                table=node.name, key=key)
-        except TypeError as exc:
-            result.failed[key] = OperatorError(
-                f"table {node.name!r}: operator returned {out!r}, not Records "
-                f"({exc})", table=node.name, key=key)
-    rows, rejected = node.schema.to_arrow(list(outputs.values()), node.name)
+def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[Applied, pa.Table]:
+    """The per-record path: ``on_record`` for each pending append, in arrival order — here,
+    or on the table's Ray replicas."""
+    records = node.parent.schema.records(data)
+    others = None
+    if node.lookup is not None:
+        on, lookup = node.info.lookup_on, node.lookup
+        others = [lookup.current(getattr(r, on)) for r in records]
+    args = (records, pk, node.schema.primary_key, node.aligned)
+    if node.replicas is not None:
+        result = node.replicas.apply(*args, others=others, skip=skip)
+    else:
+        keep = (lambda r, k, outputs: _keep(node, r, k, outputs)) if node.shedding else None
+        result = apply_records(node.operator.on_record, *args, others=others, keep=keep,
+                               skip=skip)
+    rows, rejected = node.schema.to_arrow(list(result.outputs.values()), node.name)
     _reject_outputs(node, result, rejected)
     return result, rows
 
 
 def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
-               ) -> tuple[_Pass, pa.Table]:
+               ) -> tuple[Applied, pa.Table]:
     """The vectorised path: ``on_batch(df)`` once for all chosen keys; if it raises, once
     per key, to find the keys that fail."""
-    result = _Pass()
+    result = Applied()
     if skip:
         data = data.filter(pc.invert(pc.is_in(data.column(pk), pa.array(list(skip)))))
     frame = data.select(node.parent.schema.names).to_pandas()
@@ -262,7 +217,7 @@ def _batch_output(node: FeatureNode, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _reject_outputs(node: FeatureNode, run: _Pass, rejected: list) -> None:
+def _reject_outputs(node: FeatureNode, run: Applied, rejected: list) -> None:
     """A bad output is a failure of the input key that produced it."""
     pk = node.schema.primary_key
     for rejection in rejected:
@@ -274,7 +229,7 @@ def _reject_outputs(node: FeatureNode, run: _Pass, rejected: list) -> None:
             f"operator output rejected: {rejection.reason}", table=node.name, key=origin)
 
 
-def _without(rows: pa.Table, run: _Pass, pk: str, skip: set[Any]) -> pa.Table:
+def _without(rows: pa.Table, run: Applied, pk: str, skip: set[Any]) -> pa.Table:
     """Drop outputs that came from keys held back."""
     gone = [out for out, origin in run.origin.items() if origin in skip]
     if not gone:
@@ -309,7 +264,7 @@ def _refreshed(read_keys: list[Any], keys: list[Any] | None, skip: set[Any]) -> 
     return [k for k in dict.fromkeys(read_keys) if k not in skip]
 
 
-def _commit(node: FeatureNode, rows: pa.Table, run: _Pass, keys: list[Any] | None,
+def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | None,
             refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
     marks = node.marks
     parent_schema = node.parent.schema

@@ -8,7 +8,6 @@ from ralf import (
     OperatorError,
     Ralf,
     RalfClient,
-    Record,
 )
 from ralf.testing import ListSource, recompute
 from tests.pipelines import (
@@ -18,6 +17,7 @@ from tests.pipelines import (
     SINK,
     AverageRating,
     CountPerKey,
+    FailsOnUser,
     Identity,
     ratings,
 )
@@ -33,18 +33,6 @@ def test_upsert_replaces_the_row_of_a_key(server):
     server.run()
     assert client.point_query("latest", 1).value == 20
     assert client.sql("SELECT count(*) AS n FROM latest")["n"][0] == 2
-
-
-class FailsOnUser(Operator):
-    def __init__(self, schema, bad_user):
-        self.bad_user = bad_user
-        self.counts = {}
-
-    def on_record(self, record):
-        self.counts[record.user] = self.counts.get(record.user, 0) + 1  # mutate, then fail
-        if record.user == self.bad_user:
-            raise ValueError("boom")
-        return Record(user=record.user, count=self.counts[record.user])
 
 
 def test_a_failing_operator_is_reported_with_table_and_key_and_loses_nothing(server):

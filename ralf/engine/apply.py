@@ -1,0 +1,76 @@
+"""Applying records to an operator: the inner loop of a refresh, wherever it runs.
+
+The local executor calls it in the ralf process; the Ray executor calls it inside each
+replica on that replica's share of the keys. It needs no table, storage or scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ralf.engine.faults import crashpoint
+from ralf.schema import Record
+
+
+@dataclass
+class Applied:
+    """What running records through an operator produced."""
+
+    outputs: dict[Any, Record | Mapping] = field(default_factory=dict)  # out key -> row
+    origin: dict[Any, Any] = field(default_factory=dict)  # out key -> input key
+    failed: dict[Any, BaseException] = field(default_factory=dict)  # input key -> why
+    processed: int = 0
+    shed: int = 0
+
+    def merge(self, other: Applied) -> None:
+        self.outputs.update(other.outputs)
+        self.origin.update(other.origin)
+        self.failed.update(other.failed)
+        self.processed += other.processed
+        self.shed += other.shed
+
+
+def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str, out_pk: str,
+                  aligned: bool, *, others: list[Any] | None = None,
+                  keep: Callable[[Record, Any, dict], bool] | None = None,
+                  skip: set[Any] | frozenset = frozenset()) -> Applied:
+    """``on_record`` for each record in order (with its lookup row when ``others`` is
+    given); a key that fails is skipped from then on. ``keep`` is load shedding."""
+    result = Applied()
+    outputs = result.outputs
+    for i, record in enumerate(records):
+        key = getattr(record, pk)
+        if key in skip or key in result.failed:
+            continue
+        if keep is not None and not keep(record, key, outputs):
+            result.shed += 1
+            continue
+        crashpoint("refresh.in_operator")
+        try:
+            out = on_record(record) if others is None else on_record(record, others[i])
+        except Exception as exc:  # user code
+            result.failed[key] = exc
+            continue
+        result.processed += 1
+        if out is None:
+            continue
+        if isinstance(out, (Record, Mapping)):
+            out = (out,)
+        try:
+            for row in out:
+                fields = row.__dict__ if isinstance(row, Record) else row
+                out_key = fields[out_pk]
+                if aligned and out_key != key:
+                    raise LookupError(f"it returned a row for key {out_key!r} while refreshing "
+                                      f"key {key!r} (the table shares its parent's key)")
+                outputs[out_key] = row
+                result.origin[out_key] = key
+        except LookupError as exc:  # a missing key column (KeyError) or a foreign key
+            detail = exc if not isinstance(exc, KeyError) else f"no column {out_pk!r}"
+            result.failed[key] = ValueError(f"operator output for key {key!r} rejected: "
+                                            f"{detail}")
+        except TypeError as exc:
+            result.failed[key] = TypeError(f"operator returned {out!r}, not Records ({exc})")
+    return result
