@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ralf import Operator, Ralf, Record, Schema, SourceOperator
+from examples.tutorial import AVERAGE_SCHEMA as AVERAGE
+from examples.tutorial import AverageRating
+from ralf import Operator, Ralf, Schema, SourceOperator
 
 USERS = 100_000
 RATINGS = Schema("user", {"user": int, "rating": float})
-AVERAGE = Schema("user", {"user": int, "average": float})
 
 
 class Batches(SourceOperator):
@@ -41,17 +42,6 @@ class Batches(SourceOperator):
 
     def next(self) -> pd.DataFrame | list:
         return self.queue.pop(0) if self.queue else []
-
-
-class AverageRating(Operator):
-    def __init__(self, schema: Schema) -> None:
-        self.sums: dict[int, tuple[float, int]] = {}
-
-    def on_record(self, record: Record) -> Record:
-        s, n = self.sums.get(record.user, (0.0, 0))
-        s, n = s + record.rating, n + 1
-        self.sums[record.user] = (s, n)
-        return Record(user=record.user, average=s / n)
 
 
 class BatchAverage(Operator):

@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ralf import KeyNotFound, Operator, Ralf, RalfClient, Record, Schema, SourceOperator
+from examples.tutorial import AVERAGE_SCHEMA as AVERAGE
+from examples.tutorial import AverageRating
+from ralf import KeyNotFound, Ralf, RalfClient, Schema, SourceOperator
 
 USERS = 20_000
 RATINGS = Schema("user", {"user": int, "rating": float})
-AVERAGE = Schema("user", {"user": int, "average": float})
 
 
 class Stream(SourceOperator):
@@ -39,16 +40,6 @@ class Stream(SourceOperator):
     def next(self) -> pd.DataFrame:
         users = (self.rng.zipf(1.3, 5_000) % USERS) + 1
         return pd.DataFrame({"user": users, "rating": self.rng.integers(1, 6, 5_000) * 1.0})
-
-
-class AverageRating(Operator):
-    def __init__(self, schema: Schema) -> None:
-        self.sums: dict[int, tuple[float, int]] = {}
-
-    def on_record(self, record: Record) -> Record:
-        s, n = self.sums.get(record.user, (0.0, 0))
-        self.sums[record.user] = (s + record.rating, n + 1)
-        return Record(user=record.user, average=(s + record.rating) / (n + 1))
 
 
 def rss_mb() -> float:

@@ -122,8 +122,7 @@ class Ralf:
     def _add_feature(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
                      schema: Schema | None, name: str | None, lazy: bool, budget: int | None,
                      lookup: Node | None = None, on: str | None = None) -> Table:
-        if budget is not None and (not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
+        _check_budget(budget)
         instance, schema = instantiate(operator, args, kwargs, schema,
                                        f"map({_default_name(operator)})")
         name = self._new_name(name, operator)
@@ -137,18 +136,21 @@ class Ralf:
             node.replicas = Replicas(instance, schema, parent.schema, self.num_replicas)
         if lookup is not None and lookup.cache is None:
             lookup.load_cache()
+        return self._register(node)
+
+    def _register(self, node: FeatureNode) -> Table:
+        """Resume a new feature table's progress and put it into the graph."""
         with self._scheduler.lock:
             node.resume()
-            parent.children.append(node)
+            node.parent.children.append(node)
             self._scheduler.features.append(node)
-            self._nodes[name] = node
+            self._nodes[node.name] = node
         return Table(self, node)
 
     def _add_view(self, parent: Node, plan: Any, *, name: str, lazy: bool,
                   budget: int | None) -> Table:
         """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
-        if budget is not None and (not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
+        _check_budget(budget)
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         if isinstance(plan, DeltaAggregate):
@@ -161,13 +163,7 @@ class Ralf:
         schema = Schema(plan.key, columns)
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
                                       hidden=helpers))
-        node = FeatureNode(info, self.storage, parent, plan, None, budget)
-        with self._scheduler.lock:
-            node.resume()
-            parent.children.append(node)
-            self._scheduler.features.append(node)
-            self._nodes[name] = node
-        return Table(self, node)
+        return self._register(FeatureNode(info, self.storage, parent, plan, None, budget))
 
     def _define(self, info: TableInfo) -> TableInfo:
         """Create the table, or check that the stored one has the same definition."""
@@ -534,6 +530,11 @@ class Ralf:
 
     def __repr__(self) -> str:
         return f"Ralf({self.path!r}, tables={list(self._nodes)})"
+
+
+def _check_budget(budget: int | None) -> None:
+    if budget is not None and (not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
 
 
 def _utc_naive(value: Any) -> dt.datetime:

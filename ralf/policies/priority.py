@@ -146,53 +146,6 @@ class Random(PrioritizationPolicy):
         return self._random.sample(candidates, min(k, len(candidates)))
 
 
-class AccuracyAware(PrioritizationPolicy):
-    """Refresh the keys whose stale features cost the most downstream error first.
-
-    Estimator (the regret a refresh removes): for each key, the sum of squared prediction
-    errors clients reported (``client.record_error``) since the key was last refreshed.
-    Every query that used the stale row and was wrong adds to it, so a key counts more
-    the more often it is queried and the further its features have drifted; a refresh
-    resets it. ``decay`` (seconds, optional) halves old errors' weight every ``decay``
-    seconds. Keys without reported errors follow in FIFO order, so nothing starves once
-    the high-regret keys are served.
-    """
-
-    def __init__(self, decay: float | None = None) -> None:
-        self.decay = decay
-        self._regret: dict[Any, tuple[float, dt.datetime]] = {}
-
-    def on_error(self, key: Any, error: float, at: dt.datetime) -> None:
-        self._regret[key] = (self.regret(key, at) + float(error) ** 2, at)
-
-    def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
-        for key in keys:
-            self._regret.pop(key, None)
-
-    def regret(self, key: Any, at: dt.datetime) -> float:
-        """The key's estimated regret at time ``at``."""
-        entry = self._regret.get(key)
-        if entry is None:
-            return 0.0
-        value, since = entry
-        if self.decay is None:
-            return value
-        age = max((at - since).total_seconds(), 0.0)
-        return value * math.pow(0.5, age / self.decay)
-
-    def choose(self, keys: Sequence[Any]) -> Any:
-        return self.choose_many(keys, 1)[0]
-
-    def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
-        now = getattr(keys, "now", None) or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        candidates = [key for key in self._regret if key in keys]
-        chosen = heapq.nlargest(k, candidates, key=lambda key: self.regret(key, now))
-        if len(chosen) < k:
-            have = set(chosen)
-            chosen += list(islice((x for x in keys if x not in have), k - len(chosen)))
-        return chosen
-
-
 def _weights(source: Any, what: str) -> dict[Any, float]:
     """A key -> number mapping from a dict, a pandas Series/DataFrame or a CSV path."""
     import pandas as pd
@@ -250,22 +203,24 @@ class Lottery(PrioritizationPolicy):
         return [candidates[i] for i in top]
 
 
-class QueryAware(PrioritizationPolicy):
-    """Keys clients query most (exponentially decayed, ``half_life`` seconds) go first;
-    keys nobody asked for follow in FIFO order."""
+class _ScoredKeys(PrioritizationPolicy):
+    """Keys with the highest (optionally exponentially decayed) score first; keys without
+    a score follow in FIFO order, so nothing starves."""
 
-    def __init__(self, half_life: float = 60.0) -> None:
+    def __init__(self, half_life: float | None) -> None:
         self.half_life = half_life
-        self._score: dict[Any, tuple[float, dt.datetime]] = {}
+        self._scores: dict[Any, tuple[float, dt.datetime]] = {}
 
-    def on_query(self, key: Any, at: dt.datetime) -> None:
-        self._score[key] = (self.score(key, at) + 1.0, at)
+    def _add(self, key: Any, amount: float, at: dt.datetime) -> None:
+        self._scores[key] = (self._value(key, at) + amount, at)
 
-    def score(self, key: Any, at: dt.datetime) -> float:
-        entry = self._score.get(key)
+    def _value(self, key: Any, at: dt.datetime) -> float:
+        entry = self._scores.get(key)
         if entry is None:
             return 0.0
         value, since = entry
+        if self.half_life is None:
+            return value
         age = max((at - since).total_seconds(), 0.0)
         return value * math.pow(0.5, age / self.half_life)
 
@@ -274,9 +229,50 @@ class QueryAware(PrioritizationPolicy):
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
         now = getattr(keys, "now", None) or dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        queried = [key for key in self._score if key in keys]
-        chosen = heapq.nlargest(k, queried, key=lambda key: self.score(key, now))
+        scored = [key for key in self._scores if key in keys]
+        chosen = heapq.nlargest(k, scored, key=lambda key: self._value(key, now))
         if len(chosen) < k:
             have = set(chosen)
             chosen += list(islice((x for x in keys if x not in have), k - len(chosen)))
         return chosen
+
+
+class QueryAware(_ScoredKeys):
+    """Keys clients query most (exponentially decayed, ``half_life`` seconds) go first;
+    keys nobody asked for follow in FIFO order."""
+
+    def __init__(self, half_life: float = 60.0) -> None:
+        super().__init__(half_life)
+
+    def on_query(self, key: Any, at: dt.datetime) -> None:
+        self._add(key, 1.0, at)
+
+    def score(self, key: Any, at: dt.datetime) -> float:
+        return self._value(key, at)
+
+
+class AccuracyAware(_ScoredKeys):
+    """Refresh the keys whose stale features cost the most downstream error first.
+
+    Estimator (the regret a refresh removes): for each key, the sum of squared prediction
+    errors clients reported (``client.record_error``) since the key was last refreshed.
+    Every query that used the stale row and was wrong adds to it, so a key counts more
+    the more often it is queried and the further its features have drifted; a refresh
+    resets it. ``decay`` (seconds, optional) halves old errors' weight every ``decay``
+    seconds. Keys without reported errors follow in FIFO order, so nothing starves once
+    the high-regret keys are served.
+    """
+
+    def __init__(self, decay: float | None = None) -> None:
+        super().__init__(decay)
+
+    def on_error(self, key: Any, error: float, at: dt.datetime) -> None:
+        self._add(key, float(error) ** 2, at)
+
+    def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        for key in keys:
+            self._scores.pop(key, None)
+
+    def regret(self, key: Any, at: dt.datetime) -> float:
+        """The key's estimated regret at time ``at``."""
+        return self._value(key, at)
