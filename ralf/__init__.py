@@ -4,6 +4,7 @@ from ralf.client import RalfClient
 from ralf.errors import (
     KeyNotFound,
     OperatorError,
+    OutputSchemaError,
     QueryError,
     RalfError,
     SchemaError,
@@ -20,6 +21,7 @@ __all__ = [
     "LoadSheddingPolicy",
     "Operator",
     "OperatorError",
+    "OutputSchemaError",
     "PrioritizationPolicy",
     "QueryError",
     "Ralf",

@@ -36,5 +36,16 @@ class OperatorError(RalfError):
         self.key = key
 
 
+class OutputSchemaError(OperatorError, SchemaError):
+    """An operator's output does not fit its feature table: a SchemaError (the contract:
+    records are validated on entry to every table) and an OperatorError (it names the
+    key whose refresh produced it)."""
+
+    def __init__(self, message: str, *, table: str, key: object = None,
+                 column: str | None = None):
+        RalfError.__init__(self, message)
+        self.table, self.key, self.column = table, key, column
+
+
 class QueryError(RalfError):
     """A client query was refused (e.g. SQL that would write)."""

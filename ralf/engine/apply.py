@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ralf.engine.faults import crashpoint
+from ralf.errors import SchemaError
 from ralf.schema import Record
 
 
@@ -67,10 +68,12 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
                                       f"key {key!r} (the table shares its parent's key)")
                 outputs[out_key] = row
                 result.origin[out_key] = key
-        except LookupError as exc:  # a missing key column (KeyError) or a foreign key
-            detail = exc if not isinstance(exc, KeyError) else f"no column {out_pk!r}"
-            result.failed[key] = ValueError(f"operator output for key {key!r} rejected: "
-                                            f"{detail}")
+        except KeyError:
+            result.failed[key] = SchemaError(
+                f"operator output for key {key!r} rejected: no column {out_pk!r}",
+                column=out_pk)
+        except LookupError as exc:  # a row for another key
+            result.failed[key] = ValueError(f"operator output for key {key!r} rejected: {exc}")
         except TypeError as exc:
             result.failed[key] = TypeError(f"operator returned {out!r}, not Records ({exc})")
     return result

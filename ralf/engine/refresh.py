@@ -23,7 +23,7 @@ from ralf.engine.apply import Applied, apply_records
 from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
-from ralf.errors import OperatorError, RalfError
+from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError
 from ralf.schema import Record
 from ralf.storage.base import Refresh, ViewRefresh
 
@@ -225,8 +225,8 @@ def _reject_outputs(node: FeatureNode, run: Applied, rejected: list) -> None:
         fields = raw.__dict__ if isinstance(raw, Record) else raw
         out_key = fields.get(pk) if isinstance(fields, Mapping) else None
         origin = run.origin.get(out_key, out_key)
-        run.failed[origin] = OperatorError(
-            f"operator output rejected: {rejection.reason}", table=node.name, key=origin)
+        run.failed[origin] = SchemaError(f"operator output rejected: {rejection.reason}",
+                                         table=node.name, column=rejection.column)
 
 
 def _without(rows: pa.Table, run: Applied, pk: str, skip: set[Any]) -> pa.Table:
@@ -248,11 +248,14 @@ def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
             node.quarantined.add(key)
         else:  # exponential backoff, in ticks: 1, 2, 4, ...
             node.retry_tick[key] = node.tick + 2 ** (count - 1)
-        detail = exc if isinstance(exc, OperatorError) else f"{type(exc).__name__}: {exc}"
-        error = OperatorError(
-            f"table {node.name!r}, key {key!r}: operator failed ({detail})"
-            + (f"; key quarantined after {count} failures" if quarantined else ""),
-            table=node.name, key=key)
+        detail = exc if isinstance(exc, RalfError) else f"{type(exc).__name__}: {exc}"
+        message = (f"table {node.name!r}, key {key!r}: operator failed ({detail})"
+                   + (f"; key quarantined after {count} failures" if quarantined else ""))
+        if isinstance(exc, SchemaError):
+            error: OperatorError = OutputSchemaError(message, table=node.name, key=key,
+                                                     column=exc.column)
+        else:
+            error = OperatorError(message, table=node.name, key=key)
         error.__cause__ = exc
         errors.append(error)
         log.error("%s", error)
