@@ -19,18 +19,24 @@ from ralf.schema import Record, Schema, quote
 
 
 class ListSource(SourceOperator):
-    """Emits the given rows (dicts or Records) ``batch_size`` at a time, then ends."""
+    """Emits the given rows ``batch_size`` at a time, then ends: a list of dicts or Records,
+    or a pandas DataFrame (emitted as DataFrame slices, the fast columnar path)."""
 
-    def __init__(self, schema: Schema, rows: Iterable[Any], batch_size: int = 100) -> None:
+    def __init__(self, schema: Schema, rows: Iterable[Any] | pd.DataFrame,
+                 batch_size: int = 100) -> None:
         self.schema = schema
-        self.rows = list(rows)
+        self.rows = rows if isinstance(rows, pd.DataFrame) else list(rows)
         self.batch_size = batch_size
         self.position = 0
 
-    def next(self) -> list[Any] | None:
+    def next(self) -> list[Any] | pd.DataFrame | None:
         if self.position >= len(self.rows):
             return None
-        batch = self.rows[self.position:self.position + self.batch_size]
+        end = self.position + self.batch_size
+        if isinstance(self.rows, pd.DataFrame):
+            batch = self.rows.iloc[self.position:end]
+        else:
+            batch = self.rows[self.position:end]
         self.position += len(batch)
         return batch
 
