@@ -3,7 +3,7 @@ memory over time.
 
     python -m benchmarks.soak [--duration 300] [--report-every 15] [--clients 4]
 
-A file-backed Ralf (temporary directory, DuckDB memory limit 512MB, 60 s of feature
+A file-backed Ralf (temporary directory, DuckDB memory limit 256MB, 60 s of feature
 history) ingests a synthetic ratings stream as fast as it can through a Python operator,
 an aggregate table, a budgeted table (2,000 keys per tick) and a lazy table, while client
 threads run point queries. Every interval it prints the ingestion rate, point-query
@@ -60,7 +60,7 @@ def main() -> None:
     stop = threading.Event()
     with tempfile.TemporaryDirectory() as tmp, Ralf(
             str(Path(tmp) / "soak.duckdb"), history_retention=60.0,
-            memory_limit="512MB") as server:
+            memory_limit="256MB") as server:
         ratings = server.create_source(Stream, args=(RATINGS,), name="ratings")
         ratings.map(AverageRating, args=(AVERAGE,), name="average")
         ratings.aggregate(by="user", mean=("rating", "avg"), n=("*", "count"), name="stats")

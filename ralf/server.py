@@ -307,6 +307,7 @@ class Ralf:
             except Exception:  # keep serving; the error is in the log
                 log.exception("tick failed")
                 worked = False
+            self._scheduler.make_way()
             if interval or not worked:
                 self._wait(interval or 0.01)
 
@@ -484,7 +485,7 @@ class Ralf:
         """Per-table counters and staleness (seconds since each stale key's oldest pending
         append: p50, p99, max over stale keys)."""
         tables = {}
-        with self._scheduler.lock:
+        with self._scheduler.turn():
             now = self.clock.now()
             for name, node in self._nodes.items():
                 m: dict[str, Any] = {"kind": node.info.kind, **vars(node.metrics)}

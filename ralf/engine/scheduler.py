@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ralf.clock import Clock, SystemClock
@@ -29,6 +31,7 @@ class Scheduler:
         self.max_failures = max_failures
         self.clock = clock or SystemClock()
         self.lock = threading.RLock()
+        self._waiting = 0  # queries waiting for the lock (lazy refreshes, metrics)
         self.ticks = 0
         self.history_retention = history_retention
         self._compacted_at: dt.datetime | None = None
@@ -90,9 +93,24 @@ class Scheduler:
     def ensure_fresh(self, node: Node, key: Any = None) -> list[RalfError]:
         """Bring a lazy table (and its lazy ancestors) up to date for one key, or all keys."""
         errors: list[RalfError] = []
-        with self.lock:
+        with self.turn():
             self._ensure_fresh(node, key, errors, self.clock.now())
         return errors
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """The engine lock, for a query: announced, so back-to-back ticks make way for it.
+        (Python's locks are not fair; a busy tick loop would otherwise starve queries.)"""
+        self._waiting += 1
+        with self.lock:
+            self._waiting -= 1
+            yield
+
+    def make_way(self, limit: float = 0.05) -> None:
+        """Between ticks: let announced queries take the lock first (bounded wait)."""
+        deadline = time.monotonic() + limit
+        while self._waiting > 0 and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     def _ensure_fresh(self, node: Node, key: Any, errors: list[RalfError], now: dt.datetime
                       ) -> None:
