@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds (default 300)")
     parser.add_argument("--report-every", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--debug-memory", action="store_true")
     args = parser.parse_args()
     latencies: dict[str, list[float]] = {"eager": [], "lazy": []}
     lock = threading.Lock()
@@ -97,6 +98,13 @@ def main() -> None:
                 for window in latencies.values():
                     window.clear()
             memory.append((time.monotonic() - began, rss_mb()))
+            if args.debug_memory:
+                import sys
+                with server.storage._lock:
+                    duck = server.storage._con.sql(
+                        "SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()[0][0]
+                print(f"    duckdb {duck / 2**20:.0f} MB, python blocks "
+                      f"{sys.getallocatedblocks():,}", flush=True)
             print(f"{memory[-1][0]:>6.0f}{(ingested - last_ingested) / args.report_every:>12,.0f}"
                   f"{p99['eager']:>14.3f}{p99['lazy']:>13.1f}"
                   f"{metrics['average_budgeted']['staleness_p99']:>13.2f}"
