@@ -204,24 +204,8 @@ class FeatureNode(Node):
     # ---- recovery ---------------------------------------------------------------------------
     def resume(self) -> None:
         """Pick up where the database says this table stopped (a no-op for a new table)."""
-        found, state = self.storage.load_operator_state(self.name)
-        if self.is_view:
-            pass
-        elif found and state is None:
-            log.warning("table %r: rebuilding from the append log (state was not picklable)",
-                        self.name)
-            self.storage.reset_progress(self.name)
-            self.info.watermark = 0
-        elif found:
-            try:
-                self.restore(state)
-            except ValueError as exc:  # e.g. another number of replicas than last time
-                log.warning("table %r: %s; rebuilding from the append log", self.name, exc)
-                self.storage.reset_progress(self.name)
-                self.info.watermark = 0
-                self.state = self.snapshot()
-        else:
-            self.state = self.snapshot()  # the point to roll back to if the first refresh fails
+        if not self.is_view:  # a SQL table's state is the table itself
+            self._resume_state()
         overrides = {
             self.parent.schema.key_from_text(text): seq
             for text, seq in self.storage.load_watermarks(self.name).items()
@@ -230,6 +214,21 @@ class FeatureNode(Node):
         self.load_cache()
         if self.keyed:
             self.rebuild_pending()
+
+    def _resume_state(self) -> None:
+        found, state = self.storage.load_operator_state(self.name)
+        if not found:
+            self.state = self.snapshot()  # the point to roll back to if the first refresh fails
+            return
+        try:
+            if state is None:
+                raise ValueError("its operator state could not be pickled")
+            self.restore(state)
+        except ValueError as exc:  # unpicklable, or another number of Ray replicas
+            log.warning("table %r: %s; rebuilding it from the append log", self.name, exc)
+            self.storage.reset_progress(self.name)
+            self.info.watermark = 0
+            self.state = self.snapshot()
 
     def rebuild_pending(self) -> None:
         self.pending = PendingIndex()

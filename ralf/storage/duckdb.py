@@ -565,8 +565,8 @@ class DuckDBStorage(Storage):
             for cursor in self._cursors:
                 try:
                     cursor.close()
-                except duckdb.Error:
-                    pass
+                except duckdb.Error:  # already closed with its thread: nothing to release
+                    continue
             self._cursors.clear()
             self._con.close()
 
