@@ -28,20 +28,11 @@ import pandas as pd
 
 from examples.tutorial import AVERAGE_SCHEMA as AVERAGE
 from examples.tutorial import AverageRating
-from ralf import Operator, Ralf, Schema, SourceOperator
+from ralf import Operator, Ralf, Schema
+from ralf.testing import QueueSource
 
 USERS = 100_000
 RATINGS = Schema("user", {"user": int, "rating": float})
-
-
-class Batches(SourceOperator):
-    """Hands out whatever DataFrames the benchmark queues, one per tick."""
-
-    def __init__(self, schema: Schema) -> None:
-        self.queue: list[pd.DataFrame] = []
-
-    def next(self) -> pd.DataFrame | list:
-        return self.queue.pop(0) if self.queue else []
 
 
 class BatchAverage(Operator):
@@ -63,7 +54,7 @@ def ratings(n: int, rng: np.random.Generator) -> pd.DataFrame:
                          "rating": rng.integers(1, 6, n).astype(float)})
 
 
-def feed(server: Ralf, source: Batches, frame: pd.DataFrame) -> float:
+def feed(server: Ralf, source: QueueSource, frame: pd.DataFrame) -> float:
     """Seconds for one tick that ingests ``frame`` and refreshes every table."""
     source.queue.append(frame)
     start = time.perf_counter()
@@ -71,7 +62,7 @@ def feed(server: Ralf, source: Batches, frame: pd.DataFrame) -> float:
     return time.perf_counter() - start
 
 
-def refresh_only(server: Ralf, source: Batches, frame: pd.DataFrame) -> float:
+def refresh_only(server: Ralf, source: QueueSource, frame: pd.DataFrame) -> float:
     """Seconds the tick spent refreshing the aggregate table (its ingestion excluded)."""
     before = server.metrics()["tables"]["average"]["refresh_seconds"]
     feed(server, source, frame)
@@ -90,7 +81,7 @@ def recompute_seconds(server: Ralf) -> float:
 def part_a_b(sizes: list[int], rng: np.random.Generator, tmp: Path) -> None:
     print("(a) 10,000-row append: incremental refresh vs full recomputation", flush=True)
     server = Ralf(str(tmp / "ivm.duckdb"))
-    source_table = server.create_source(Batches, args=(RATINGS,), name="ratings")
+    source_table = server.create_source(QueueSource, args=(RATINGS,), name="ratings")
     source = source_table._node.source
     source_table.aggregate(by="user", average=("rating", "avg"), n=("*", "count"),
                            name="average")
@@ -124,7 +115,7 @@ def part_c(rng: np.random.Generator) -> None:
     for label, operator in (("AverageRating.on_record", AverageRating),
                             ("AverageRating.on_batch", BatchAverage)):
         with Ralf() as server:
-            table = server.create_source(Batches, args=(RATINGS,), name="ratings")
+            table = server.create_source(QueueSource, args=(RATINGS,), name="ratings")
             table.map(operator, args=(AVERAGE,), name="average")
             source = table._node.source
             seconds = sum(feed(server, source, data.iloc[i:i + 100_000])
@@ -134,7 +125,7 @@ def part_c(rng: np.random.Generator) -> None:
 
 def part_d_e(rng: np.random.Generator) -> None:
     with Ralf() as server:
-        table = server.create_source(Batches, args=(RATINGS,), name="ratings")
+        table = server.create_source(QueueSource, args=(RATINGS,), name="ratings")
         table.aggregate(by="user", average=("rating", "avg"), n=("*", "count"), name="average")
         source = table._node.source
         feed(server, source, ratings(1_000_000, rng))

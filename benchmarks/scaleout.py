@@ -18,18 +18,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from ralf import Operator, Ralf, Record, Schema, SourceOperator
+from ralf import Operator, Ralf, Record, Schema
+from ralf.testing import QueueSource
 
 EVENTS = Schema("user", {"user": int, "value": float})
 SCORES = Schema("user", {"user": int, "score": float, "n": int})
-
-
-class Queue(SourceOperator):
-    def __init__(self, schema: Schema) -> None:
-        self.frames: list[pd.DataFrame] = []
-
-    def next(self) -> pd.DataFrame | list:
-        return self.frames.pop(0) if self.frames else []
 
 
 class Expensive(Operator):
@@ -50,14 +43,14 @@ class Expensive(Operator):
 
 def measure(executor: str, replicas: int, frames: list[pd.DataFrame]) -> float:
     with Ralf(executor=executor, num_replicas=replicas) as server:
-        table = server.create_source(Queue, args=(EVENTS,), name="events")
+        table = server.create_source(QueueSource, args=(EVENTS,), name="events")
         table.map(Expensive, args=(SCORES,), name="scores")
         queue = table._node.source
-        queue.frames.append(frames[0])  # warm-up: start replicas, first refresh
+        queue.queue.append(frames[0])  # warm-up: start replicas, first refresh
         server.step()
-        queue.frames.extend(frames[1:])
+        queue.queue.extend(frames[1:])
         start = time.perf_counter()
-        while queue.frames or server._scheduler.features[0].has_work():
+        while queue.queue or server._scheduler.features[0].has_work():
             server.step()
         seconds = time.perf_counter() - start
         assert server.sql("SELECT sum(n) AS n FROM scores")["n"][0] == sum(map(len, frames))

@@ -47,6 +47,18 @@ class ListSource(SourceOperator):
         self.position = state
 
 
+class QueueSource(SourceOperator):
+    """Emits whatever the test or benchmark put in ``queue`` (one batch per tick) and
+    ``[]`` ("nothing yet") when it is empty: a stream you feed by hand."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.queue: list[Any] = []
+
+    def next(self) -> Any:
+        return self.queue.pop(0) if self.queue else []
+
+
 class ManualClock:
     """A clock for deterministic tests: ``sleep`` and ``advance`` move it, nothing else."""
 

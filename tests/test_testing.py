@@ -48,3 +48,16 @@ def test_replay_staleness_reports_every_key_every_tick():
     waiting = df[(df.key == df.key.iloc[0]) & (df.pending > 0)]
     assert (waiting.staleness >= 0).all()
     assert df["staleness"].max() >= 1.0
+
+
+def test_queue_source_emits_what_is_queued_and_waits_when_empty():
+    from ralf.testing import QueueSource
+
+    with Ralf() as server:
+        table = server.create_source(QueueSource, args=(RATINGS,), name="ratings")
+        queue = table._node.source
+        assert server.step() is False  # nothing queued: nothing yet, not exhausted
+        queue.queue.append(ratings(5))
+        assert server.step() is True
+        assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 5
+        assert not server._node("ratings").exhausted
