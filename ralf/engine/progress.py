@@ -82,9 +82,6 @@ class PendingIndex:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def total(self) -> int:
-        return sum(p.count for p in self.keys.values())
-
 
 class StaleKeys(Sequence):
     """The stale keys a prioritization policy chooses from, with what is known of each.

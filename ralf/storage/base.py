@@ -108,7 +108,8 @@ class Storage(ABC):
     def create_alias(self, alias: str, table: str) -> None: ...
 
     @abstractmethod
-    def drop_alias(self, alias: str) -> None: ...
+    def update_definition(self, info: TableInfo) -> None:
+        """Store a table's changed lazy flag or lookup side (same schema and parent)."""
 
     # ---- writes (each one transaction) -----------------------------------------------------
     @abstractmethod

@@ -171,10 +171,6 @@ class DuckDBStorage(Storage):
         with self._transaction() as con:
             con.execute(f"CREATE OR REPLACE VIEW {quote(alias)} AS SELECT * FROM {quote(table)}")
 
-    def drop_alias(self, alias: str) -> None:
-        with self._transaction() as con:
-            con.execute(f"DROP VIEW IF EXISTS {quote(alias)}")
-
     # ---- writes -------------------------------------------------------------------------------
     def append(self, unit: Append) -> None:
         info, rows = unit.table, unit.rows
@@ -430,15 +426,8 @@ class DuckDBStorage(Storage):
         )
 
     def current_rows(self, table: TableInfo) -> pa.Table:
-        cols = ", ".join(quote(c) for c in table.schema.names)
-        key = quote(table.schema.primary_key)
-        if table.kind == FEATURE:
-            sql = f"SELECT {cols}, _ralf_updated_at FROM {quote(table.name)}"
-        else:
-            sql = (f"SELECT {cols}, _ralf_ingested_at AS _ralf_updated_at FROM {quote(table.name)} "
-                   f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY _ralf_seq DESC) = 1")
         with self._lock:
-            return self._con.sql(sql).to_arrow_table()
+            return self._con.sql(_current(table, "_ralf_updated_at")).to_arrow_table()
 
     def load_watermarks(self, table: str) -> dict[str, int]:
         with self._lock:
@@ -517,17 +506,9 @@ class DuckDBStorage(Storage):
                 f"AND v.{time} < ?)", [cutoff, keep_from_seq, cutoff]).fetchall()[0][0]
 
     def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
-        cols = ", ".join(quote(c) for c in table.schema.names)
+        meta = ("_ralf_seq", "_ralf_updated_at") if with_metadata else ()
         key = quote(table.schema.primary_key)
-        if table.kind == FEATURE:
-            meta, latest = "_ralf_seq, _ralf_updated_at", ""
-        else:  # a source's current row per key is its latest append
-            meta = "_ralf_seq, _ralf_ingested_at AS _ralf_updated_at"
-            latest = (f"QUALIFY row_number() OVER (PARTITION BY {key} "
-                      "ORDER BY _ralf_seq DESC) = 1")
-        select = f"{cols}, {meta}" if with_metadata else cols
-        return self._reader().sql(
-            f"SELECT {select} FROM {quote(table.name)} {latest} ORDER BY {key}").to_arrow_table()
+        return self._reader().sql(f"{_current(table, *meta)} ORDER BY {key}").to_arrow_table()
 
     def sql(self, query: str) -> pa.Table:
         cur = self._reader()
@@ -575,6 +556,19 @@ def _log(table: TableInfo) -> str:
     if table.kind == SOURCE:
         return quote(table.name)
     return f"ralf.{quote(table.name + '__history')}"
+
+
+def _current(table: TableInfo, *meta: str) -> str:
+    """A SELECT of each key's current row: a feature table's row, a source's latest append
+    (whose ``_ralf_ingested_at`` is its ``_ralf_updated_at``); user columns, then ``meta``."""
+    columns = [quote(c) for c in table.schema.names]
+    if table.kind == FEATURE:
+        return f"SELECT {', '.join(columns + list(meta))} FROM {quote(table.name)}"
+    columns += ["_ralf_ingested_at AS _ralf_updated_at" if m == "_ralf_updated_at" else m
+                for m in meta]
+    return (f"SELECT {', '.join(columns)} FROM {quote(table.name)} "
+            f"QUALIFY row_number() OVER (PARTITION BY {quote(table.schema.primary_key)} "
+            f"ORDER BY _ralf_seq DESC) = 1")
 
 
 def _time_column(table: TableInfo) -> str:
