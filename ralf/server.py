@@ -25,8 +25,8 @@ from ralf.ivm.aggregate import DeltaAggregate
 from ralf.operators import instantiate
 from ralf.schema import Record, Schema, python_type, quote
 from ralf.sources.csv import CsvSource
+from ralf.storage import open_storage
 from ralf.storage.base import FEATURE, SOURCE, TableInfo
-from ralf.storage.duckdb import DuckDBStorage
 from ralf.table import Table
 
 log = logging.getLogger("ralf")
@@ -48,7 +48,8 @@ def _raise_first(errors: list[RalfError]) -> None:
 
 
 class Ralf:
-    """A ralf instance: ``Ralf()`` in memory, ``Ralf("features.duckdb")`` on a file.
+    """A ralf instance: ``Ralf()`` in memory, ``Ralf("features.duckdb")`` on a file,
+    ``Ralf("postgresql://user@host:port/db")`` in a PostgreSQL database.
 
     Reopening a file with the same pipeline definition resumes where it stopped.
     ``max_failures``: after that many failures an operator key is quarantined and a
@@ -70,7 +71,7 @@ class Ralf:
             raise ValueError(f"num_replicas must be at least 1, got {num_replicas!r}")
         self.executor, self.num_replicas = executor, num_replicas
         self.path = path
-        self.storage = DuckDBStorage(path, memory_limit=memory_limit)
+        self.storage = open_storage(path, memory_limit=memory_limit)
         self._catalog = self.storage.catalog()
         self._scheduler = Scheduler(max_failures=max_failures, clock=clock,
                                     history_retention=history_retention)

@@ -1,16 +1,59 @@
+"""Fixtures: ``server`` and ``database`` run each test once per storage backend."""
+
 from __future__ import annotations
 
 import pytest
 
 from ralf import Ralf
+from tests.services import drop_database, fresh_database, postgres_server
+
+BACKENDS = ["duckdb", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """One PostgreSQL server for the session (each test gets its own database on it)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request, tmp_path):
+    """Where a test's ralf keeps its tables: a DuckDB file, or a new PostgreSQL database.
+    Reopening ``Ralf(database)`` finds what the test wrote."""
+    if request.param == "duckdb":
+        yield str(tmp_path / "features.duckdb")
+        return
+    url = fresh_database(request.getfixturevalue("postgres_url"))
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def make_ralf(request):
+    """``make_ralf(**options)``: a Ralf on a new, empty database of the test's backend (an
+    in-memory DuckDB, or a new PostgreSQL database), each call."""
+    made = []
+
+    def make(**options) -> Ralf:
+        if request.param == "duckdb":
+            return Ralf(**options)
+        url = fresh_database(request.getfixturevalue("postgres_url"))
+        made.append(url)
+        return Ralf(url, **options)
+
+    yield make
+    for url in made:
+        drop_database(url)
 
 
 @pytest.fixture
-def server():
-    with Ralf() as instance:
+def server(make_ralf):
+    with make_ralf() as instance:
         yield instance
 
 
 @pytest.fixture
 def db_path(tmp_path):
+    """A DuckDB file, for tests of the DuckDB backend itself (shell, file format)."""
     return str(tmp_path / "features.duckdb")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,3 +65,67 @@ def kafka_broker() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def _postgres_bin(tool: str) -> str | None:
+    found = shutil.which(tool)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"))
+    return str(versions[-1]) if versions else None
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """initdb and postgres refuse to run as root: run them as the 'postgres' user then."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server URL: $RALF_POSTGRES_URL (what .ci/run starts), else a throwaway
+    cluster started here with initdb and pg_ctl on a free loopback port."""
+    url = os.environ.get("RALF_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        unavailable("no PostgreSQL server: apt-get install postgresql, or set RALF_POSTGRES_URL")
+    data = Path(tempfile.mkdtemp(prefix="ralf-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    subprocess.run(_as_postgres_user([initdb, "-D", str(data / "db"), "-U", "postgres",
+                                      "--auth=trust", "--no-sync"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    options = (f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data} "
+               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data / "db"), "-o", options,
+                                      "-l", str(data / "log"), "-w", "start"]),
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data / "db"), "-m", "immediate",
+                                          "stop"]), stdout=subprocess.DEVNULL)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def fresh_database(server_url: str) -> str:
+    """A new, empty database on the server; returns its URL."""
+    import psycopg
+
+    name = f"ralf_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str) -> None:
+    import psycopg
+
+    server_url, name = url.rsplit("/", 1)
+    with psycopg.connect(server_url + "/postgres", autocommit=True) as con:
+        con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

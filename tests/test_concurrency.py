@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from ralf import KeyNotFound, Operator, Ralf, RalfClient, Record, Schema
+from ralf import KeyNotFound, Operator, RalfClient, Record, Schema
 from ralf.testing import ListSource
 from tests.pipelines import RATINGS, ratings
 
@@ -26,9 +26,9 @@ def _consistent(row) -> bool:
     return row["twice"] == 2 * row["count"] and row["label"] == f"{row['user']}:{row['count']}"
 
 
-def test_eight_threads_of_point_bulk_and_sql_queries_during_processing():
+def test_eight_threads_of_point_bulk_and_sql_queries_during_processing(make_ralf):
     rows = ratings(20_000, users=50, seed=5)
-    with Ralf() as server:
+    with make_ralf() as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         source.map(Checked, args=(CHECKED,), name="checked")
         source.map(Checked, args=(CHECKED,), name="checked_lazy", lazy=True)

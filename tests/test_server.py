@@ -125,12 +125,12 @@ def test_run_times_out_on_a_source_that_never_ends(server):
         server.run(timeout=0.2)
 
 
-def test_a_source_that_raises_is_reported_and_given_up_after_max_failures():
+def test_a_source_that_raises_is_reported_and_given_up_after_max_failures(make_ralf):
     class Broken(SourceOperator):
         def next(self):
             raise OSError("disk on fire")
 
-    with Ralf(max_failures=2) as server:
+    with make_ralf(max_failures=2) as server:
         server.create_source(Broken, args=(SINK,), name="broken")
         with pytest.raises(OperatorError, match="disk on fire"):
             server.run(timeout=5)
@@ -142,9 +142,9 @@ def assert_frames_equal(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(got, expected[list(got.columns)], check_dtype=False)
 
 
-def test_metrics_count_work_and_measure_staleness_on_the_clock():
+def test_metrics_count_work_and_measure_staleness_on_the_clock(make_ralf):
     clock = ManualClock()
-    with Ralf(clock=clock) as server:
+    with make_ralf(clock=clock) as server:
         rows = ratings(300, users=10)
         source = server.create_source(ListSource, args=(RATINGS, rows, 300), name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="eager")

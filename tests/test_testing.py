@@ -2,7 +2,6 @@
 
 import datetime as dt
 
-from ralf import Ralf
 from ralf.testing import ListSource, ManualClock, recompute, replay_staleness
 from tests.pipelines import AVERAGE, COUNT, RATINGS, AverageRating, CountPerKey, ratings
 
@@ -24,8 +23,8 @@ def test_manual_clock_moves_only_when_told():
     assert clock.now() == dt.datetime(2030, 1, 1, 0, 0, 2)
 
 
-def test_recompute_is_the_from_scratch_oracle():
-    with Ralf() as server:
+def test_recompute_is_the_from_scratch_oracle(make_ralf):
+    with make_ralf() as server:
         server.create_source(ListSource, args=(RATINGS, ratings(50, users=3)), name="ratings")
         server.run()
         oracle = recompute(server, "ratings", AverageRating(AVERAGE), "user")
@@ -50,10 +49,10 @@ def test_replay_staleness_reports_every_key_every_tick():
     assert df["staleness"].max() >= 1.0
 
 
-def test_queue_source_emits_what_is_queued_and_waits_when_empty():
+def test_queue_source_emits_what_is_queued_and_waits_when_empty(make_ralf):
     from ralf.testing import QueueSource
 
-    with Ralf() as server:
+    with make_ralf() as server:
         table = server.create_source(QueueSource, args=(RATINGS,), name="ratings")
         queue = table._node.source
         assert server.step() is False  # nothing queued: nothing yet, not exhausted

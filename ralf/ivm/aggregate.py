@@ -100,7 +100,7 @@ class DeltaAggregate:
         values = [f"d.{key}"]
         values += [f"CAST({self._final(o, merged)} AS {types[o.name]})" for o in self.outputs]
         values += [merged[n] for n in self.helpers]
-        values += ["?::BIGINT", "?::TIMESTAMP"]
+        values += ["CAST(? AS BIGINT)", "CAST(? AS TIMESTAMP)"]
         selects = ", ".join(f"{v} AS {quote(c)}" for v, c in zip(values, columns, strict=True))
         return (f"SELECT {selects} FROM ({self.delta_select(pending)}) AS d "
                 f"LEFT JOIN {target} AS o ON o.{key} = d.{key}")

@@ -17,7 +17,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from ralf.engine.faults import crashpoint
 from ralf.errors import QueryError, RalfError, SchemaError
@@ -34,6 +33,7 @@ from ralf.storage.base import (
     TableInfo,
     ViewRefresh,
 )
+from ralf.storage.sql import log_table, pending_rows, pending_summary, registered, time_column
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
@@ -150,7 +150,7 @@ class DuckDBStorage(Storage):
                     "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL)"
                 )
                 con.execute(
-                    f"CREATE TABLE {_log(info)} ({', '.join(user_cols)}, "
+                    f"CREATE TABLE {log_table(info)} ({', '.join(user_cols)}, "
                     "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL)"
                 )
             con.execute(
@@ -225,7 +225,7 @@ class DuckDBStorage(Storage):
         info, plan = unit.table, unit.plan
         target = quote(info.name)
         types = {n: info.schema.sql_type(n) for n in info.schema.names}
-        pending = self.pending_rows(unit.read)
+        pending = pending_rows(unit.read)
         deleted: list[Any] = []
         with self._transaction() as con, self._registered(con, unit.read):
             crashpoint("view.in_transaction")
@@ -237,7 +237,7 @@ class DuckDBStorage(Storage):
                 deleted = self._recompute(con, unit, pending)
             cols = ", ".join(quote(c) for c in info.schema.names)
             written = f"FROM {target} WHERE _ralf_seq = {int(unit.version)}"
-            con.execute(f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
+            con.execute(f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
                         f"SELECT {cols}, _ralf_seq, _ralf_updated_at {written}").fetchall()
             crashpoint("view.after_upsert")
             rows = con.sql(f"SELECT {cols} {written}").to_arrow_table()
@@ -331,7 +331,7 @@ class DuckDBStorage(Storage):
         con.register("__ralf_versions", data)
         try:
             con.execute(
-                f"INSERT INTO {_log(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
+                f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
                 f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_versions", [at]
             ).fetchall()
         finally:
@@ -362,68 +362,29 @@ class DuckDBStorage(Storage):
     # ---- engine reads -------------------------------------------------------------------------
     def max_seq(self, table: TableInfo) -> int:
         with self._lock:
-            return self._con.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {_log(table)}"
+            return self._con.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {log_table(table)}"
                                      ).fetchall()[0][0]
-
-    @staticmethod
-    def _log_from(read: LogRead) -> str:
-        """``FROM <log> p ... WHERE <pending>``; integers inlined, so it nests anywhere."""
-        key = f"p.{quote(read.table.schema.primary_key)}"
-        high = int(read.high)
-        if read.keys is not None:
-            lo = pc.min(read.keys.column("wm")).as_py()
-            lo = high if lo is None else int(lo)
-            joins = f"JOIN __ralf_keys k ON {key} = k.key AND p._ralf_seq > k.wm"
-            where = f"p._ralf_seq > {lo} AND p._ralf_seq <= {high}"
-        elif read.watermarks is not None and read.watermarks.num_rows:
-            floor = int(read.floor)
-            lo = min(floor, int(pc.min(read.watermarks.column("wm")).as_py()))
-            joins = f"LEFT JOIN __ralf_wm w ON {key} = w.key"
-            where = (f"p._ralf_seq > {lo} AND p._ralf_seq <= {high} "
-                     f"AND p._ralf_seq > coalesce(w.wm, {floor})")
-        else:
-            joins = ""
-            where = f"p._ralf_seq > {int(read.floor)} AND p._ralf_seq <= {high}"
-        return f"FROM {_log(read.table)} p {joins} WHERE {where}"
 
     @contextmanager
     def _registered(self, con: duckdb.DuckDBPyConnection, read: LogRead) -> Iterator[None]:
-        names = []
-        for name, table in (("__ralf_keys", read.keys), ("__ralf_wm", read.watermarks)):
-            if table is not None:
-                con.register(name, table)
-                names.append(name)
+        names = registered(read)
+        for name, table in names.items():
+            con.register(name, table)
         try:
             yield
         finally:
             for name in names:
                 con.unregister(name)
 
-    def _log_query(self, read: LogRead, select: str, tail: str) -> pa.Table:
+    def _log_query(self, read: LogRead, query: str) -> pa.Table:
         with self._lock, self._registered(self._con, read):
-            return self._con.sql(f"SELECT {select} {self._log_from(read)} {tail}"
-                                 ).to_arrow_table()
-
-    @staticmethod
-    def pending_rows(read: LogRead) -> str:
-        """The pending appends as a subquery: user columns and ``_ralf_seq``."""
-        cols = ", ".join(f"p.{quote(c)}" for c in read.table.schema.names)
-        return f"SELECT {cols}, p._ralf_seq {DuckDBStorage._log_from(read)}"
+            return self._con.sql(query).to_arrow_table()
 
     def read_log(self, read: LogRead) -> pa.Table:
-        with self._lock, self._registered(self._con, read):
-            return self._con.sql(f"{self.pending_rows(read)} ORDER BY p._ralf_seq"
-                                 ).to_arrow_table()
+        return self._log_query(read, f"{pending_rows(read)} ORDER BY p._ralf_seq")
 
     def pending_summary(self, read: LogRead) -> pa.Table:
-        key = f"p.{quote(read.table.schema.primary_key)}"
-        time = _time_column(read.table)
-        return self._log_query(
-            read,
-            f"{key} AS key, count(*) AS n, min(p._ralf_seq) AS first_seq, "
-            f"max(p._ralf_seq) AS last_seq, min(p.{time}) AS first_at",
-            f"GROUP BY {key}",
-        )
+        return self._log_query(read, pending_summary(read))
 
     def current_rows(self, table: TableInfo) -> pa.Table:
         with self._lock:
@@ -464,9 +425,9 @@ class DuckDBStorage(Storage):
 
     def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
         cols = ", ".join(quote(c) for c in table.schema.names)
-        time = _time_column(table)
+        time = time_column(table)
         result = self._reader().execute(
-            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {_log(table)} "
+            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {log_table(table)} "
             f"WHERE {quote(table.schema.primary_key)} = ? AND {time} <= ? "
             "ORDER BY _ralf_seq DESC LIMIT 1", [key, at])
         row = _first(result)
@@ -483,8 +444,8 @@ class DuckDBStorage(Storage):
         for i, table in enumerate(tables.values()):
             alias = f"h{i}"
             key = quote(table.schema.primary_key)
-            time = _time_column(table)
-            joins.append(f"ASOF LEFT JOIN {_log(table)} {alias} ON e.{key} = {alias}.{key} "
+            time = time_column(table)
+            joins.append(f"ASOF LEFT JOIN {log_table(table)} {alias} ON e.{key} = {alias}.{key} "
                          f"AND e.{ts} >= {alias}.{time}")
             selects += [f"{alias}.{quote(column)} AS {quote(out)}"
                         for t, column, out in features if t.name == table.name]
@@ -497,7 +458,7 @@ class DuckDBStorage(Storage):
 
     def compact_history(self, table: TableInfo, cutoff: dt.datetime, keep_from_seq: int
                         ) -> int:
-        log, time = _log(table), _time_column(table)
+        log, time = log_table(table), time_column(table)
         key = quote(table.schema.primary_key)
         with self._transaction() as con:
             return con.execute(
@@ -552,12 +513,6 @@ class DuckDBStorage(Storage):
             self._con.close()
 
 
-def _log(table: TableInfo) -> str:
-    if table.kind == SOURCE:
-        return quote(table.name)
-    return f"ralf.{quote(table.name + '__history')}"
-
-
 def _current(table: TableInfo, *meta: str) -> str:
     """A SELECT of each key's current row: a feature table's row, a source's latest append
     (whose ``_ralf_ingested_at`` is its ``_ralf_updated_at``); user columns, then ``meta``."""
@@ -570,6 +525,3 @@ def _current(table: TableInfo, *meta: str) -> str:
             f"QUALIFY row_number() OVER (PARTITION BY {quote(table.schema.primary_key)} "
             f"ORDER BY _ralf_seq DESC) = 1")
 
-
-def _time_column(table: TableInfo) -> str:
-    return "_ralf_ingested_at" if table.kind == SOURCE else "_ralf_valid_from"

@@ -6,7 +6,6 @@ import pytest
 from ralf import (
     Operator,
     OperatorError,
-    Ralf,
     RalfClient,
 )
 from ralf.testing import ListSource, recompute
@@ -122,7 +121,7 @@ def test_on_batch_failures_are_isolated_to_their_key(server):
     assert ((got["average"] - truth["mean"]).abs() < 1e-9).all()
 
 
-def test_failing_keys_back_off_then_quarantine_and_can_be_released():
+def test_failing_keys_back_off_then_quarantine_and_can_be_released(make_ralf):
     class FailsWhileBroken(CountPerKey):
         broken = True
 
@@ -132,7 +131,7 @@ def test_failing_keys_back_off_then_quarantine_and_can_be_released():
             return super().on_record(record)
 
     rows = ratings(200, users=5)
-    with Ralf(max_failures=3) as server:
+    with make_ralf(max_failures=3) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 200), name="ratings")
         source.map(FailsWhileBroken, args=(COUNT,), name="counts")
         attempts = []
@@ -157,7 +156,7 @@ def test_failing_keys_back_off_then_quarantine_and_can_be_released():
         assert server.quarantined("counts") == []
 
 
-def test_a_source_that_fails_is_retried_with_backoff_and_reported():
+def test_a_source_that_fails_is_retried_with_backoff_and_reported(make_ralf):
     class Flaky(ListSource):
         failures_left = 2
 
@@ -168,7 +167,7 @@ def test_a_source_that_fails_is_retried_with_backoff_and_reported():
             return super().next()
 
     rows = ratings(50, users=3)
-    with Ralf(max_failures=3) as server:
+    with make_ralf(max_failures=3) as server:
         server.create_source(Flaky, args=(RATINGS, rows, 10), name="ratings").map(
             CountPerKey, args=(COUNT,), name="counts")
         with pytest.raises(OperatorError, match="broker unreachable"):

@@ -86,8 +86,8 @@ def test_malformed_requests_get_4xx_not_500(served):
     assert r.status == 413
 
 
-def test_a_token_is_required_on_every_route_when_set():
-    with Ralf() as server:
+def test_a_token_is_required_on_every_route_when_set(make_ralf):
+    with make_ralf() as server:
         server.create_source(ListSource, args=(RATINGS, ratings(10)), name="ratings")
         server.run()
         url = server.serve(port=0, token="s3cret")
@@ -101,8 +101,8 @@ def test_a_token_is_required_on_every_route_when_set():
         assert len(RalfClient(url, token="s3cret").bulk_query("ratings")) > 0
 
 
-def test_serve_twice_is_refused_and_close_stops_serving():
-    server = Ralf()
+def test_serve_twice_is_refused_and_close_stops_serving(make_ralf):
+    server = make_ralf()
     url = server.serve(port=0)
     with pytest.raises(RalfError, match="already serving"):
         server.serve(port=0)

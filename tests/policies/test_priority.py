@@ -8,7 +8,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from ralf import Ralf, RalfClient, SchemaError
+from ralf import RalfClient, SchemaError
 from ralf.engine.progress import Pending, PendingIndex, StaleKeys
 from ralf.policies import (
     FIFO,
@@ -135,9 +135,9 @@ def test_lottery_tickets_from_a_dataframe_and_a_csv(tmp_path):
 @pytest.mark.parametrize("policy", [FIFO, LIFO, MostPending, LeastRecentlyUpdated, RoundRobin,
                                     lambda: Lottery({3: 10}, seed=1), QueryAware,
                                     lambda: Random(seed=2)])
-def test_budget_is_never_exceeded_and_every_key_is_refreshed_in_the_end(policy):
+def test_budget_is_never_exceeded_and_every_key_is_refreshed_in_the_end(policy, make_ralf):
     rows = ratings(2000, users=60, seed=4)
-    with Ralf() as server:
+    with make_ralf() as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         table = source.map(CountPerKey, args=(COUNT,), name="counts", budget=7)
         table.add_prioritization_policy(policy())
@@ -175,9 +175,9 @@ def test_round_robin_starves_nobody_on_a_skewed_stream():
     assert worst.max() <= 10  # 21 keys, 3 per tick: each key within ~7 ticks
 
 
-def test_ticks_driven_by_a_clock_object():
+def test_ticks_driven_by_a_clock_object(make_ralf):
     clock = ManualClock()
-    with Ralf(clock=clock) as server:
+    with make_ralf(clock=clock) as server:
         source = server.create_source(ListSource, args=(RATINGS, ratings(500), 50),
                                       name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="counts")
@@ -209,9 +209,9 @@ def test_accuracy_aware_decay_halves_old_errors():
     assert policy.regret("a", T0 + dt.timedelta(seconds=20)) == pytest.approx(1.5)
 
 
-def test_record_error_feeds_the_policy_in_process_and_over_http():
+def test_record_error_feeds_the_policy_in_process_and_over_http(make_ralf):
     rows = ratings(600, users=30, seed=2)
-    with Ralf() as server:
+    with make_ralf() as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 600), name="ratings")
         table = source.map(CountPerKey, args=(COUNT,), name="counts", budget=2)
         table.add_prioritization_policy(AccuracyAware())

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from ralf import Ralf, RalfClient, Record, Schema
+from ralf import RalfClient, Record, Schema
 from ralf.policies import KeyWeightedSampling, LatestOnly, NewerThanCurrent, SampleRate
 from ralf.testing import ListSource
 from tests.pipelines import COUNT, RATINGS, SINK, CountPerKey, Identity, ratings
@@ -33,9 +33,9 @@ def test_sample_rate_is_reproducible_with_a_seed_and_checks_its_rate():
         SampleRate(1.5)
 
 
-def test_sample_rate_in_a_pipeline_counts_what_it_sheds():
+def test_sample_rate_in_a_pipeline_counts_what_it_sheds(make_ralf):
     rows = ratings(4000, users=10)
-    with Ralf() as server:
+    with make_ralf() as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 500), name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="counts").add_load_shedding(
             SampleRate, args=(0.25,), kwargs={"seed": 3})
@@ -47,13 +47,13 @@ def test_sample_rate_in_a_pipeline_counts_what_it_sheds():
         assert total == m["processed"]
 
 
-def test_key_weighted_sampling_uses_per_key_probabilities(tmp_path):
+def test_key_weighted_sampling_uses_per_key_probabilities(tmp_path, make_ralf):
     weights = pd.DataFrame({"user": [1, 2], "keep": [1.0, 0.0]})
     path = tmp_path / "user_active_time.csv"
     weights.to_csv(path, index=False)
     rows = [{"user": u, "movie": 1, "rating": 1.0} for u in [1, 2, 3] * 200]
     for source_of_weights in (weights, str(path), {1: 1.0, 2: 0.0}):
-        with Ralf() as server:
+        with make_ralf() as server:
             source = server.create_source(ListSource, args=(RATINGS, rows), name="ratings")
             table = source.map(CountPerKey, args=(COUNT,), name="counts")
             table.add_load_shedding(KeyWeightedSampling(source_of_weights, default=0.5, seed=1))
@@ -70,10 +70,10 @@ def test_key_weighted_sampling_normalizes_raw_activity_on_request():
         KeyWeightedSampling({1: 30.0})
 
 
-def test_newer_than_current_rejects_older_records():
+def test_newer_than_current_rejects_older_records(make_ralf):
     stamped = Schema("id", {"id": int, "value": int})
     rows = [{"id": 1, "value": v} for v in [5, 3, 8, 8, 2, 9, 1]]
-    with Ralf() as server:
+    with make_ralf() as server:
         source = server.create_source(ListSource, args=(stamped, rows, 2), name="events")
         source.map(Identity, args=(SINK,), name="latest").add_load_shedding(
             NewerThanCurrent, args=("value",))
@@ -82,7 +82,7 @@ def test_newer_than_current_rejects_older_records():
         assert server.metrics()["tables"]["latest"]["shed"] == 4  # 3, 8 (equal), 2, 1
 
 
-def test_latest_only_processes_only_each_keys_newest_pending_append():
+def test_latest_only_processes_only_each_keys_newest_pending_append(make_ralf):
     seen = []
 
     class Recorder(CountPerKey):
@@ -91,7 +91,7 @@ def test_latest_only_processes_only_each_keys_newest_pending_append():
             return super().on_record(record)
 
     rows = [{"user": u, "movie": m, "rating": 1.0} for m in range(1, 6) for u in (1, 2)]
-    with Ralf() as server:
+    with make_ralf() as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 10), name="ratings")
         source.map(Recorder, args=(COUNT,), name="counts").add_load_shedding(LatestOnly())
         server.run()

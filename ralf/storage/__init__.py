@@ -1,0 +1,30 @@
+"""Storage backends behind one interface (:mod:`ralf.storage.base`): DuckDB, the embedded
+default, and PostgreSQL, for several processes sharing one database."""
+
+from __future__ import annotations
+
+import re
+
+from ralf.storage.base import Storage
+
+
+def is_postgres_url(path: str | None) -> bool:
+    return bool(path) and re.match(r"^postgres(ql)?(\+\w+)?://", path) is not None
+
+
+def open_storage(path: str | None, *, memory_limit: str | None = None) -> Storage:
+    """The backend a ``Ralf(path)`` asks for: a ``postgresql://`` URL, else a DuckDB file
+    (in memory when ``path`` is None)."""
+    if is_postgres_url(path):
+        if memory_limit is not None:
+            raise ValueError("memory_limit is a DuckDB setting; PostgreSQL has its own")
+        try:
+            from ralf.storage.postgres import PostgresStorage
+        except ImportError as exc:
+            raise ImportError(f"the PostgreSQL backend needs psycopg: pip install 'ralf[postgres]'"
+                              f" ({exc})") from None
+
+        return PostgresStorage(path)
+    from ralf.storage.duckdb import DuckDBStorage
+
+    return DuckDBStorage(path, memory_limit=memory_limit)

@@ -1,0 +1,646 @@
+"""PostgreSQL backend: the same tables and ``ralf`` schema as on DuckDB, in a PostgreSQL
+database reached through SQLAlchemy (psycopg 3 underneath), so several ralf processes can
+share one database (see ``Ralf(..., shard=, num_shards=)``).
+
+ralf's SQL dialect is DuckDB's everywhere: SQL tables and ``sql()`` queries are parsed as
+DuckDB SQL and translated to PostgreSQL with sqlglot, and result types are worked out by
+DuckDB itself over an empty copy of the catalog, so one pipeline gets the same schemas on
+both backends. Arrow tables reach the server by ``COPY`` into temporary tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import sqlalchemy
+import sqlglot
+from sqlglot import exp
+from sqlglot.optimizer.qualify import qualify
+
+from ralf.engine.faults import crashpoint
+from ralf.errors import QueryError, RalfError, SchemaError
+from ralf.ivm.aggregate import DeltaAggregate
+from ralf.schema import Rejection, Schema, quote
+from ralf.storage import migrate
+from ralf.storage.base import (
+    FEATURE,
+    SOURCE,
+    Append,
+    LogRead,
+    Refresh,
+    Storage,
+    TableInfo,
+    ViewRefresh,
+)
+from ralf.storage.sql import (
+    log_table,
+    pending_rows,
+    pending_summary,
+    registered,
+    time_column,
+)
+
+_ADVISORY_LOCK = 0x7261_6C66  # "ralf": serialises migrations and table creation
+
+# DuckDB type names (ralf's lingua franca) -> PostgreSQL
+_PG_TYPES = {
+    "BIGINT": "BIGINT", "INTEGER": "INTEGER", "SMALLINT": "SMALLINT", "TINYINT": "SMALLINT",
+    "HUGEINT": "NUMERIC", "UBIGINT": "NUMERIC", "UINTEGER": "BIGINT", "DOUBLE": "DOUBLE PRECISION",
+    "FLOAT": "REAL", "REAL": "REAL", "VARCHAR": "TEXT", "BOOLEAN": "BOOLEAN", "BLOB": "BYTEA",
+    "TIMESTAMP": "TIMESTAMP", "DATE": "DATE",
+}
+_ARROW_TO_DUCK = [
+    (pa.types.is_int64, "BIGINT"), (pa.types.is_integer, "INTEGER"),
+    (pa.types.is_floating, "DOUBLE"), (pa.types.is_boolean, "BOOLEAN"),
+    (pa.types.is_timestamp, "TIMESTAMP"), (pa.types.is_date, "DATE"),
+    (pa.types.is_binary, "BLOB"), (pa.types.is_large_binary, "BLOB"),
+]
+# PostgreSQL type OIDs -> Arrow, for results of arbitrary queries
+_OID_ARROW = {
+    16: pa.bool_(), 17: pa.binary(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(),
+    25: pa.string(), 1043: pa.string(), 19: pa.string(), 18: pa.string(), 700: pa.float32(),
+    701: pa.float64(), 1700: pa.float64(), 1114: pa.timestamp("us"),
+    1184: pa.timestamp("us", tz="UTC"), 1082: pa.date32(), 1022: pa.list_(pa.float64()),
+    1016: pa.list_(pa.int64()), 1007: pa.list_(pa.int32()), 1009: pa.list_(pa.string()),
+}
+
+
+def pg_type(duck_type: str) -> str:
+    """The PostgreSQL column type for a DuckDB type name."""
+    base = duck_type.upper()
+    if base.endswith("[]"):
+        return pg_type(base[:-2]) + "[]"
+    if base.startswith("DECIMAL"):
+        return base.replace("DECIMAL", "NUMERIC")
+    if base.startswith("TIMESTAMP"):
+        return "TIMESTAMP"
+    try:
+        return _PG_TYPES[base]
+    except KeyError:
+        raise SchemaError(f"SQL type {duck_type} has no PostgreSQL column type") from None
+
+
+def _duck_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return _duck_type(arrow_type.value_type) + "[]"
+    for test, name in _ARROW_TO_DUCK:
+        if test(arrow_type):
+            return name
+    return "VARCHAR"
+
+
+class Translator:
+    """ralf's SQL (DuckDB's dialect) as PostgreSQL: identifiers quoted and spelled as in the
+    catalog (DuckDB matches them case-insensitively, and ``user`` is a keyword in
+    PostgreSQL), ``* EXCLUDE (...)`` expanded from the catalog, ``round(x, places)`` on
+    any number. Cached by query text."""
+
+    def __init__(self, catalog: Any) -> None:
+        self._catalog = catalog  # () -> dict[str, TableInfo], read on a cache miss
+        self._done: dict[str, str] = {}
+
+    def parse(self, query: str) -> list[exp.Expression]:
+        try:
+            return [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
+        except sqlglot.errors.ParseError as exc:
+            raise QueryError(f"invalid SQL: {exc}") from None
+
+    def __call__(self, query: str, tree: exp.Expression | None = None) -> str:
+        done = self._done.get(query)
+        if done is not None:
+            return done
+        if tree is None:
+            (tree,) = self.parse(query)
+        catalog = self._catalog()
+        spelling = {}
+        for info in catalog.values():
+            for name in (info.name, *info.schema.names, *(n for n, _ in info.hidden)):
+                spelling[name.lower()] = name
+        if any(star.args.get("except_") for star in tree.find_all(exp.Star)):
+            tree = qualify(tree, dialect="duckdb", schema=_sqlglot_schema(catalog),
+                           validate_qualify_columns=False, identify=False)
+        for call in tree.find_all(exp.Round):  # PostgreSQL rounds only NUMERIC to places
+            if call.args.get("decimals") is not None:
+                call.set("this", exp.cast(call.this, "DECIMAL"))
+        for identifier in tree.find_all(exp.Identifier):
+            if not identifier.quoted:
+                identifier.set("this", spelling.get(identifier.name.lower(), identifier.name))
+        done = tree.sql("postgres", identify=True)
+        if len(self._done) > 1000:
+            self._done.clear()
+        self._done[query] = done
+        return done
+
+
+def _sqlglot_schema(catalog: dict[str, TableInfo]) -> dict[str, dict[str, str]]:
+    schema = {}
+    for info in catalog.values():
+        columns = {n: info.schema.sql_type(n) for n in info.schema.names}
+        columns.update(dict(info.hidden))
+        columns["_ralf_seq"] = "BIGINT"
+        time = "_ralf_ingested_at" if info.kind == SOURCE else "_ralf_updated_at"
+        columns[time] = "TIMESTAMP"
+        schema[info.name] = columns
+    return schema
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if isinstance(value, decimal.Decimal) else value
+
+
+def _to_arrow(cur: psycopg.Cursor, types: dict[str, pa.DataType] | None = None) -> pa.Table:
+    """A result as Arrow: the named columns typed as given, others by their PostgreSQL type."""
+    names = [d.name for d in cur.description]
+    rows = cur.fetchall()
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    arrays = []
+    for name, desc, values in zip(names, cur.description, columns, strict=True):
+        wanted = (types or {}).get(name) or _OID_ARROW.get(desc.type_code)
+        if any(isinstance(v, decimal.Decimal) for v in values):
+            values = [None if v is None else (int(v) if wanted is not None and
+                                              pa.types.is_integer(wanted) else float(v))
+                      for v in values]
+        arrays.append(pa.array(values, type=wanted))
+    return pa.table(arrays, names=names) if names else pa.table({})
+
+
+def _typed(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:
+    types = {f.name: f.type for f in table.schema.arrow}
+    times = {"_ralf_updated_at", "_ralf_ingested_at", "_ralf_valid_from"}
+    types.update({e: pa.timestamp("us") if e in times else pa.int64() for e in extra})
+    return types
+
+
+class PostgresStorage(Storage):
+    def __init__(self, url: str) -> None:
+        parsed = sqlalchemy.make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self.url = url
+        self._engine = sqlalchemy.create_engine(parsed, pool_size=8, max_overflow=8,
+                                                pool_pre_ping=False)
+        try:
+            self._writer = self._connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise RalfError(f"cannot connect to PostgreSQL at {parsed.render_as_string()}: "
+                            f"{exc.orig or exc}") from None
+        self._con: psycopg.Connection = self._writer.driver_connection
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[Any] = []
+        self._translate = Translator(self.catalog)
+        self.migrate()
+
+    # ---- plumbing ---------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        raw = self._engine.raw_connection()
+        raw.driver_connection.autocommit = True
+        return raw
+
+    @contextmanager
+    def _transaction(self) -> Iterator[psycopg.Cursor]:
+        with self._lock, self._con.transaction(), self._con.cursor() as cur:
+            yield cur
+
+    def _reader(self) -> psycopg.Connection:
+        raw = getattr(self._local, "raw", None)
+        if raw is None:
+            raw = self._connect()
+            self._local.raw = raw
+            with self._lock:
+                self._readers.append(raw)
+        return raw.driver_connection
+
+    @staticmethod
+    def _stage(cur: psycopg.Cursor, name: str, table: pa.Table) -> None:
+        """A temporary table holding ``table`` until the transaction ends."""
+        columns = ", ".join(f"{quote(f.name)} {pg_type(_duck_type(f.type))}"
+                            for f in table.schema)
+        cur.execute(f"CREATE TEMP TABLE {quote(name)} ({columns}) ON COMMIT DROP")
+        names = ", ".join(quote(n) for n in table.column_names)
+        with cur.copy(f"COPY {quote(name)} ({names}) FROM STDIN") as copy:
+            for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
+                copy.write_row(row)
+
+    def _stage_read(self, cur: psycopg.Cursor, read: LogRead) -> None:
+        for name, table in registered(read).items():
+            self._stage(cur, name, table)
+
+    def migrate(self) -> list[int]:
+        """Apply the migrations this database has not seen yet (one process at a time)."""
+        applied = []
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
+            cur.execute("SELECT count(*) FROM information_schema.tables "
+                        "WHERE table_schema = 'ralf' AND table_name = 'schema_migrations'")
+            done = set()
+            if cur.fetchone()[0]:
+                cur.execute("SELECT version FROM ralf.schema_migrations")
+                done = {v for (v,) in cur.fetchall()}
+            for migration in migrate.available():
+                if migration.version in done:
+                    continue
+                for statement in migrate.statements(migration.sql):
+                    cur.execute(re.sub(r"\bBLOB\b", "BYTEA", statement))
+                cur.execute("INSERT INTO ralf.schema_migrations VALUES (%s, %s, %s)",
+                            [migration.version, migration.name, _utcnow()])
+                applied.append(migration.version)
+        return applied
+
+    def schema_version(self) -> int:
+        with self._transaction() as cur:
+            cur.execute("SELECT max(version) FROM ralf.schema_migrations")
+            return cur.fetchone()[0]
+
+    # ---- catalog ----------------------------------------------------------------------------
+    def catalog(self) -> dict[str, TableInfo]:
+        with self._transaction() as cur:
+            cur.execute("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, "
+                        "watermark FROM ralf.tables")
+            rows = cur.fetchall()
+        return {
+            name: TableInfo(name, kind, Schema.from_json(sj), parent, lookup, on, bool(lazy), wm)
+            for name, kind, sj, parent, lookup, on, lazy, wm in rows
+        }
+
+    def create_table(self, info: TableInfo) -> None:
+        schema = info.schema
+        user_cols = [f"{quote(n)} {pg_type(schema.sql_type(n))}" for n in schema.names]
+        key = quote(schema.primary_key)
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
+            cur.execute("SELECT 1 FROM ralf.tables WHERE name = %s", [info.name])
+            if cur.fetchone():  # another process sharing the database created it first
+                return
+            name = quote(info.name)
+            if info.kind == SOURCE:
+                cur.execute(f"CREATE TABLE {name} ({', '.join(user_cols)}, "
+                            "_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL)")
+                cur.execute(f"CREATE INDEX ON {name} (_ralf_seq)")
+                cur.execute(f"CREATE INDEX ON {name} ({key}, _ralf_seq)")
+            else:
+                hidden = [f"{quote(n)} {pg_type(t)}" for n, t in info.hidden]
+                cur.execute(f"CREATE TABLE {name} ({', '.join(user_cols + hidden)}, "
+                            f"_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL, "
+                            f"PRIMARY KEY ({key}))")
+                log = log_table(info)
+                cur.execute(f"CREATE TABLE {log} ({', '.join(user_cols)}, "
+                            "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL)")
+                cur.execute(f"CREATE INDEX ON {log} (_ralf_seq)")
+                cur.execute(f"CREATE INDEX ON {log} ({key}, _ralf_seq)")
+            cur.execute(
+                "INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, lookup, "
+                "lookup_on, lazy, watermark) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0)",
+                [info.name, info.kind, schema.to_json(), info.parent, _utcnow(),
+                 info.lookup, info.lookup_on, info.lazy])
+
+    def update_definition(self, info: TableInfo) -> None:
+        with self._transaction() as cur:
+            cur.execute("UPDATE ralf.tables SET lazy = %s, lookup = %s, lookup_on = %s "
+                        "WHERE name = %s", [info.lazy, info.lookup, info.lookup_on, info.name])
+
+    def create_alias(self, alias: str, table: str) -> None:
+        with self._transaction() as cur:
+            cur.execute(f"CREATE OR REPLACE VIEW {quote(alias)} AS SELECT * FROM {quote(table)}")
+
+    # ---- writes -------------------------------------------------------------------------------
+    def append(self, unit: Append) -> None:
+        info, rows = unit.table, unit.rows
+        n = rows.num_rows
+        names = [*info.schema.names, "_ralf_seq", "_ralf_ingested_at"]
+        with self._transaction() as cur:
+            crashpoint("append.in_transaction")
+            if n:
+                seqs = range(unit.first_seq, unit.first_seq + n)
+                columns = [rows.column(c).to_pylist() for c in info.schema.names]
+                with cur.copy(f"COPY {quote(info.name)} ({', '.join(map(quote, names))}) "
+                              "FROM STDIN") as copy:
+                    for row in zip(*columns, seqs, strict=True):
+                        copy.write_row((*row, unit.ingested_at))
+            cur.execute(
+                "INSERT INTO ralf.source_state VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (table_name) DO UPDATE SET state = excluded.state, "
+                "emitted = excluded.emitted, exhausted = excluded.exhausted, "
+                "updated_at = excluded.updated_at",
+                [info.name, unit.source_state, unit.emitted, unit.exhausted, unit.ingested_at])
+            self._insert_rejected(cur, unit.rejected)
+            crashpoint("append.before_commit")
+
+    def refresh(self, unit: Refresh) -> None:
+        info, rows = unit.table, unit.rows
+        with self._transaction() as cur:
+            crashpoint("refresh.in_transaction")
+            if rows.num_rows:
+                self._stage(cur, "__ralf_rows", rows)
+                columns = ", ".join(quote(c) for c in rows.column_names)
+                cur.execute(self._upsert(
+                    info, rows.column_names,
+                    f"SELECT {columns}, %s::BIGINT, %s::TIMESTAMP FROM __ralf_rows"),
+                    [unit.version, unit.updated_at])
+                crashpoint("refresh.after_upsert")
+                crashpoint("refresh.after_history")
+            self._write_watermarks(cur, unit)
+            crashpoint("refresh.after_watermarks")
+            if unit.write_state:
+                cur.execute(
+                    "INSERT INTO ralf.operator_state VALUES (%s, %s, %s) "
+                    "ON CONFLICT (table_name) DO UPDATE SET state = excluded.state, "
+                    "updated_at = excluded.updated_at",
+                    [info.name, unit.state, unit.updated_at])
+            crashpoint("refresh.before_commit")
+
+    @staticmethod
+    def _upsert(info: TableInfo, columns: list[str], select: str) -> str:
+        """Upsert ``select``'s rows (``columns``, then ``_ralf_seq`` and ``_ralf_updated_at``)
+        and log each written version in the history, in one statement."""
+        names = [*columns, "_ralf_seq", "_ralf_updated_at"]
+        key = quote(info.schema.primary_key)
+        user = ", ".join(quote(c) for c in info.schema.names)
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in names
+                         if c != info.schema.primary_key)
+        return (f"WITH written AS (INSERT INTO {quote(info.name)} "
+                f"({', '.join(map(quote, names))}) {select} "
+                f"ON CONFLICT ({key}) DO UPDATE SET {sets} "
+                f"RETURNING {user}, _ralf_seq, _ralf_updated_at), "
+                f"logged AS (INSERT INTO {log_table(info)} ({user}, _ralf_seq, _ralf_valid_from) "
+                f"SELECT {user}, _ralf_seq, _ralf_updated_at FROM written) "
+                f"SELECT {user}, _ralf_seq FROM written")
+
+    def refresh_view(self, unit: ViewRefresh) -> tuple[pa.Table, list[Any]]:
+        try:
+            return self._refresh_view(unit)
+        except psycopg.DataError as exc:  # e.g. float underflow, which PostgreSQL refuses
+            raise RalfError(str(exc).strip()) from None
+
+    def _refresh_view(self, unit: ViewRefresh) -> tuple[pa.Table, list[Any]]:
+        info, plan = unit.table, unit.plan
+        deleted: list[Any] = []
+        with self._transaction() as cur:
+            crashpoint("view.in_transaction")
+            self._stage_read(cur, unit.read)
+            # The pending rows as a relation of their own, so the plan's SQL is the same text
+            # every time (translated once).
+            cur.execute(f"CREATE TEMP TABLE __ralf_pending_rows ON COMMIT DROP AS "
+                        f"{pending_rows(unit.read)}")
+            pending = "SELECT * FROM __ralf_pending_rows"
+            if isinstance(plan, DeltaAggregate):
+                types = {n: info.schema.sql_type(n) for n in info.schema.names}
+                select = self._translate(plan.new_rows(quote(info.name), pending, types))
+                columns = [plan.key, *(o.name for o in plan.outputs), *plan.helpers]
+                cur.execute(self._upsert(info, columns, select), [unit.version, unit.updated_at])
+            else:
+                deleted = self._recompute(cur, unit, pending)
+            rows = _to_arrow(cur, _typed(info, "_ralf_seq")).select(info.schema.names)
+            crashpoint("view.after_upsert")
+            self._write_watermarks(cur, unit)
+            crashpoint("view.before_commit")
+        return rows, deleted
+
+    def _recompute(self, cur: psycopg.Cursor, unit: ViewRefresh, pending: str) -> list[Any]:
+        """Upsert the stale keys' recomputed groups and delete the keys that have none now;
+        leaves the written rows as the cursor's result."""
+        info, plan = unit.table, unit.plan
+        key = quote(plan.key)
+        parent = unit.read.table
+        cols = ", ".join(quote(c) for c in parent.schema.names)
+        cur.execute(f"CREATE TEMP TABLE __ralf_stale ON COMMIT DROP AS "
+                    f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s")
+        parent_rows = (f"SELECT {cols} FROM public.{quote(parent.name)} "
+                       f"WHERE {key} IN (SELECT key FROM __ralf_stale)")
+        cur.execute(f"CREATE TEMP TABLE __ralf_result ON COMMIT DROP AS "
+                    f"{self._translate(plan.recompute(parent_rows))}")
+        cur.execute(f"DELETE FROM {quote(info.name)} WHERE {key} IN (SELECT key FROM "
+                    f"__ralf_stale) AND {key} NOT IN (SELECT {key} FROM __ralf_result "
+                    f"WHERE {key} IS NOT NULL) RETURNING {key}")
+        deleted = [k for (k,) in cur.fetchall()]
+        user = ", ".join(quote(c) for c in info.schema.names)
+        cur.execute(self._upsert(info, info.schema.names, f"SELECT {user}, %s::BIGINT, "
+                                 "%s::TIMESTAMP FROM __ralf_result"),
+                    [unit.version, unit.updated_at])
+        return deleted
+
+    def describe(self, query: str) -> list[tuple[str, str]]:
+        """Result columns as DuckDB types, found by DuckDB over an empty copy of the catalog
+        (so both backends give a SQL table the same schema)."""
+        scratch = duckdb.connect()
+        try:
+            for info in self.catalog().values():
+                columns = [f"{quote(n)} {info.schema.sql_type(n)}" for n in info.schema.names]
+                columns += [f"{quote(n)} {t}" for n, t in info.hidden]
+                time = "_ralf_ingested_at" if info.kind == SOURCE else "_ralf_updated_at"
+                scratch.execute(f"CREATE TABLE {quote(info.name)} ({', '.join(columns)}, "
+                                f"_ralf_seq BIGINT, {time} TIMESTAMP)")
+            return [(r[0], r[1]) for r in scratch.sql(f"DESCRIBE {query}").fetchall()]
+        except duckdb.Error as exc:
+            raise SchemaError(f"SQL table: {exc}") from None
+        finally:
+            scratch.close()
+
+    @staticmethod
+    def _write_watermarks(cur: psycopg.Cursor, unit: Refresh | ViewRefresh) -> None:
+        name = unit.table.name
+        cur.execute("UPDATE ralf.tables SET watermark = %s WHERE name = %s",
+                    [unit.watermark, name])
+        if unit.clear_watermarks:
+            cur.execute("DELETE FROM ralf.watermarks WHERE table_name = %s", [name])
+        if unit.set_watermarks:
+            cur.execute(
+                "INSERT INTO ralf.watermarks SELECT %s, k, s "
+                "FROM unnest(%s::text[], %s::bigint[]) AS u(k, s) "
+                "ON CONFLICT (table_name, key) DO UPDATE SET seq = excluded.seq",
+                [name, list(unit.set_watermarks), list(unit.set_watermarks.values())])
+
+    def reject(self, rejected: list[Rejection]) -> None:
+        if rejected:
+            with self._transaction() as cur:
+                self._insert_rejected(cur, rejected)
+
+    @staticmethod
+    def _insert_rejected(cur: psycopg.Cursor, rejected: list[Rejection]) -> None:
+        if not rejected:
+            return
+        now = _utcnow()
+        cur.executemany(
+            "INSERT INTO ralf.rejected (table_name, reason, column_name, record, rejected_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            [[r.table, r.reason.replace("\x00", "\\x00"), r.column,
+              r.raw_json().replace("\x00", "\\u0000"), now] for r in rejected])
+
+    def reset_progress(self, table: str) -> None:
+        with self._transaction() as cur:
+            cur.execute("UPDATE ralf.tables SET watermark = 0 WHERE name = %s", [table])
+            cur.execute("DELETE FROM ralf.watermarks WHERE table_name = %s", [table])
+            cur.execute("DELETE FROM ralf.operator_state WHERE table_name = %s", [table])
+
+    # ---- engine reads -------------------------------------------------------------------------
+    def max_seq(self, table: TableInfo) -> int:
+        with self._transaction() as cur:
+            cur.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {log_table(table)}")
+            return cur.fetchone()[0]
+
+    def _log_query(self, read: LogRead, query: str, types: dict[str, pa.DataType]) -> pa.Table:
+        with self._transaction() as cur:
+            self._stage_read(cur, read)
+            cur.execute(query)
+            return _to_arrow(cur, types)
+
+    def read_log(self, read: LogRead) -> pa.Table:
+        return self._log_query(read, f"{pending_rows(read)} ORDER BY p._ralf_seq",
+                               _typed(read.table, "_ralf_seq"))
+
+    def pending_summary(self, read: LogRead) -> pa.Table:
+        key_type = read.table.schema.arrow.field(read.table.schema.primary_key).type
+        return self._log_query(read, pending_summary(read), {
+            "key": key_type, "n": pa.int64(), "first_seq": pa.int64(),
+            "last_seq": pa.int64(), "first_at": pa.timestamp("us")})
+
+    def current_rows(self, table: TableInfo) -> pa.Table:
+        with self._transaction() as cur:
+            cur.execute(_current(table, "_ralf_updated_at"))
+            return _to_arrow(cur, _typed(table, "_ralf_updated_at"))
+
+    def load_watermarks(self, table: str) -> dict[str, int]:
+        with self._transaction() as cur:
+            cur.execute("SELECT key, seq FROM ralf.watermarks WHERE table_name = %s", [table])
+            return dict(cur.fetchall())
+
+    def load_operator_state(self, table: str) -> tuple[bool, bytes | None]:
+        with self._transaction() as cur:
+            cur.execute("SELECT state FROM ralf.operator_state WHERE table_name = %s", [table])
+            row = cur.fetchone()
+        return (False, None) if row is None else (True, row[0])
+
+    def load_source_state(self, table: str) -> tuple[bytes | None, int, bool] | None:
+        with self._transaction() as cur:
+            cur.execute("SELECT state, emitted, exhausted FROM ralf.source_state "
+                        "WHERE table_name = %s", [table])
+            row = cur.fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    # ---- client reads -------------------------------------------------------------------------
+    def _one(self, query: str, params: list[Any]) -> dict[str, Any] | None:
+        with self._reader().cursor() as cur:
+            cur.execute(query, params)
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return {d.name: _plain(v) for d, v in zip(cur.description, row, strict=True)}
+
+    def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None:
+        cols = ", ".join(quote(c) for c in table.schema.names)
+        time = "_ralf_updated_at" if table.kind == FEATURE else "_ralf_ingested_at"
+        order = "" if table.kind == FEATURE else "ORDER BY _ralf_seq DESC LIMIT 1"
+        return self._one(f"SELECT {cols}, {time} AS _ralf_updated_at FROM {quote(table.name)} "
+                         f"WHERE {quote(table.schema.primary_key)} = %s {order}", [key])
+
+    def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
+        cols = ", ".join(quote(c) for c in table.schema.names)
+        time = time_column(table)
+        return self._one(
+            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {log_table(table)} "
+            f"WHERE {quote(table.schema.primary_key)} = %s AND {time} <= %s "
+            "ORDER BY _ralf_seq DESC LIMIT 1", [key, at])
+
+    def historical(self, entities: pa.Table, timestamp: str,
+                   features: list[tuple[TableInfo, str, str]]) -> pa.Table:
+        ts = quote(timestamp)
+        kept = [quote(c) for c in entities.column_names if c != "__ralf_row"]
+        selects, joins = [f"e.{c}" for c in kept], []
+        types = {f.name: f.type for f in entities.schema}
+        tables = {t.name: t for t, _, _ in features}
+        for i, table in enumerate(tables.values()):
+            alias = f"h{i}"
+            key = quote(table.schema.primary_key)
+            time = time_column(table)
+            wanted = [(column, out) for t, column, out in features if t.name == table.name]
+            inner = ", ".join(quote(c) for c, _ in wanted)
+            joins.append(f"LEFT JOIN LATERAL (SELECT {inner} FROM {log_table(table)} v "
+                         f"WHERE v.{key} = e.{key} AND v.{time} <= e.{ts} "
+                         f"ORDER BY v.{time} DESC, v._ralf_seq DESC LIMIT 1) {alias} ON true")
+            selects += [f"{alias}.{quote(c)} AS {quote(out)}" for c, out in wanted]
+            types.update({out: table.schema.arrow.field(c).type for c, out in wanted})
+        con = self._reader()
+        with con.transaction(), con.cursor() as cur:
+            self._stage(cur, "__ralf_entities", entities)
+            cur.execute(f"SELECT {', '.join(selects)} FROM __ralf_entities e "
+                        f"{' '.join(joins)} ORDER BY e.__ralf_row")
+            return _to_arrow(cur, types)
+
+    def compact_history(self, table: TableInfo, cutoff: dt.datetime, keep_from_seq: int
+                        ) -> int:
+        log, time = log_table(table), time_column(table)
+        key = quote(table.schema.primary_key)
+        with self._transaction() as cur:
+            cur.execute(
+                f"DELETE FROM {log} AS h WHERE {time} < %s AND _ralf_seq < %s AND _ralf_seq < ("
+                f"SELECT max(_ralf_seq) FROM {log} AS v WHERE v.{key} = h.{key} "
+                f"AND v.{time} < %s)", [cutoff, keep_from_seq, cutoff])
+            return cur.rowcount
+
+    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
+        meta = ("_ralf_seq", "_ralf_updated_at") if with_metadata else ()
+        key = quote(table.schema.primary_key)
+        with self._reader().cursor() as cur:
+            cur.execute(f"{_current(table, *meta)} ORDER BY {key}")
+            return _to_arrow(cur, _typed(table, *meta))
+
+    def sql(self, query: str) -> pa.Table:
+        statements = self._translate.parse(query)
+        if len(statements) != 1:
+            raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
+        if not isinstance(statements[0], exp.Query):
+            raise QueryError(f"only read-only SELECT queries are allowed, not "
+                             f"{statements[0].key.upper()}")
+        translated = self._translate(query, statements[0])
+        con = self._reader()
+        try:
+            with con.transaction(), con.cursor() as cur:
+                cur.execute("SET TRANSACTION READ ONLY")
+                cur.execute(translated)
+                result = _to_arrow(cur)
+                raise psycopg.Rollback()
+        except psycopg.Error as exc:
+            raise QueryError(str(exc).strip()) from None
+        return result
+
+    def count_rows(self, table: TableInfo) -> int:
+        with self._reader().cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {quote(table.name)}")
+            return cur.fetchone()[0]
+
+    def snapshot(self, target: str) -> None:
+        raise RalfError("snapshots copy a DuckDB file; for PostgreSQL use pg_dump or psql")
+
+    def close(self) -> None:
+        with self._lock:
+            for raw in self._readers:
+                raw.close()
+            self._readers.clear()
+            self._writer.close()
+            self._engine.dispose()
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _current(table: TableInfo, *meta: str) -> str:
+    """Each key's current row: a feature table's row, a source's latest append."""
+    columns = [quote(c) for c in table.schema.names]
+    if table.kind == FEATURE:
+        return f"SELECT {', '.join(columns + list(meta))} FROM {quote(table.name)}"
+    columns += ["_ralf_ingested_at AS _ralf_updated_at" if m == "_ralf_updated_at" else m
+                for m in meta]
+    key = quote(table.schema.primary_key)
+    return (f"SELECT * FROM (SELECT DISTINCT ON ({key}) {', '.join(columns)} "
+            f"FROM {quote(table.name)} ORDER BY {key}, _ralf_seq DESC) AS latest")
+

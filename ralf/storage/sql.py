@@ -1,0 +1,65 @@
+"""SQL text both backends share: where a table's log lives and which of its rows are pending.
+
+Plain standard SQL only (joins, ``coalesce``); each backend registers the ``__ralf_keys`` /
+``__ralf_wm`` relations a :class:`~ralf.storage.base.LogRead` refers to in its own way.
+"""
+
+from __future__ import annotations
+
+import pyarrow.compute as pc
+
+from ralf.schema import quote
+from ralf.storage.base import SOURCE, LogRead, TableInfo
+
+
+def log_table(table: TableInfo) -> str:
+    """What children replay: a source's append table, a feature table's history."""
+    if table.kind == SOURCE:
+        return quote(table.name)
+    return f"ralf.{quote(table.name + '__history')}"
+
+
+def time_column(table: TableInfo) -> str:
+    return "_ralf_ingested_at" if table.kind == SOURCE else "_ralf_valid_from"
+
+
+def log_from(read: LogRead) -> str:
+    """``FROM <log> p ... WHERE <pending>``; integers inlined, so it nests anywhere."""
+    key = f"p.{quote(read.table.schema.primary_key)}"
+    high = int(read.high)
+    if read.keys is not None:
+        lo = pc.min(read.keys.column("wm")).as_py()
+        lo = high if lo is None else int(lo)
+        joins = f"JOIN __ralf_keys k ON {key} = k.key AND p._ralf_seq > k.wm"
+        where = f"p._ralf_seq > {lo} AND p._ralf_seq <= {high}"
+    elif read.watermarks is not None and read.watermarks.num_rows:
+        floor = int(read.floor)
+        lo = min(floor, int(pc.min(read.watermarks.column("wm")).as_py()))
+        joins = f"LEFT JOIN __ralf_wm w ON {key} = w.key"
+        where = (f"p._ralf_seq > {lo} AND p._ralf_seq <= {high} "
+                 f"AND p._ralf_seq > coalesce(w.wm, {floor})")
+    else:
+        joins = ""
+        where = f"p._ralf_seq > {int(read.floor)} AND p._ralf_seq <= {high}"
+    return f"FROM {log_table(read.table)} p {joins} WHERE {where}"
+
+
+def pending_rows(read: LogRead) -> str:
+    """The pending appends as a subquery: user columns and ``_ralf_seq``."""
+    cols = ", ".join(f"p.{quote(c)}" for c in read.table.schema.names)
+    return f"SELECT {cols}, p._ralf_seq {log_from(read)}"
+
+
+def pending_summary(read: LogRead) -> str:
+    """Per key of the read: ``key, n, first_seq, last_seq, first_at``."""
+    key = f"p.{quote(read.table.schema.primary_key)}"
+    return (f"SELECT {key} AS key, count(*) AS n, min(p._ralf_seq) AS first_seq, "
+            f"max(p._ralf_seq) AS last_seq, min(p.{time_column(read.table)}) AS first_at "
+            f"{log_from(read)} GROUP BY {key}")
+
+
+def registered(read: LogRead) -> dict[str, object]:
+    """The relations a read's SQL refers to, by name (pyarrow tables)."""
+    return {name: table for name, table in (("__ralf_keys", read.keys),
+                                              ("__ralf_wm", read.watermarks))
+            if table is not None}
