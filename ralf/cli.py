@@ -20,6 +20,7 @@ from typing import Any
 
 from ralf.client import DEFAULT_URL, RalfClient
 from ralf.errors import RalfError
+from ralf.storage import is_postgres_url
 
 log = logging.getLogger("ralf")
 
@@ -46,7 +47,7 @@ def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with Ralf(args.db) as server:
+    with Ralf(args.db, shard=args.shard, num_shards=args.num_shards) as server:
         build(server)
         server.start(interval=args.interval)
         url = server.serve(args.host, args.port, token=args.token)
@@ -139,17 +140,31 @@ def duckdb_shell() -> str:
     return found
 
 
+def psql() -> str:
+    found = shutil.which("psql") or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), reverse=True)), None)
+    if found is None:
+        raise RalfError("psql is not installed: apt-get install postgresql-client")
+    return str(found)
+
+
 def shell(args: argparse.Namespace) -> int:
-    """Open the duckdb shell: on the file itself, or on a snapshot a running server makes."""
+    """Open the duckdb shell: on the file itself, or on a snapshot a running server makes;
+    psql on a PostgreSQL database (read-only when it is a server's)."""
+    env = dict(os.environ)
     if args.db:
         target, flags = args.db, []
     else:
         client = _client(args)
         target = client.snapshot()
         flags = ["-readonly"]
-        print(f"ralf: read-only snapshot of the server's database: {target}", file=sys.stderr)
-    command = [duckdb_shell(), *flags, target, *args.shell_args]
-    os.execv(command[0], command)
+        env["PGOPTIONS"] = "-c default_transaction_read_only=on"
+        print(f"ralf: read-only view of the server's database: {target}", file=sys.stderr)
+    if is_postgres_url(target):
+        command = [psql(), target, *args.shell_args]
+    else:
+        command = [duckdb_shell(), *flags, target, *args.shell_args]
+    os.execve(command[0], command, env)
     return 0  # not reached
 
 
@@ -169,7 +184,12 @@ def parser() -> argparse.ArgumentParser:
                        description="Import PIPELINE (a file defining build(server)), build it "
                                    "on a Ralf opened on --db, then process and serve.")
     p.add_argument("pipeline", help="Python file defining build(server)")
-    p.add_argument("--db", default=None, help="DuckDB file (default: in memory)")
+    p.add_argument("--db", default=None,
+                   help="DuckDB file, or a postgresql:// URL (default: DuckDB in memory)")
+    p.add_argument("--shard", type=int, default=0,
+                   help="this worker's shard, 0..N-1 (PostgreSQL; default 0)")
+    p.add_argument("--num-shards", type=int, default=1,
+                   help="workers sharing the --db, each owning a hash partition of the keys")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free)")
     p.add_argument("--token", default=os.environ.get("RALF_TOKEN"),
@@ -207,13 +227,14 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=sql)
 
     p = sub.add_parser(
-        "shell", help="the duckdb shell on the database",
+        "shell", help="the duckdb shell (psql on PostgreSQL) on the database",
         description="Open the duckdb shell. With --db, on that file (no server may hold it). "
                     "Otherwise ask the server at --url for a consistent read-only snapshot "
-                    "and open that.")
-    p.add_argument("--db", default=None, help="DuckDB file not held by a running server")
+                    "and open that. On PostgreSQL, psql, read-only when opened via a server.")
+    p.add_argument("--db", default=None,
+                   help="DuckDB file not held by a running server, or a postgresql:// URL")
     p.add_argument("shell_args", nargs="*",
-                   help="after --, passed to duckdb (e.g. -- -c 'SELECT 1')")
+                   help="after --, passed to duckdb or psql (e.g. -- -c 'SELECT 1')")
     _add_connection(p)
     p.set_defaults(run=shell)
     return top

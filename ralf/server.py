@@ -15,17 +15,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import sqlalchemy
 
 from ralf.clock import Clock, SystemClock
 from ralf.engine.ingest import resume_source
 from ralf.engine.node import FeatureNode, Node, SourceNode
+from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError, TableNotFound
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.operators import instantiate
 from ralf.schema import Record, Schema, python_type, quote
 from ralf.sources.csv import CsvSource
-from ralf.storage import open_storage
+from ralf.storage import is_postgres_url, open_storage
 from ralf.storage.base import FEATURE, SOURCE, TableInfo
 from ralf.table import Table
 
@@ -59,19 +61,27 @@ class Ralf:
     ``historical_query`` (None: keep everything). ``memory_limit``: DuckDB's buffer
     memory (e.g. ``"1GB"``; default: DuckDB's, 80% of RAM). ``executor="ray"`` runs each
     Python operator as ``num_replicas`` Ray actors, keys routed by a stable hash.
+    ``shard``/``num_shards``: this process is one of ``num_shards`` workers sharing a
+    PostgreSQL database; it ingests and refreshes only the keys its shard owns (a stable
+    hash of the routing key), and together the shards produce the one-process result.
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
                  clock: Clock | None = None, history_retention: float | None = None,
                  memory_limit: str | None = None, executor: str = "local",
-                 num_replicas: int = 1) -> None:
+                 num_replicas: int = 1, shard: int = 0, num_shards: int = 1) -> None:
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be at least 1, got {num_replicas!r}")
         self.executor, self.num_replicas = executor, num_replicas
+        self.partition = KeyPartition.of(shard, num_shards)
+        if self.partition is not None and not is_postgres_url(path):
+            raise ValueError("shards share one PostgreSQL database: "
+                             "Ralf('postgresql://...', shard=i, num_shards=n)")
         self.path = path
-        self.storage = open_storage(path, memory_limit=memory_limit)
+        self.storage = open_storage(path, memory_limit=memory_limit, shard=shard,
+                                    num_shards=num_shards)
         self._catalog = self.storage.catalog()
         self._scheduler = Scheduler(max_failures=max_failures, clock=clock,
                                     history_retention=history_retention)
@@ -94,6 +104,7 @@ class Ralf:
         name = self._new_name(name, source)
         info = self._define(TableInfo(name, SOURCE, schema))
         node = SourceNode(info, self.storage, instance)
+        node.partition = self.partition
         resume_source(node)
         with self._scheduler.lock:
             self._scheduler.sources.append(node)
@@ -124,6 +135,9 @@ class Ralf:
                      schema: Schema | None, name: str | None, lazy: bool, budget: int | None,
                      lookup: Node | None = None, on: str | None = None) -> Table:
         _check_budget(budget)
+        if lookup is not None and self.partition is not None:
+            raise ValueError("lookup joins are not supported with shards: a shard holds only "
+                             "its own keys of the other table")
         instance, schema = instantiate(operator, args, kwargs, schema,
                                        f"map({_default_name(operator)})")
         name = self._new_name(name, operator)
@@ -170,6 +184,7 @@ class Ralf:
         """Create the table, or check that the stored one has the same definition."""
         existing = self._catalog.get(info.name)
         if existing is None:
+            info.watermark = self.storage.seq_base
             self.storage.create_table(info)
             self._catalog[info.name] = info
             return info
@@ -261,7 +276,12 @@ class Ralf:
             return sum(node.release(k) for k in keys)
 
     def snapshot(self, directory: str | None = None) -> str:
-        """A consistent copy of the database file (for ``ralf shell`` while serving)."""
+        """A consistent copy of the database file (for ``ralf shell`` while serving). On
+        PostgreSQL, which gives every session a consistent view itself, the database's URL
+        (without its password)."""
+        if is_postgres_url(self.path):
+            return sqlalchemy.make_url(self.path).render_as_string(hide_password=True).replace(
+                ":***@", "@")
         target = Path(directory or tempfile.mkdtemp(prefix="ralf-snapshot-")) / "snapshot.duckdb"
         self.storage.snapshot(str(target))
         return str(target)
@@ -359,10 +379,9 @@ class Ralf:
                 with self._scheduler.lock:
                     node.priority.on_query(key, self.clock.now())
             self._refresh_for_query(node, key)
-            entry = node.cache.get(key)
-        elif node.cache is not None:
-            entry = node.cache.get(key)
-        else:
+        entry = None if node.cache is None else node.cache.get(key)
+        if entry is None and (node.cache is None or self.partition is not None):
+            # not cached, or (sharded) a key another shard keeps: as the database has it
             row = self.storage.point(node.info, key)
             entry = None if row is None else (
                 tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"])

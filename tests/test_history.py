@@ -19,10 +19,10 @@ def _counting(server: Ralf, rows: list[dict], batch: int = 1, **kw):
     return source.map(CountPerKey, args=(COUNT,), name="counts", **kw)
 
 
-def _one_update_per_second(n: int, **kw) -> tuple[Ralf, ManualClock]:
+def _one_update_per_second(make_ralf, n: int, **kw) -> tuple[Ralf, ManualClock]:
     """User 1 gets count=i at T0 + i seconds (i = 1..n)."""
     clock = ManualClock(T0)
-    server = Ralf(clock=clock, **kw)
+    server = make_ralf(clock=clock, **kw)
     _counting(server, [{"user": 1, "movie": 1, "rating": 1.0}] * n)
     for _ in range(n):
         clock.advance(1)
@@ -30,8 +30,8 @@ def _one_update_per_second(n: int, **kw) -> tuple[Ralf, ManualClock]:
     return server, clock
 
 
-def test_as_of_at_before_and_between_updates():
-    server, _ = _one_update_per_second(5)
+def test_as_of_at_before_and_between_updates(make_ralf):
+    server, _ = _one_update_per_second(make_ralf, 5)
     with server:
         client = RalfClient(server)
         assert client.point_query("counts", 1).count == 5
@@ -45,8 +45,8 @@ def test_as_of_at_before_and_between_updates():
         assert client.point_query("counts", 1, as_of=aware).count == 2  # 00:00:02 UTC
 
 
-def test_historical_query_is_point_in_time_correct():
-    server, _ = _one_update_per_second(6)
+def test_historical_query_is_point_in_time_correct(make_ralf):
+    server, _ = _one_update_per_second(make_ralf, 6)
     with server:
         server.create_source(ListSource, args=(RATINGS, []), name="other")
         entities = pd.DataFrame({
@@ -64,8 +64,8 @@ def test_historical_query_is_point_in_time_correct():
             assert pd.isna(got) or got in set(allowed)
 
 
-def test_historical_query_checks_its_arguments():
-    server, _ = _one_update_per_second(1)
+def test_historical_query_checks_its_arguments(make_ralf):
+    server, _ = _one_update_per_second(make_ralf, 1)
     with server:
         client = RalfClient(server)
         entities = pd.DataFrame({"user": [1], "event_timestamp": [T0]})
@@ -77,8 +77,8 @@ def test_historical_query_checks_its_arguments():
             client.historical_query(entities.rename(columns={"user": "u"}), ["counts.count"])
 
 
-def test_retention_drops_old_versions_but_keeps_what_queries_can_see():
-    server, clock = _one_update_per_second(10, history_retention=3.0)
+def test_retention_drops_old_versions_but_keeps_what_queries_can_see(make_ralf):
+    server, clock = _one_update_per_second(make_ralf, 10, history_retention=3.0)
     with server:
         clock.advance(100)
         server.step()  # compaction runs on the tick
@@ -88,8 +88,8 @@ def test_retention_drops_old_versions_but_keeps_what_queries_can_see():
         assert server.point_query("counts", 1, as_of=clock.now()).count == 10
 
 
-def test_as_of_and_historical_over_http():
-    server, _ = _one_update_per_second(4)
+def test_as_of_and_historical_over_http(make_ralf):
+    server, _ = _one_update_per_second(make_ralf, 4)
     with server:
         url = server.serve(port=0)
         remote, local = RalfClient(url), RalfClient(server)

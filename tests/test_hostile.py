@@ -10,7 +10,6 @@ import pytest
 from ralf import (
     Operator,
     OperatorError,
-    Ralf,
     RalfClient,
     Record,
     Schema,
@@ -24,8 +23,8 @@ TEXT = Schema("name", {"name": str, "note": str, "score": float, "raw": bytes})
 
 
 @pytest.fixture
-def served():
-    with Ralf() as server:
+def served(make_ralf):
+    with make_ralf() as server:
         yield server, server.serve(port=0)
 
 

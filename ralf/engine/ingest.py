@@ -105,6 +105,10 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime, tick: int)
             rejection.table = node.name
             rejected.append(rejection)
     crashpoint("ingest.after_validate")
+    if node.partition is not None:  # every shard reads the stream; each keeps its own keys
+        rows = node.partition.keep(node.schema, rows)
+        if node.partition.shard != 0:
+            rejected = []  # filed once, by shard 0
     _commit(node, rows, rejected, n, now)
     if rejected:
         first = rejected[0]

@@ -12,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from ralf.engine.progress import PendingIndex, Watermarks
+from ralf.engine.routing import KeyPartition
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import KeyRecompute
 from ralf.policies.base import (
@@ -91,6 +92,7 @@ class SourceNode(Node):
     def __init__(self, info: TableInfo, storage: Storage, source: Any) -> None:
         super().__init__(info, storage)
         self.source = source
+        self.partition: KeyPartition | None = None  # sharded: keep only this shard's keys
         self.emitted = 0
         self.exhausted = False
         self.skip = 0  # records to drop on replay after a reopen (count-based resume)

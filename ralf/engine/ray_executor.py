@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-import zlib
 from typing import Any
 
 from ralf.engine.apply import Applied, apply_records
+from ralf.engine.routing import stable_hash
 from ralf.schema import Record, Schema
 
 
@@ -71,8 +71,7 @@ class Replicas:
         self.actors = [actor.remote(factory) for _ in range(n)]
 
     def replica_of(self, key: Any) -> int:
-        text = self.key_schema.key_to_text(key).encode()
-        return zlib.crc32(text) % len(self.actors)
+        return stable_hash(self.key_schema, key) % len(self.actors)
 
     def apply(self, records: list[Record], pk: str, out_pk: str, aligned: bool, *,
               others: list | None, skip: set) -> Applied:

@@ -12,7 +12,8 @@ def is_postgres_url(path: str | None) -> bool:
     return bool(path) and re.match(r"^postgres(ql)?(\+\w+)?://", path) is not None
 
 
-def open_storage(path: str | None, *, memory_limit: str | None = None) -> Storage:
+def open_storage(path: str | None, *, memory_limit: str | None = None, shard: int = 0,
+                 num_shards: int = 1) -> Storage:
     """The backend a ``Ralf(path)`` asks for: a ``postgresql://`` URL, else a DuckDB file
     (in memory when ``path`` is None)."""
     if is_postgres_url(path):
@@ -24,7 +25,7 @@ def open_storage(path: str | None, *, memory_limit: str | None = None) -> Storag
             raise ImportError(f"the PostgreSQL backend needs psycopg: pip install 'ralf[postgres]'"
                               f" ({exc})") from None
 
-        return PostgresStorage(path)
+        return PostgresStorage(path, shard=shard, num_shards=num_shards)
     from ralf.storage.duckdb import DuckDBStorage
 
     return DuckDBStorage(path, memory_limit=memory_limit)

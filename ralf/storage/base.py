@@ -96,6 +96,10 @@ class LogRead:
 class Storage(ABC):
     """What the engine needs from a database."""
 
+    # Sequence numbers this process writes start above this (a shard's own range, so its
+    # log reads see only its own appends; see ralf.storage.postgres).
+    seq_base: int = 0
+
     # ---- catalog ---------------------------------------------------------------------------
     @abstractmethod
     def catalog(self) -> dict[str, TableInfo]: ...

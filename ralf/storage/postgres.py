@@ -180,8 +180,14 @@ def _typed(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:
     return types
 
 
+SHARD_BITS = 40  # shard i numbers what it writes from i << SHARD_BITS on
+
+
 class PostgresStorage(Storage):
-    def __init__(self, url: str) -> None:
+    """``shard``/``num_shards``: this process owns one hash partition of the keys; its
+    sequence numbers, watermarks and checkpoints are kept apart from the other shards'."""
+
+    def __init__(self, url: str, shard: int = 0, num_shards: int = 1) -> None:
         parsed = sqlalchemy.make_url(url)
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -198,7 +204,13 @@ class PostgresStorage(Storage):
         self._local = threading.local()
         self._readers: list[Any] = []
         self._translate = Translator(self.catalog)
+        self.shard, self.num_shards = shard, num_shards
+        self.sharded = num_shards > 1
+        self.seq_base = shard << SHARD_BITS if self.sharded else 0
+        self._seq_top = (shard + 1) << SHARD_BITS if self.sharded else 1 << 62
         self.migrate()
+        if self.sharded:
+            self._check_shard_count()
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -256,6 +268,23 @@ class PostgresStorage(Storage):
                 applied.append(migration.version)
         return applied
 
+    def _check_shard_count(self) -> None:
+        with self._transaction() as cur:
+            cur.execute("SELECT DISTINCT num_shards FROM ralf.shard_floors")
+            counts = {n for (n,) in cur.fetchall()} - {self.num_shards}
+        if counts:
+            raise RalfError(f"this database was written by {sorted(counts)} shards; "
+                            f"reopening it with num_shards={self.num_shards} would give keys "
+                            "to other shards than the ones holding their state")
+
+    def _state(self, table: str) -> str:
+        """Where this process's progress on ``table`` is kept (a shard's own name)."""
+        return f"{table}#{self.shard}" if self.sharded else table
+
+    def _own(self, column: str = "_ralf_seq") -> str:
+        """Rows this shard wrote (all rows when not sharded)."""
+        return f"{column} >= {self.seq_base} AND {column} < {self._seq_top}"
+
     def schema_version(self) -> int:
         with self._transaction() as cur:
             cur.execute("SELECT max(version) FROM ralf.schema_migrations")
@@ -264,8 +293,10 @@ class PostgresStorage(Storage):
     # ---- catalog ----------------------------------------------------------------------------
     def catalog(self) -> dict[str, TableInfo]:
         with self._transaction() as cur:
-            cur.execute("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, "
-                        "watermark FROM ralf.tables")
+            cur.execute("SELECT t.name, kind, schema_json, parent, lookup, lookup_on, lazy, "
+                        "CASE WHEN %s THEN coalesce(f.watermark, %s) ELSE t.watermark END "
+                        "FROM ralf.tables t LEFT JOIN ralf.shard_floors f "
+                        "ON f.name = t.name || %s", [self.sharded, self.seq_base, f"#{self.shard}"])
             rows = cur.fetchall()
         return {
             name: TableInfo(name, kind, Schema.from_json(sj), parent, lookup, on, bool(lazy), wm)
@@ -331,7 +362,8 @@ class PostgresStorage(Storage):
                 "ON CONFLICT (table_name) DO UPDATE SET state = excluded.state, "
                 "emitted = excluded.emitted, exhausted = excluded.exhausted, "
                 "updated_at = excluded.updated_at",
-                [info.name, unit.source_state, unit.emitted, unit.exhausted, unit.ingested_at])
+                [self._state(info.name), unit.source_state, unit.emitted, unit.exhausted,
+                 unit.ingested_at])
             self._insert_rejected(cur, unit.rejected)
             crashpoint("append.before_commit")
 
@@ -355,7 +387,7 @@ class PostgresStorage(Storage):
                     "INSERT INTO ralf.operator_state VALUES (%s, %s, %s) "
                     "ON CONFLICT (table_name) DO UPDATE SET state = excluded.state, "
                     "updated_at = excluded.updated_at",
-                    [info.name, unit.state, unit.updated_at])
+                    [self._state(info.name), unit.state, unit.updated_at])
             crashpoint("refresh.before_commit")
 
     @staticmethod
@@ -445,11 +477,15 @@ class PostgresStorage(Storage):
         finally:
             scratch.close()
 
-    @staticmethod
-    def _write_watermarks(cur: psycopg.Cursor, unit: Refresh | ViewRefresh) -> None:
-        name = unit.table.name
-        cur.execute("UPDATE ralf.tables SET watermark = %s WHERE name = %s",
-                    [unit.watermark, name])
+    def _write_watermarks(self, cur: psycopg.Cursor, unit: Refresh | ViewRefresh) -> None:
+        name = self._state(unit.table.name)
+        if self.sharded:
+            cur.execute("INSERT INTO ralf.shard_floors VALUES (%s, %s, %s) ON CONFLICT (name) "
+                        "DO UPDATE SET watermark = excluded.watermark",
+                        [name, self.num_shards, unit.watermark])
+        else:
+            cur.execute("UPDATE ralf.tables SET watermark = %s WHERE name = %s",
+                        [unit.watermark, name])
         if unit.clear_watermarks:
             cur.execute("DELETE FROM ralf.watermarks WHERE table_name = %s", [name])
         if unit.set_watermarks:
@@ -477,14 +513,18 @@ class PostgresStorage(Storage):
 
     def reset_progress(self, table: str) -> None:
         with self._transaction() as cur:
-            cur.execute("UPDATE ralf.tables SET watermark = 0 WHERE name = %s", [table])
+            cur.execute("UPDATE ralf.tables SET watermark = 0 WHERE name = %s AND NOT %s",
+                        [table, self.sharded])
+            table = self._state(table)
+            cur.execute("DELETE FROM ralf.shard_floors WHERE name = %s", [table])
             cur.execute("DELETE FROM ralf.watermarks WHERE table_name = %s", [table])
             cur.execute("DELETE FROM ralf.operator_state WHERE table_name = %s", [table])
 
     # ---- engine reads -------------------------------------------------------------------------
     def max_seq(self, table: TableInfo) -> int:
         with self._transaction() as cur:
-            cur.execute(f"SELECT coalesce(max(_ralf_seq), 0) FROM {log_table(table)}")
+            cur.execute(f"SELECT coalesce(max(_ralf_seq), {self.seq_base}) "
+                        f"FROM {log_table(table)} WHERE {self._own()}")
             return cur.fetchone()[0]
 
     def _log_query(self, read: LogRead, query: str, types: dict[str, pa.DataType]) -> pa.Table:
@@ -505,24 +545,27 @@ class PostgresStorage(Storage):
 
     def current_rows(self, table: TableInfo) -> pa.Table:
         with self._transaction() as cur:
-            cur.execute(_current(table, "_ralf_updated_at"))
+            cur.execute(f"SELECT * FROM ({_current(table, '_ralf_updated_at', '_ralf_seq')}) "
+                        f"AS c WHERE {self._own()}")
             return _to_arrow(cur, _typed(table, "_ralf_updated_at"))
 
     def load_watermarks(self, table: str) -> dict[str, int]:
         with self._transaction() as cur:
-            cur.execute("SELECT key, seq FROM ralf.watermarks WHERE table_name = %s", [table])
+            cur.execute("SELECT key, seq FROM ralf.watermarks WHERE table_name = %s",
+                        [self._state(table)])
             return dict(cur.fetchall())
 
     def load_operator_state(self, table: str) -> tuple[bool, bytes | None]:
         with self._transaction() as cur:
-            cur.execute("SELECT state FROM ralf.operator_state WHERE table_name = %s", [table])
+            cur.execute("SELECT state FROM ralf.operator_state WHERE table_name = %s",
+                        [self._state(table)])
             row = cur.fetchone()
         return (False, None) if row is None else (True, row[0])
 
     def load_source_state(self, table: str) -> tuple[bytes | None, int, bool] | None:
         with self._transaction() as cur:
             cur.execute("SELECT state, emitted, exhausted FROM ralf.source_state "
-                        "WHERE table_name = %s", [table])
+                        "WHERE table_name = %s", [self._state(table)])
             row = cur.fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
@@ -581,7 +624,8 @@ class PostgresStorage(Storage):
         key = quote(table.schema.primary_key)
         with self._transaction() as cur:
             cur.execute(
-                f"DELETE FROM {log} AS h WHERE {time} < %s AND _ralf_seq < %s AND _ralf_seq < ("
+                f"DELETE FROM {log} AS h WHERE {self._own()} AND {time} < %s "
+                f"AND _ralf_seq < %s AND _ralf_seq < ("
                 f"SELECT max(_ralf_seq) FROM {log} AS v WHERE v.{key} = h.{key} "
                 f"AND v.{time} < %s)", [cutoff, keep_from_seq, cutoff])
             return cur.rowcount

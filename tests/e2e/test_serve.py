@@ -14,7 +14,9 @@ import pytest
 import urllib3
 
 from ralf import KeyNotFound, QueryError, Ralf, RalfClient, RalfError, SchemaError, TableNotFound
+from tests.conftest import BACKENDS
 from tests.e2e import pipeline
+from tests.services import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 30000
@@ -25,9 +27,12 @@ def _ralf(*args: str, **kw) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120, **kw)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    db = str(tmp_path_factory.mktemp("serve") / "served.duckdb")
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, tmp_path_factory):
+    if request.param == "duckdb":
+        db = str(tmp_path_factory.mktemp("serve") / "served.duckdb")
+    else:
+        db = fresh_database(request.getfixturevalue("postgres_url"))
     env = {**os.environ, "RALF_E2E_RECORDS": str(RECORDS), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ralf.cli", "serve", "tests/e2e/pipeline.py", "--db", db,
@@ -133,8 +138,11 @@ def test_the_command_line_against_the_server(served):
     assert out.returncode == 0 and "counts_budgeted" in out.stdout and "p99" in out.stdout
     out = _ralf("query", "average", "x", "--url", url)
     assert out.returncode == 1 and "cannot be converted" in out.stderr
-    out = _ralf("shell", "--url", url, "--", "-csv", "-c", "SELECT count(*) AS n FROM ratings")
+    csv = "--csv" if served[2].startswith("postgresql") else "-csv"  # psql, or duckdb
+    out = _ralf("shell", "--url", url, "--", csv, "-c", "SELECT count(*) AS n FROM ratings")
     assert out.returncode == 0 and str(RECORDS) in out.stdout, out.stderr
+    out = _ralf("shell", "--url", url, "--", csv, "-c", "DELETE FROM ratings")
+    assert "read-only" in out.stdout + out.stderr  # the shell cannot touch the served data
 
 
 def test_serve_prints_progress(served):

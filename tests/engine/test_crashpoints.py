@@ -57,8 +57,8 @@ def check_against_oracle(db: str) -> None:
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_sigkill_at_each_point_then_restart_equals_the_oracle(tmp_path, point):
-    db = str(tmp_path / "crash.duckdb")
+def test_sigkill_at_each_point_then_restart_equals_the_oracle(database, point):
+    db = database
     nth = 1 if point.startswith("lazy") else 3
     crashed = _run(db, f"{point}@{nth}")
     assert crashed.returncode == -signal.SIGKILL, (

@@ -19,14 +19,14 @@ from tests.pipelines import AVERAGE, COUNT, RATINGS, AverageRating, CountPerKey,
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_reopen_after_close_continues_where_it_stopped(db_path):
+def test_reopen_after_close_continues_where_it_stopped(database):
     rows = ratings(1000, users=15)
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="counts")
         for _ in range(4):
             server.step()
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         counts = source.map(CountPerKey, args=(COUNT,), name="counts")
         # Operator state came back from the checkpoint, not from an empty dict.
@@ -37,7 +37,7 @@ def test_reopen_after_close_continues_where_it_stopped(db_path):
         assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 1000
 
 
-def test_tutorial_style_state_survives_a_restart(db_path):
+def test_tutorial_style_state_survives_a_restart(database):
     class UserRatings(Operator):
         def __init__(self, schema):
             self.user_ratings = {}
@@ -49,12 +49,12 @@ def test_tutorial_style_state_survives_a_restart(db_path):
                           n=len(ratings_))
 
     rows = ratings(600, users=9)
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 60), name="ratings")
         source.map(UserRatings, args=(AVERAGE,), name="average")
         server.step()
         server.step()
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 60), name="ratings")
         source.map(UserRatings, args=(AVERAGE,), name="average")
         server.run()
@@ -63,18 +63,18 @@ def test_tutorial_style_state_survives_a_restart(db_path):
         pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
-def test_unpicklable_state_is_rebuilt_by_replay(db_path):
+def test_unpicklable_state_is_rebuilt_by_replay(database):
     class WithLambda(CountPerKey):
         def __init__(self, schema):
             super().__init__(schema)
             self.fn = lambda x: x  # cannot be pickled
 
     rows = ratings(300, users=5)
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         source.map(WithLambda, args=(COUNT,), name="counts")
         server.step()
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         source.map(WithLambda, args=(COUNT,), name="counts")
         server.run()
@@ -82,12 +82,12 @@ def test_unpicklable_state_is_rebuilt_by_replay(db_path):
         assert got == pd.DataFrame(rows)["user"].value_counts().to_dict()
 
 
-def test_reopening_with_a_different_schema_is_refused(db_path):
+def test_reopening_with_a_different_schema_is_refused(database):
     from ralf import Schema, SchemaError
 
-    with Ralf(db_path) as server:
+    with Ralf(database) as server:
         server.create_source(ListSource, args=(RATINGS, []), name="ratings")
-    with Ralf(db_path) as server, pytest.raises(SchemaError, match="another definition"):
+    with Ralf(database) as server, pytest.raises(SchemaError, match="another definition"):
         server.create_source(ListSource, args=(Schema("user", {"user": int}), []),
                              name="ratings")
 
@@ -117,8 +117,8 @@ def _kill_after(db: str, n: int, ticks: int) -> bool:
 
 
 @pytest.mark.parametrize("kill_points", [(1, 3, 2, 5), (2, 2, 2, 2, 2, 2, 2), (7, 1, 9)])
-def test_sigkilled_pipeline_restarted_to_completion_equals_the_oracle(tmp_path, kill_points):
-    db = str(tmp_path / "killed.duckdb")
+def test_sigkilled_pipeline_restarted_to_completion_equals_the_oracle(database, kill_points):
+    db = database
     n = 2000
     for ticks in kill_points:
         if _kill_after(db, n, ticks):
