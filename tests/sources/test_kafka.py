@@ -64,10 +64,10 @@ def assert_exactly_once(server: Ralf, n: int) -> None:
     assert counts == pd.Series([i % 7 for i in range(n)]).value_counts().to_dict()
 
 
-def test_a_topic_lands_once_in_the_append_table(bootstrap):
+def test_a_topic_lands_once_in_the_append_table(bootstrap, make_ralf):
     topic = new_topic(bootstrap)
     produce(bootstrap, topic, events(0, 300))
-    with Ralf() as server:
+    with make_ralf() as server:
         build(server, bootstrap, topic)
         server.run(timeout=60)
         assert_exactly_once(server, 300)
@@ -76,11 +76,11 @@ def test_a_topic_lands_once_in_the_append_table(bootstrap):
         assert sum(offsets.values()) == 300 and len(offsets) == 3 and exhausted
 
 
-def test_malformed_messages_go_to_the_dead_letter_table(bootstrap):
+def test_malformed_messages_go_to_the_dead_letter_table(bootstrap, make_ralf):
     topic = new_topic(bootstrap, partitions=1)
     produce(bootstrap, topic, [*events(0, 5), b"not json", b"[1, 2]", {"user": "x", "id": 9},
                                *events(5, 5)])
-    with Ralf() as server:
+    with make_ralf() as server:
         build(server, bootstrap, topic)
         with pytest.raises(SchemaError):
             server.run(timeout=60)
@@ -92,9 +92,9 @@ def test_malformed_messages_go_to_the_dead_letter_table(bootstrap):
         assert any("column 'user'" in r for r in reasons)
 
 
-def test_restart_in_the_middle_neither_loses_nor_duplicates(bootstrap, tmp_path):
+def test_restart_in_the_middle_neither_loses_nor_duplicates(bootstrap, database):
     topic = new_topic(bootstrap)
-    db = str(tmp_path / "kafka.duckdb")
+    db = database
     produce(bootstrap, topic, events(0, 400))
     with Ralf(db) as server:
         build(server, bootstrap, topic)
@@ -111,9 +111,9 @@ def test_restart_in_the_middle_neither_loses_nor_duplicates(bootstrap, tmp_path)
 
 @pytest.mark.parametrize("point", ["append.before_commit@3", "append.after_commit@2",
                                    "refresh.in_transaction@2"])
-def test_sigkill_mid_stream_then_restart_is_exactly_once(bootstrap, tmp_path, point):
+def test_sigkill_mid_stream_then_restart_is_exactly_once(bootstrap, database, point):
     topic = new_topic(bootstrap)
-    db = str(tmp_path / "killed.duckdb")
+    db = database
     produce(bootstrap, topic, events(0, 600))
     command = [sys.executable, "-m", "tests.sources.kafka_pipeline", db, bootstrap, topic]
     crashed = subprocess.run(command, cwd=ROOT, env={**os.environ, "RALF_CRASH_AT": point},
