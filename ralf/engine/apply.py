@@ -20,7 +20,8 @@ class Applied:
     """What running records through an operator produced."""
 
     outputs: dict[Any, Record | Mapping] = field(default_factory=dict)  # out key -> row
-    origin: dict[Any, Any] = field(default_factory=dict)  # out key -> input key
+    # out key -> input key, where they differ (a table keyed like its parent has no entries)
+    origin: dict[Any, Any] = field(default_factory=dict)
     failed: dict[Any, BaseException] = field(default_factory=dict)  # input key -> why
     processed: int = 0
     shed: int = 0
@@ -32,18 +33,27 @@ class Applied:
         self.processed += other.processed
         self.shed += other.shed
 
+    def source_of(self, out_key: Any) -> Any:
+        """The input key whose record produced the output row ``out_key``."""
+        return self.origin.get(out_key, out_key)
+
 
 def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str, out_pk: str,
                   aligned: bool, *, others: list[Any] | None = None,
                   keep: Callable[[Record, Any, dict], bool] | None = None,
                   skip: set[Any] | frozenset = frozenset()) -> Applied:
     """``on_record`` for each record in order (with its lookup row when ``others`` is
-    given); a key that fails is skipped from then on. ``keep`` is load shedding."""
+    given); a key that fails is skipped from then on. ``keep`` is load shedding.
+
+    The loop runs once per record, so it does as little as it can: a Record output (the
+    common case) is filed without the general path's checks."""
     result = Applied()
-    outputs = result.outputs
+    outputs, origin, failed = result.outputs, result.origin, result.failed
+    blocked = set(skip)  # skipped keys, and keys that failed in this call
+    processed = 0
     for i, record in enumerate(records):
-        key = getattr(record, pk)
-        if key in skip or key in result.failed:
+        key = record.__dict__[pk]
+        if key in blocked:
             continue
         if keep is not None and not keep(record, key, outputs):
             result.shed += 1
@@ -52,28 +62,50 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
         try:
             out = on_record(record) if others is None else on_record(record, others[i])
         except Exception as exc:  # user code
-            result.failed[key] = exc
+            failed[key] = exc
+            blocked.add(key)
             continue
-        result.processed += 1
+        processed += 1
         if out is None:
             continue
-        if isinstance(out, (Record, Mapping)):
-            out = (out,)
-        try:
-            for row in out:
-                fields = row.__dict__ if isinstance(row, Record) else row
-                out_key = fields[out_pk]
-                if aligned and out_key != key:
-                    raise LookupError(f"it returned a row for key {out_key!r} while refreshing "
-                                      f"key {key!r} (the table shares its parent's key)")
-                outputs[out_key] = row
-                result.origin[out_key] = key
-        except KeyError:
-            result.failed[key] = SchemaError(
-                f"operator output for key {key!r} rejected: no column {out_pk!r}",
-                column=out_pk)
-        except LookupError as exc:  # a row for another key
-            result.failed[key] = ValueError(f"operator output for key {key!r} rejected: {exc}")
-        except TypeError as exc:
-            result.failed[key] = TypeError(f"operator returned {out!r}, not Records ({exc})")
+        if out.__class__ is Record and aligned:
+            out_key = out.__dict__.get(out_pk, _MISSING)
+            if out_key == key:
+                outputs[key] = out
+                continue
+        problem = _file(out, key, out_pk, aligned, outputs, origin)
+        if problem is not None:
+            failed[key] = problem
+            blocked.add(key)
+    result.processed = processed
     return result
+
+
+_MISSING = object()
+
+
+def _file(out: Any, key: Any, out_pk: str, aligned: bool, outputs: dict, origin: dict
+          ) -> BaseException | None:
+    """File an operator's output rows under their keys; returns why they were refused."""
+    if isinstance(out, (Record, Mapping)):
+        out = (out,)
+    try:
+        for row in out:
+            fields = row.__dict__ if isinstance(row, Record) else row
+            out_key = fields[out_pk]
+            if aligned and out_key != key:
+                raise LookupError(f"it returned a row for key {out_key!r} while refreshing "
+                                  f"key {key!r} (the table shares its parent's key)")
+            outputs[out_key] = row
+            if out_key != key:
+                origin[out_key] = key
+            else:
+                origin.pop(out_key, None)
+    except KeyError:
+        return SchemaError(f"operator output for key {key!r} rejected: no column {out_pk!r}",
+                           column=out_pk)
+    except LookupError as exc:  # a row for another key
+        return ValueError(f"operator output for key {key!r} rejected: {exc}")
+    except TypeError as exc:
+        return TypeError(f"operator returned {out!r}, not Records ({exc})")
+    return None

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import pickle
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import pyarrow as pa
 
+from ralf.engine.cache import ServingCache
 from ralf.engine.progress import PendingIndex, Watermarks
 from ralf.engine.routing import KeyPartition
 from ralf.ivm.aggregate import DeltaAggregate
@@ -52,10 +51,9 @@ class Node:
         self.children: list[FeatureNode] = []
         self.seq = storage.max_seq(info)
         self.metrics = TableMetrics()
-        # The serving cache: key -> (tuple of the schema's values, updated_at); kept for
-        # feature tables and for sources used in lookup joins. Tuples, not Records: they
-        # are built by the thousand per tick in C loops; a Record is made when asked for.
-        self.cache: dict[Any, tuple[tuple, dt.datetime]] | None = None
+        # The serving cache (key -> (values, updated_at)), kept for feature tables and for
+        # sources used in lookup joins; a Record is made when one is asked for.
+        self.cache: ServingCache | None = None
 
     @property
     def name(self) -> str:
@@ -67,18 +65,13 @@ class Node:
 
     def load_cache(self) -> None:
         rows = self.storage.current_rows(self.info)
-        self.cache = {}
+        self.cache = ServingCache(self.schema)
         self.put_rows(rows, rows.column("_ralf_updated_at").to_pylist())
 
     def put_rows(self, rows: pa.Table, at: Any) -> None:
         """Write rows (the schema's columns, maybe more) through to the cache; ``at`` is one
         time for all rows or a list of times."""
-        if rows.num_rows == 0:
-            return
-        values = zip(*(rows.column(n).to_pylist() for n in self.schema.names), strict=True)
-        times = at if isinstance(at, list) else repeat(at, rows.num_rows)
-        keys = rows.column(self.schema.primary_key).to_pylist()
-        self.cache.update(zip(keys, zip(values, times, strict=False), strict=True))
+        self.cache.put(rows, at)
 
     def current(self, key: Any) -> Record | None:
         entry = self.cache.get(key) if self.cache is not None else None
@@ -120,7 +113,7 @@ class FeatureNode(Node):
         self.tick = 0  # the scheduler's current tick, for backoff
         self.state: bytes | None = None  # last committed operator checkpoint
         self.replicas: Any = None  # a ralf.engine.ray_executor.Replicas when on Ray
-        self.cache = {}
+        self.cache = ServingCache(info.schema)
 
     @property
     def lazy(self) -> bool:

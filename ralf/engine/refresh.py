@@ -10,9 +10,11 @@ keys are replayed again, so no record is ever applied twice to the state.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
@@ -41,9 +43,27 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     try:
         if node.is_view:
             return _refresh_view(node, keys, errors, now)
-        return _refresh_python(node, keys, errors, max_failures, now)
+        with _cyclic_gc_paused():
+            return _refresh_python(node, keys, errors, max_failures, now)
     finally:
         node.metrics.refresh_seconds += time.perf_counter() - start
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Python operators allocate a Record, a dict and an output per record; each few
+    hundred allocations would start a cyclic collection, and every few dozen of those a
+    full one over the whole heap (operator state, serving cache: millions of objects), a
+    third of a refresh's time (benchmarks/ivm.py, part c). Reference counting still frees
+    everything as usual; cycles made meanwhile wait for the first collection after."""
+    if not gc.isenabled():  # the application turned it off: leave it so
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
@@ -131,7 +151,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
         table=node.info, read=read, plan=node.operator, version=node.seq + 1,
         updated_at=now, watermark=read.high if full else marks.floor,
         set_watermarks={node.parent.schema.key_to_text(k): v for k, v in changed.items()},
-        clear_watermarks=full)
+        clear_watermarks=full and bool(marks.overrides))  # the database holds what marks do
     try:
         rows, deleted = node.storage.refresh_view(unit)
     except RalfError as exc:
@@ -198,8 +218,6 @@ def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
     out_pk = node.schema.primary_key
     if out_pk in combined.columns:
         combined = combined.drop_duplicates(subset=[out_pk], keep="last")
-        result.origin = dict.fromkeys(combined[out_pk].tolist())
-        result.origin = {k: k for k in result.origin}
     rows, rejected = node.schema.to_arrow(combined, node.name)
     _reject_outputs(node, result, rejected)
     return result, rows
@@ -224,14 +242,14 @@ def _reject_outputs(node: FeatureNode, run: Applied, rejected: list) -> None:
         raw = rejection.raw
         fields = raw.__dict__ if isinstance(raw, Record) else raw
         out_key = fields.get(pk) if isinstance(fields, Mapping) else None
-        origin = run.origin.get(out_key, out_key)
-        run.failed[origin] = SchemaError(f"operator output rejected: {rejection.reason}",
-                                         table=node.name, column=rejection.column)
+        run.failed[run.source_of(out_key)] = SchemaError(
+            f"operator output rejected: {rejection.reason}", table=node.name,
+            column=rejection.column)
 
 
 def _without(rows: pa.Table, run: Applied, pk: str, skip: set[Any]) -> pa.Table:
     """Drop outputs that came from keys held back."""
-    gone = [out for out, origin in run.origin.items() if origin in skip]
+    gone = [out for out in rows.column(pk).to_pylist() if run.source_of(out) in skip]
     if not gone:
         return rows
     return rows.filter(pc.invert(pc.is_in(rows.column(pk), pa.array(gone))))
@@ -276,7 +294,7 @@ def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | N
         # Nothing is left behind but held-back keys: move the floor, keep only their marks.
         new_floor = high
         overrides = {k: marks.of(k) for k in still_stale if marks.of(k) < high}
-        changed, clear = overrides, True
+        changed, clear = overrides, bool(marks.overrides)  # the database holds what marks do
     else:
         new_floor = marks.floor
         changed = {k: high for k in refreshed}
@@ -310,11 +328,15 @@ def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | N
 
 def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, now: dt.datetime
                    ) -> None:
-    """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log."""
-    for k in refreshed:
-        node.failures.pop(k, None)
-        node.retry_tick.pop(k, None)
-        if node.pending is not None:
+    """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log.
+    (The per-key loops run only when there is something to clear: they would otherwise
+    cost a refresh of 10,000 keys a few milliseconds for nothing.)"""
+    for bookkeeping in (node.failures, node.retry_tick):
+        if bookkeeping:
+            for k in refreshed:
+                bookkeeping.pop(k, None)
+    if node.pending is not None:
+        for k in refreshed:
             node.pending.pop(k)
     node.metrics.refreshes += len(refreshed)
     if node.priority is not None:
