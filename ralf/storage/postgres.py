@@ -431,7 +431,8 @@ class PostgresStorage(Storage):
                 cur.execute(self._upsert(info, columns, select), [unit.version, unit.updated_at])
             else:
                 deleted = self._recompute(cur, unit, pending)
-            rows = _to_arrow(cur, _typed(info, "_ralf_seq")).select(info.schema.names)
+            rows = _to_arrow(cur, _typed(info, "_ralf_seq")).select([*info.schema.names,
+                                                                    "_ralf_seq"])
             crashpoint("view.after_upsert")
             self._write_watermarks(cur, unit)
             crashpoint("view.before_commit")
