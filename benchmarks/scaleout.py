@@ -1,9 +1,12 @@
-"""Scale-out: an operator costing ~2 ms of CPU per record, locally and on Ray replicas.
+"""Scale-out: an operator costing ~2 ms of CPU per record, locally, on Ray replicas, and
+(with ``--postgres``) as sharded worker processes sharing a PostgreSQL database.
 
-    python -m benchmarks.scaleout [--records 2000] [--users 200]
+    python -m benchmarks.scaleout [--records 2000] [--users 200] [--postgres URL]
 
 Prints records/s for the local executor and for Ray with 1 and 2 replicas, measured in
 the same run, and the speed-up over local (target: >= 1.7x with 2 replicas on 2 cores).
+``--postgres postgresql://user@host:port/db`` adds one process and two shard processes on
+that server (each in a new database it creates and drops).
 On a cluster, ``ray.init(address=...)`` before ``Ralf(..., executor="ray")`` spreads the
 replicas over its nodes: a refresh costs one round trip per replica plus each replica's
 share of the operator work, so throughput grows with replicas until the ralf process
@@ -13,7 +16,10 @@ share of the operator work, so throughput grows with replicas until the ralf pro
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import time
+import uuid
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,11 +63,58 @@ def measure(executor: str, replicas: int, frames: list[pd.DataFrame]) -> float:
     return sum(len(f) for f in frames[1:]) / seconds
 
 
+def _shard(url: str, shard: int, num_shards: int, frames: list[pd.DataFrame],
+           barrier: Any, result: Any) -> None:
+    """One worker process: ingest every frame, refresh this shard's keys; report seconds."""
+    with Ralf(url, shard=shard, num_shards=num_shards) as server:
+        table = server.create_source(QueueSource, args=(EVENTS,), name="events")
+        table.map(Expensive, args=(SCORES,), name="scores")
+        queue = table._node.source
+        queue.queue.append(frames[0])
+        server.step()
+        barrier.wait()
+        queue.queue.extend(frames[1:])
+        start = time.perf_counter()
+        while queue.queue or server._scheduler.features[0].has_work():
+            server.step()
+        result.put(time.perf_counter() - start)
+
+
+def measure_shards(server_url: str, num_shards: int, frames: list[pd.DataFrame]) -> float:
+    """Records/s of ``num_shards`` worker processes on a new database: the work over the
+    slowest worker's time from a common start."""
+    import psycopg
+
+    name = f"ralf_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    try:
+        Ralf(url).close()  # create the schema once, before the workers race for it
+        context = mp.get_context("spawn")
+        barrier, result = context.Barrier(num_shards), context.Queue()
+        workers = [context.Process(target=_shard, args=(url, i, num_shards, frames, barrier,
+                                                        result)) for i in range(num_shards)]
+        for worker in workers:
+            worker.start()
+        seconds = max(result.get(timeout=600) for _ in workers)
+        for worker in workers:
+            worker.join()
+        with Ralf(url) as reader:
+            assert reader.sql("SELECT sum(n) AS n FROM scores")["n"][0] == sum(map(len, frames))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as con:
+            con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    return sum(len(f) for f in frames[1:]) / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--postgres", default=None,
+                        help="a PostgreSQL server URL: also measure 1 and 2 shard processes")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     data = pd.DataFrame({"user": rng.integers(1, args.users + 1, args.records),
@@ -72,6 +125,11 @@ def main() -> None:
                                       ("ray, 2 replicas", "ray", 2)):
         print(f"measuring {label} ...", flush=True)
         results.append((label, measure(executor, replicas, frames)))
+    if args.postgres:
+        for shards in (1, 2):
+            label = f"postgres, {shards} shard{'s' * (shards > 1)}"
+            print(f"measuring {label} ...", flush=True)
+            results.append((label, measure_shards(args.postgres, shards, frames)))
     local = results[0][1]
     print(f"\n{args.records:,} records, ~2 ms of CPU each, batches of {args.batch}\n")
     print(f"{'executor':<18}{'records/s':>12}{'vs local':>10}")
