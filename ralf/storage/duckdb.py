@@ -38,6 +38,7 @@ from ralf.storage.sql import log_table, pending_rows, pending_summary, registere
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
 _READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
+_UPDATE_BY_COLUMN = 30_000  # rows; see DuckDBStorage._upsert
 
 
 def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
@@ -311,19 +312,28 @@ class DuckDBStorage(Storage):
         insert paid ~18 ms per 10,000 keys to maintain it, three times the UPDATE's cost
         for 60,000 keys. Not MERGE / INSERT ... ON CONFLICT, nor UPDATE ... RETURNING: each
         slowed from ~9 ms to ~30-200 ms per refresh within a few refreshes (duckdb 2.0,
-        benchmarks/ivm.py)."""
+        benchmarks/ivm.py).
+
+        Above ``_UPDATE_BY_COLUMN`` rows, one UPDATE per column: an UPDATE of several
+        columns of ~100,000 rows sometimes took 1.5-3 s where the same columns one by one
+        took 6 ms each (duckdb 2.0.1; benchmarks/ivm.py part b fell from 3.2M to 0.5M
+        records/s), while below it the one UPDATE is the faster (4 ms against 11 ms for
+        10,000 rows)."""
         table, key = quote(info.name), quote(info.schema.primary_key)
         stamp = "_ralf_updated_at" in data.column_names
         params = [] if stamp else [at]
-        values = [f"{quote(c)} = r.{quote(c)}" for c in data.column_names
+        values = [(f"{quote(c)} = r.{quote(c)}", []) for c in data.column_names
                   if c != info.schema.primary_key]
         if not stamp:
-            values.append("_ralf_updated_at = ?")
+            values.append(("_ralf_updated_at = ?", params))
+        if data.num_rows <= _UPDATE_BY_COLUMN:
+            values = [(", ".join(v for v, _ in values), params)]
         con.register("__ralf_rows", data)
         try:
-            updated = con.execute(
-                f"UPDATE {table} AS t SET {', '.join(values)} FROM __ralf_rows AS r "
-                f"WHERE t.{key} = r.{key}", params).fetchall()[0][0]
+            for assignments, args in values:
+                updated = con.execute(
+                    f"UPDATE {table} AS t SET {assignments} FROM __ralf_rows AS r "
+                    f"WHERE t.{key} = r.{key}", args).fetchall()[0][0]
             if updated < data.num_rows:
                 added = "" if stamp else ", CAST(? AS TIMESTAMP) AS _ralf_updated_at"
                 con.execute(f"INSERT INTO {table} BY NAME SELECT *{added} FROM __ralf_rows AS r "

@@ -3,7 +3,10 @@ cache agree, one row per key, for every column type (lists and text included).""
 
 from __future__ import annotations
 
+import pandas as pd
+
 from ralf import Operator, Record, Schema
+from ralf.storage.duckdb import _UPDATE_BY_COLUMN
 from ralf.testing import ListSource
 from tests.pipelines import RATINGS
 
@@ -39,3 +42,23 @@ def test_rewritten_and_new_keys_in_one_refresh(server):
         assert (row.seen, row.last) == (seen, f"movie {seen[-1]}")
     versions = server.sql('SELECT count(*) AS n FROM ralf."profile__history"')["n"][0]
     assert versions == len(rows)  # one version per record: each refresh wrote its keys
+
+
+def test_a_refresh_wider_than_the_per_column_threshold_rewrites_every_column(server):
+    """Over _UPDATE_BY_COLUMN keys, DuckDB upserts column by column; both paths must give
+    the from-scratch aggregate."""
+    n = _UPDATE_BY_COLUMN + 5000
+    batches = [pd.DataFrame({"user": range(n), "movie": range(n), "rating": float(i + 1)})
+               for i in range(3)] + [pd.DataFrame({"user": [0, 1], "movie": [0, 0],
+                                                   "rating": [9.0, 9.0]})]
+    source = server.create_source(ListSource, args=(RATINGS, pd.concat(batches), n),
+                                  name="ratings")
+    source.aggregate(by="user", mean=("rating", "avg"), n=("*", "count"),
+                     top=("rating", "max"), name="stats")
+    for _ in range(len(batches)):
+        server.step()  # each batch refreshes every key it touched: 35,000, then 2
+    got = server.sql("SELECT user, mean, n, top FROM stats ORDER BY user")
+    want = server.sql("SELECT user, avg(rating) AS mean, count(*) AS n, max(rating) AS top "
+                      "FROM ratings GROUP BY user ORDER BY user")
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert server.point_query("stats", 0).top == 9.0 and server.point_query("stats", 7).n == 3
