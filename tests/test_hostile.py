@@ -8,6 +8,7 @@ import math
 import pytest
 
 from ralf import (
+    KeyNotFound,
     Operator,
     OperatorError,
     RalfClient,
@@ -179,3 +180,45 @@ def test_a_source_returning_garbage_is_filed_and_ingestion_goes_on(server, garba
         server.run()
     assert server.sql("SELECT id FROM g")["id"].tolist() == [7]
     assert len(server.sql("SELECT * FROM ralf.rejected")) >= 1
+
+
+class AddNul(Operator):
+    """Writes a NUL character into the note of key 'bad' only."""
+
+    def __init__(self, schema: Schema) -> None:
+        pass
+
+    def on_record(self, record: Record) -> Record:
+        note = "a\x00b" if record.name == "bad" else record.note
+        return Record(name=record.name, note=note, score=record.score, raw=record.raw)
+
+
+def test_nul_characters_in_text_where_the_backend_cannot_hold_them(served):
+    """DuckDB holds NUL in text; PostgreSQL refuses it, so the record (or the operator key)
+    is refused by name and everything else lands."""
+    server, url = served
+    rows = [{"name": n, "note": note, "score": 1.0, "raw": b"\x00"}
+            for n, note in [("ok", "fine"), ("nul", "a\x00b"), ("bad", "x"), ("k\x00", "y")]]
+    source = server.create_source(ListSource, args=(TEXT, rows), name="nul_src")
+    source.map(AddNul, args=(TEXT,), name="nul_features")
+    postgres = server.path is not None and server.path.startswith("postgresql")
+    if postgres:
+        with pytest.raises(SchemaError, match="NUL"):
+            server.run()
+        server.run()
+    else:
+        server.run()
+    stored = set(server.sql("SELECT name FROM nul_src")["name"])
+    features = set(server.sql("SELECT name FROM nul_features")["name"])
+    client = RalfClient(url)
+    if postgres:
+        assert stored == {"ok", "bad"} and features == {"ok"}
+        refused = server.sql("SELECT column_name FROM ralf.rejected")["column_name"].tolist()
+        assert sorted(refused) == ["name", "note"]
+        assert server.errors and "NUL" in str(server.errors[-1])  # key 'bad' failed
+        with pytest.raises(KeyNotFound):
+            client.point_query("nul_src", "k\x00")
+    else:
+        assert stored == features == {"ok", "nul", "bad", "k\x00"}
+        assert client.point_query("nul_features", "bad").note == "a\x00b"
+    assert client.point_query("nul_features", "ok").raw == b"\x00"

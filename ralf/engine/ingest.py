@@ -104,6 +104,7 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime, tick: int)
         for rejection in take_rejected():
             rejection.table = node.name
             rejected.append(rejection)
+    rows = node.storable(rows, rejected)
     crashpoint("ingest.after_validate")
     if node.partition is not None:  # every shard reads the stream; each keeps its own keys
         rows = node.partition.keep(node.schema, rows)

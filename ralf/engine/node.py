@@ -7,6 +7,7 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ralf.engine.cache import ServingCache
@@ -21,7 +22,7 @@ from ralf.policies.base import (
     wants_current,
 )
 from ralf.policies.priority import FIFO
-from ralf.schema import Record
+from ralf.schema import Record, Rejection
 from ralf.storage.base import LogRead, Storage, TableInfo
 
 log = logging.getLogger("ralf")
@@ -72,6 +73,20 @@ class Node:
         """Write rows (the schema's columns, maybe more) through to the cache; ``at`` is one
         time for all rows or a list of times."""
         self.cache.put(rows, at)
+
+    def storable(self, rows: pa.Table, rejected: list[Rejection]) -> pa.Table:
+        """The rows the database can hold; the others join ``rejected`` (text with NUL
+        characters, which PostgreSQL refuses, would fail the whole transaction)."""
+        refused = self.storage.unstorable(rows)
+        if not refused:
+            return rows
+        at = sorted(refused)
+        for i, raw in zip(at, rows.take(pa.array(at, pa.int64())).to_pylist(), strict=True):
+            column, why = refused[i]
+            rejected.append(Rejection(self.name, why, column, raw))
+        keep = np.ones(rows.num_rows, np.bool_)
+        keep[at] = False
+        return rows.filter(pa.array(keep))
 
     def current(self, key: Any) -> Record | None:
         entry = self.cache.get(key) if self.cache is not None else None

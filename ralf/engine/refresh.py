@@ -187,9 +187,7 @@ def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[Ap
         keep = (lambda r, k, outputs: _keep(node, r, k, outputs)) if node.shedding else None
         result = apply_records(node.operator.on_record, *args, others=others, keep=keep,
                                skip=skip)
-    rows, rejected = node.schema.to_arrow(list(result.outputs.values()), node.name)
-    _reject_outputs(node, result, rejected)
-    return result, rows
+    return result, _output_rows(node, result, list(result.outputs.values()))
 
 
 def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
@@ -218,9 +216,7 @@ def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
     out_pk = node.schema.primary_key
     if out_pk in combined.columns:
         combined = combined.drop_duplicates(subset=[out_pk], keep="last")
-    rows, rejected = node.schema.to_arrow(combined, node.name)
-    _reject_outputs(node, result, rejected)
-    return result, rows
+    return result, _output_rows(node, result, combined)
 
 
 def _batch_output(node: FeatureNode, frame: pd.DataFrame) -> pd.DataFrame:
@@ -233,6 +229,15 @@ def _batch_output(node: FeatureNode, frame: pd.DataFrame) -> pd.DataFrame:
         raise TypeError(f"on_batch must return a DataFrame or an Arrow table, got "
                         f"{type(out).__name__}")
     return out
+
+
+def _output_rows(node: FeatureNode, run: Applied, outputs: Any) -> pa.Table:
+    """The operator's outputs as rows to upsert; a bad one (wrong for the schema, or one
+    the database cannot hold) fails the input key that produced it."""
+    rows, rejected = node.schema.to_arrow(outputs, node.name)
+    rows = node.storable(rows, rejected)
+    _reject_outputs(node, run, rejected)
+    return rows
 
 
 def _reject_outputs(node: FeatureNode, run: Applied, rejected: list) -> None:

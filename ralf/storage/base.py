@@ -115,6 +115,11 @@ class Storage(ABC):
     def update_definition(self, info: TableInfo) -> None:
         """Store a table's changed lazy flag or lookup side (same schema and parent)."""
 
+    def unstorable(self, rows: pa.Table) -> dict[int, tuple[str, str]]:
+        """Rows this database cannot hold, by index: (column, why). DuckDB holds any valid
+        row; PostgreSQL refuses NUL characters in text."""
+        return {}
+
     # ---- writes (each one transaction) -----------------------------------------------------
     @abstractmethod
     def append(self, unit: Append) -> None: ...

@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy
 import sqlglot
 from sqlglot import exp
@@ -343,6 +344,24 @@ class PostgresStorage(Storage):
         with self._transaction() as cur:
             cur.execute(f"CREATE OR REPLACE VIEW {quote(alias)} AS SELECT * FROM {quote(table)}")
 
+    def unstorable(self, rows: pa.Table) -> dict[int, tuple[str, str]]:
+        refused: dict[int, tuple[str, str]] = {}
+        for field, column in zip(rows.schema, rows.columns, strict=True):
+            if pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type):
+                values = pc.list_flatten(column)
+                owners = pc.list_parent_indices(column)
+            elif pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+                values, owners = column, None
+            else:
+                continue
+            hits = pc.indices_nonzero(pc.fill_null(pc.match_substring(values, "\x00"), False))
+            if owners is not None:
+                hits = pc.take(owners, hits)
+            for i in hits.to_pylist():
+                refused.setdefault(i, (field.name, f"column {field.name!r}: PostgreSQL text "
+                                                  "cannot contain NUL (\\x00) characters"))
+        return refused
+
     # ---- writes -------------------------------------------------------------------------------
     def append(self, unit: Append) -> None:
         info, rows = unit.table, unit.rows
@@ -573,7 +592,10 @@ class PostgresStorage(Storage):
     # ---- client reads -------------------------------------------------------------------------
     def _one(self, query: str, params: list[Any]) -> dict[str, Any] | None:
         with self._reader().cursor() as cur:
-            cur.execute(query, params)
+            try:
+                cur.execute(query, params)
+            except psycopg.DataError:  # a key PostgreSQL cannot hold (text with NUL): absent
+                return None
             row = cur.fetchone()
             if row is None:
                 return None
@@ -614,7 +636,10 @@ class PostgresStorage(Storage):
             types.update({out: table.schema.arrow.field(c).type for c, out in wanted})
         con = self._reader()
         with con.transaction(), con.cursor() as cur:
-            self._stage(cur, "__ralf_entities", entities)
+            try:
+                self._stage(cur, "__ralf_entities", entities)
+            except psycopg.DataError as exc:
+                raise SchemaError(f"historical_query: entity rows: {exc}") from None
             cur.execute(f"SELECT {', '.join(selects)} FROM __ralf_entities e "
                         f"{' '.join(joins)} ORDER BY e.__ralf_row")
             return _to_arrow(cur, types)
