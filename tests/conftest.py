@@ -29,6 +29,17 @@ def database(request, tmp_path):
     drop_database(url)
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_database(request):
+    """For a module-scoped Ralf: None (DuckDB in memory) or a new PostgreSQL database."""
+    if request.param == "duckdb":
+        yield None
+        return
+    url = fresh_database(request.getfixturevalue("postgres_url"))
+    yield url
+    drop_database(url)
+
+
 @pytest.fixture(params=BACKENDS)
 def make_ralf(request):
     """``make_ralf(**options)``: a Ralf on a new, empty database of the test's backend (an

@@ -11,9 +11,7 @@ import urllib3
 
 from ralf import Operator, QueryError, Ralf, RalfClient, RalfError, Record, Schema
 from ralf.testing import ListSource
-from tests.conftest import BACKENDS
 from tests.pipelines import RATINGS, ratings
-from tests.services import fresh_database
 
 ODD = Schema("name", {"name": str, "when": dt.datetime, "raw": bytes, "score": float,
                       "vector": list[float], "flag": bool})
@@ -32,12 +30,9 @@ ODD_ROWS = [
 ]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def served(request):
-    database = None
-    if request.param == "postgres":
-        database = fresh_database(request.getfixturevalue("postgres_url"))
-    with Ralf(database) as server:
+@pytest.fixture(scope="module")
+def served(shared_database):
+    with Ralf(shared_database) as server:
         server.create_source(ListSource, args=(ODD, ODD_ROWS), name="odd").map(
             Identity, args=(ODD,), name="odd_features")
         server.create_source(ListSource, args=(RATINGS, ratings(100)), name="ratings")

@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 
 from ralf import Ralf
 from ralf.testing import ListSource
-from tests.conftest import BACKENDS
 from tests.pipelines import COUNT, RATINGS, CountPerKey, ratings
-from tests.services import fresh_database
 
 ROUTES = ["/tables", "/table/{t}", "/table/{t}/{k}", "/sql", "/health", "/metrics",
           "/status", "/historical", "/feedback", "/openapi.json", "/{t}"]
@@ -31,12 +29,9 @@ bodies = st.one_of(
         lambda v: json.dumps(v).encode()))
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def url(request):
-    database = None
-    if request.param == "postgres":
-        database = fresh_database(request.getfixturevalue("postgres_url"))
-    with Ralf(database) as server:
+@pytest.fixture(scope="module")
+def url(shared_database):
+    with Ralf(shared_database) as server:
         source = server.create_source(ListSource, args=(RATINGS, ratings(200)), name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="counts", lazy=True)
         server.run()
