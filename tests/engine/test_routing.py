@@ -3,6 +3,8 @@ processes on two shards of one PostgreSQL database equal one process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -61,14 +63,24 @@ def test_shards_need_postgres_and_refuse_lookup_joins(postgres_url, database):
             ratings.join(counts, Identity, args=(RATINGS,), on="user", name="joined")
 
 
-def _workers(url: str, num_shards: int) -> None:
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.engine.shard_worker", url,
-                               str(shard), str(num_shards), str(N)],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for shard in range(num_shards)]
-    for proc in procs:
+def _workers(url: str, num_shards: int, crash_last_at: str | None = None) -> None:
+    """Run every shard's worker to the end; with ``crash_last_at``, the last shard is
+    SIGKILLed at that crash point instead."""
+    env = {k: v for k, v in os.environ.items() if k != "RALF_CRASH_AT"}
+    procs = []
+    for shard in range(num_shards):
+        crash = {"RALF_CRASH_AT": crash_last_at} if crash_last_at and \
+            shard == num_shards - 1 else {}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tests.engine.shard_worker", url, str(shard),
+             str(num_shards), str(N)], cwd=ROOT, env={**env, **crash}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    for shard, proc in enumerate(procs):
         out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0 and "done" in out, err[-2000:]
+        if crash_last_at and shard == num_shards - 1:
+            assert proc.returncode == -signal.SIGKILL, f"{crash_last_at} not reached: {err}"
+        else:
+            assert proc.returncode == 0 and "done" in out, err[-2000:]
 
 
 def _tables(server: Ralf) -> dict[str, pd.DataFrame]:
@@ -80,15 +92,17 @@ def _tables(server: Ralf) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def test_two_worker_processes_on_two_shards_equal_one_process(postgres_url):
-    database = fresh_database(postgres_url)
+@pytest.fixture(scope="module")
+def one_process() -> dict[str, pd.DataFrame]:
+    """The tables as one process computes them: what the shards must give together."""
     with Ralf() as alone:
         build(alone, N)
         alone.run()
         alone.bulk_query("lazy_counts")
-        expected = _tables(alone)
-    _workers(database, 2)
-    _workers(database, 2)  # run again: they resume, find nothing new, change nothing
+        return _tables(alone)
+
+
+def _check_equal_to_one_process(database: str, expected: dict[str, pd.DataFrame]) -> None:
     with Ralf(database, shard=0, num_shards=2) as reader:
         got = _tables(reader)
         ids = reader.sql("SELECT id FROM events ORDER BY id")["id"].tolist()
@@ -98,5 +112,24 @@ def test_two_worker_processes_on_two_shards_equal_one_process(postgres_url):
         assert split["n"].tolist()[0] > 0 and len(split) == 2  # both shards wrote rows
     for table, frame in expected.items():
         pd.testing.assert_frame_equal(got[table], frame, check_dtype=False, obj=table)
+
+
+def test_two_worker_processes_on_two_shards_equal_one_process(postgres_url, one_process):
+    database = fresh_database(postgres_url)
+    _workers(database, 2)
+    _workers(database, 2)  # run again: they resume, find nothing new, change nothing
+    _check_equal_to_one_process(database, one_process)
     with pytest.raises(RalfError, match="num_shards=3"):
         Ralf(database, shard=0, num_shards=3)
+
+
+@pytest.mark.parametrize("point", ["append.before_commit@4", "refresh.after_upsert@5",
+                                   "view.before_commit@3", "refresh.after_commit@7"])
+def test_a_shard_killed_mid_run_and_restarted_still_equals_one_process(postgres_url,
+                                                                       one_process, point):
+    """SIGKILL one shard while the other runs on; restarted, it picks up its own progress
+    (not the other shard's) and nothing is lost or applied twice."""
+    database = fresh_database(postgres_url)
+    _workers(database, 2, crash_last_at=point)
+    _workers(database, 2)
+    _check_equal_to_one_process(database, one_process)
