@@ -34,9 +34,9 @@ def ray_instance():
     ray.shutdown()
 
 
-def test_two_replicas_equal_the_oracle_and_split_the_keys():
+def test_two_replicas_equal_the_oracle_and_split_the_keys(make_ralf):
     rows = ratings(1500, users=30)
-    with Ralf(executor="ray", num_replicas=2) as server:
+    with make_ralf(executor="ray", num_replicas=2) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 250), name="ratings")
         source.map(AverageRating, args=(AVERAGE,), name="average")
         source.map(CountPerKey, args=(COUNT,), name="counts", budget=7)
@@ -52,8 +52,8 @@ def test_two_replicas_equal_the_oracle_and_split_the_keys():
         assert keys[0] | keys[1] == {r["user"] for r in rows}
 
 
-def test_replica_state_is_checkpointed_and_restored(tmp_path):
-    db = str(tmp_path / "ray.duckdb")
+def test_replica_state_is_checkpointed_and_restored(database):
+    db = database
     rows = ratings(800, users=12)
     with Ralf(db, executor="ray", num_replicas=2) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
