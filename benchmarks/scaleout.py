@@ -47,37 +47,35 @@ class Expensive(Operator):
         return Record(user=record.user, score=total + x, n=n + 1)
 
 
+def run_pipeline(server: Ralf, frames: list[pd.DataFrame], ready: Any = None) -> float:
+    """The benchmark's pipeline on ``server``: a warm-up frame (starts replicas, first
+    refresh), then ``ready()``, then the seconds to ingest and refresh the other frames."""
+    table = server.create_source(QueueSource, args=(EVENTS,), name="events")
+    table.map(Expensive, args=(SCORES,), name="scores")
+    queue = table._node.source
+    queue.queue.append(frames[0])
+    server.step()
+    if ready is not None:
+        ready()
+    queue.queue.extend(frames[1:])
+    start = time.perf_counter()
+    while queue.queue or server._scheduler.features[0].has_work():
+        server.step()
+    return time.perf_counter() - start
+
+
 def measure(executor: str, replicas: int, frames: list[pd.DataFrame]) -> float:
     with Ralf(executor=executor, num_replicas=replicas) as server:
-        table = server.create_source(QueueSource, args=(EVENTS,), name="events")
-        table.map(Expensive, args=(SCORES,), name="scores")
-        queue = table._node.source
-        queue.queue.append(frames[0])  # warm-up: start replicas, first refresh
-        server.step()
-        queue.queue.extend(frames[1:])
-        start = time.perf_counter()
-        while queue.queue or server._scheduler.features[0].has_work():
-            server.step()
-        seconds = time.perf_counter() - start
+        seconds = run_pipeline(server, frames)
         assert server.sql("SELECT sum(n) AS n FROM scores")["n"][0] == sum(map(len, frames))
     return sum(len(f) for f in frames[1:]) / seconds
 
 
 def _shard(url: str, shard: int, num_shards: int, frames: list[pd.DataFrame],
            barrier: Any, result: Any) -> None:
-    """One worker process: ingest every frame, refresh this shard's keys; report seconds."""
+    """One worker process: the pipeline on this shard's keys, started with the others."""
     with Ralf(url, shard=shard, num_shards=num_shards) as server:
-        table = server.create_source(QueueSource, args=(EVENTS,), name="events")
-        table.map(Expensive, args=(SCORES,), name="scores")
-        queue = table._node.source
-        queue.queue.append(frames[0])
-        server.step()
-        barrier.wait()
-        queue.queue.extend(frames[1:])
-        start = time.perf_counter()
-        while queue.queue or server._scheduler.features[0].has_work():
-            server.step()
-        result.put(time.perf_counter() - start)
+        result.put(run_pipeline(server, frames, barrier.wait))
 
 
 def measure_shards(server_url: str, num_shards: int, frames: list[pd.DataFrame]) -> float:
