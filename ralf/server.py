@@ -6,16 +6,13 @@ import datetime as dt
 import logging
 import math
 import re
-import tempfile
 import threading
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import sqlalchemy
 
 from ralf.clock import Clock, SystemClock
 from ralf.engine.ingest import resume_source
@@ -279,12 +276,7 @@ class Ralf:
         """A consistent copy of the database file (for ``ralf shell`` while serving). On
         PostgreSQL, which gives every session a consistent view itself, the database's URL
         (without its password)."""
-        if is_postgres_url(self.path):
-            return sqlalchemy.make_url(self.path).render_as_string(hide_password=True).replace(
-                ":***@", "@")
-        target = Path(directory or tempfile.mkdtemp(prefix="ralf-snapshot-")) / "snapshot.duckdb"
-        self.storage.snapshot(str(target))
-        return str(target)
+        return self.storage.snapshot(directory)
 
     # ---- processing ---------------------------------------------------------------------
     def step(self) -> bool:

@@ -201,8 +201,10 @@ class Storage(ABC):
     def count_rows(self, table: TableInfo) -> int: ...
 
     @abstractmethod
-    def snapshot(self, target: str) -> None:
-        """Write a consistent copy of the database that other programs may open."""
+    def snapshot(self, directory: str | None) -> str:
+        """What other programs may open for a consistent view of the database while this
+        one writes (a copy written into ``directory``, a new temporary one when None; or
+        the database's own address, if it gives every reader a consistent view itself)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -24,7 +26,6 @@ from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
 from ralf.storage.base import (
-    FEATURE,
     SOURCE,
     Append,
     LogRead,
@@ -33,7 +34,16 @@ from ralf.storage.base import (
     TableInfo,
     ViewRefresh,
 )
-from ralf.storage.sql import log_table, pending_rows, pending_summary, registered, time_column
+from ralf.storage.sql import (
+    current_query,
+    log_table,
+    pending_rows,
+    pending_summary,
+    point_as_of_query,
+    point_query,
+    registered,
+    time_column,
+)
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
@@ -406,7 +416,7 @@ class DuckDBStorage(Storage):
 
     def current_rows(self, table: TableInfo) -> pa.Table:
         with self._lock:
-            return self._con.sql(_current(table, "_ralf_updated_at")).to_arrow_table()
+            return self._con.sql(current_query(table, "_ralf_updated_at")).to_arrow_table()
 
     def load_watermarks(self, table: str) -> dict[str, int]:
         with self._lock:
@@ -428,30 +438,18 @@ class DuckDBStorage(Storage):
         return None if row is None else (row[0], row[1], row[2])
 
     # ---- client reads -------------------------------------------------------------------------
-    def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None:
-        cols = ", ".join(quote(c) for c in table.schema.names)
-        time = "_ralf_updated_at" if table.kind == FEATURE else "_ralf_ingested_at"
-        order = "" if table.kind == FEATURE else "ORDER BY _ralf_seq DESC LIMIT 1"
-        cur = self._reader()
-        result = cur.execute(
-            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {quote(table.name)} "
-            f"WHERE {quote(table.schema.primary_key)} = ? {order}", [key])
+    def _one(self, query: str, params: list[Any]) -> dict[str, Any] | None:
+        result = self._reader().execute(query, params)
         row = _first(result)
         if row is None:
             return None
         return dict(zip([d[0] for d in result.description], row, strict=True))
 
+    def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None:
+        return self._one(point_query(table, "?"), [key])
+
     def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
-        cols = ", ".join(quote(c) for c in table.schema.names)
-        time = time_column(table)
-        result = self._reader().execute(
-            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {log_table(table)} "
-            f"WHERE {quote(table.schema.primary_key)} = ? AND {time} <= ? "
-            "ORDER BY _ralf_seq DESC LIMIT 1", [key, at])
-        row = _first(result)
-        if row is None:
-            return None
-        return dict(zip([d[0] for d in result.description], row, strict=True))
+        return self._one(point_as_of_query(table, "?"), [key, at])
 
     def historical(self, entities: pa.Table, timestamp: str,
                    features: list[tuple[TableInfo, str, str]]) -> pa.Table:
@@ -487,7 +485,8 @@ class DuckDBStorage(Storage):
     def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
         meta = ("_ralf_seq", "_ralf_updated_at") if with_metadata else ()
         key = quote(table.schema.primary_key)
-        return self._reader().sql(f"{_current(table, *meta)} ORDER BY {key}").to_arrow_table()
+        return self._reader().sql(f"{current_query(table, *meta)} ORDER BY {key}"
+                                  ).to_arrow_table()
 
     def sql(self, query: str) -> pa.Table:
         cur = self._reader()
@@ -511,14 +510,16 @@ class DuckDBStorage(Storage):
     def count_rows(self, table: TableInfo) -> int:
         return self._reader().execute(f"SELECT count(*) FROM {quote(table.name)}").fetchall()[0][0]
 
-    def snapshot(self, target: str) -> None:
-        """Copy the database file, consistent: writes wait while it is checkpointed and
+    def snapshot(self, directory: str | None) -> str:
+        """A copy of the database file, consistent: writes wait while it is checkpointed and
         copied."""
         if self.path == ":memory:":
             raise RalfError("an in-memory database has no file to snapshot")
+        target = Path(directory or tempfile.mkdtemp(prefix="ralf-snapshot-")) / "snapshot.duckdb"
         with self._lock:
             self._con.execute("CHECKPOINT").fetchall()
             shutil.copyfile(self.path, target)
+        return str(target)
 
     def close(self) -> None:
         with self._lock:
@@ -530,16 +531,4 @@ class DuckDBStorage(Storage):
             self._cursors.clear()
             self._con.close()
 
-
-def _current(table: TableInfo, *meta: str) -> str:
-    """A SELECT of each key's current row: a feature table's row, a source's latest append
-    (whose ``_ralf_ingested_at`` is its ``_ralf_updated_at``); user columns, then ``meta``."""
-    columns = [quote(c) for c in table.schema.names]
-    if table.kind == FEATURE:
-        return f"SELECT {', '.join(columns + list(meta))} FROM {quote(table.name)}"
-    columns += ["_ralf_ingested_at AS _ralf_updated_at" if m == "_ralf_updated_at" else m
-                for m in meta]
-    return (f"SELECT {', '.join(columns)} FROM {quote(table.name)} "
-            f"QUALIFY row_number() OVER (PARTITION BY {quote(table.schema.primary_key)} "
-            f"ORDER BY _ralf_seq DESC) = 1")
 

@@ -33,7 +33,6 @@ from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
 from ralf.storage.base import (
-    FEATURE,
     SOURCE,
     Append,
     LogRead,
@@ -43,9 +42,12 @@ from ralf.storage.base import (
     ViewRefresh,
 )
 from ralf.storage.sql import (
+    current_query,
     log_table,
     pending_rows,
     pending_summary,
+    point_as_of_query,
+    point_query,
     registered,
     time_column,
 )
@@ -121,13 +123,11 @@ class Translator:
             return done
         if tree is None:
             (tree,) = self.parse(query)
-        catalog = self._catalog()
-        spelling = {}
-        for info in catalog.values():
-            for name in (info.name, *info.schema.names, *(n for n, _ in info.hidden)):
-                spelling[name.lower()] = name
+        columns = catalog_columns(self._catalog())
+        spelling = {name.lower(): name for table, names in columns.items()
+                    for name in (table, *names)}
         if any(star.args.get("except_") for star in tree.find_all(exp.Star)):
-            tree = qualify(tree, dialect="duckdb", schema=_sqlglot_schema(catalog),
+            tree = qualify(tree, dialect="duckdb", schema=columns,
                            validate_qualify_columns=False, identify=False)
         for call in tree.find_all(exp.Round):  # PostgreSQL rounds only NUMERIC to places
             if call.args.get("decimals") is not None:
@@ -142,7 +142,8 @@ class Translator:
         return done
 
 
-def _sqlglot_schema(catalog: dict[str, TableInfo]) -> dict[str, dict[str, str]]:
+def catalog_columns(catalog: dict[str, TableInfo]) -> dict[str, dict[str, str]]:
+    """Each table's columns and their DuckDB types, bookkeeping included."""
     schema = {}
     for info in catalog.values():
         columns = {n: info.schema.sql_type(n) for n in info.schema.names}
@@ -344,7 +345,8 @@ class PostgresStorage(Storage):
         with self._transaction() as cur:
             cur.execute(f"CREATE OR REPLACE VIEW {quote(alias)} AS SELECT * FROM {quote(table)}")
 
-    def unstorable(self, rows: pa.Table) -> dict[int, tuple[str, str]]:
+    @staticmethod
+    def unstorable(rows: pa.Table) -> dict[int, tuple[str, str]]:
         refused: dict[int, tuple[str, str]] = {}
         for field, column in zip(rows.schema, rows.columns, strict=True):
             if pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type):
@@ -485,12 +487,9 @@ class PostgresStorage(Storage):
         (so both backends give a SQL table the same schema)."""
         scratch = duckdb.connect()
         try:
-            for info in self.catalog().values():
-                columns = [f"{quote(n)} {info.schema.sql_type(n)}" for n in info.schema.names]
-                columns += [f"{quote(n)} {t}" for n, t in info.hidden]
-                time = "_ralf_ingested_at" if info.kind == SOURCE else "_ralf_updated_at"
-                scratch.execute(f"CREATE TABLE {quote(info.name)} ({', '.join(columns)}, "
-                                f"_ralf_seq BIGINT, {time} TIMESTAMP)")
+            for table, columns in catalog_columns(self.catalog()).items():
+                scratch.execute(f"CREATE TABLE {quote(table)} ("
+                                f"{', '.join(f'{quote(c)} {t}' for c, t in columns.items())})")
             return [(r[0], r[1]) for r in scratch.sql(f"DESCRIBE {query}").fetchall()]
         except duckdb.Error as exc:
             raise SchemaError(f"SQL table: {exc}") from None
@@ -565,7 +564,7 @@ class PostgresStorage(Storage):
 
     def current_rows(self, table: TableInfo) -> pa.Table:
         with self._transaction() as cur:
-            cur.execute(f"SELECT * FROM ({_current(table, '_ralf_updated_at', '_ralf_seq')}) "
+            cur.execute(f"SELECT * FROM ({current_query(table, '_ralf_updated_at', '_ralf_seq')}) "
                         f"AS c WHERE {self._own()}")
             return _to_arrow(cur, _typed(table, "_ralf_updated_at"))
 
@@ -602,19 +601,10 @@ class PostgresStorage(Storage):
             return {d.name: _plain(v) for d, v in zip(cur.description, row, strict=True)}
 
     def point(self, table: TableInfo, key: Any) -> dict[str, Any] | None:
-        cols = ", ".join(quote(c) for c in table.schema.names)
-        time = "_ralf_updated_at" if table.kind == FEATURE else "_ralf_ingested_at"
-        order = "" if table.kind == FEATURE else "ORDER BY _ralf_seq DESC LIMIT 1"
-        return self._one(f"SELECT {cols}, {time} AS _ralf_updated_at FROM {quote(table.name)} "
-                         f"WHERE {quote(table.schema.primary_key)} = %s {order}", [key])
+        return self._one(point_query(table, "%s"), [key])
 
     def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
-        cols = ", ".join(quote(c) for c in table.schema.names)
-        time = time_column(table)
-        return self._one(
-            f"SELECT {cols}, {time} AS _ralf_updated_at FROM {log_table(table)} "
-            f"WHERE {quote(table.schema.primary_key)} = %s AND {time} <= %s "
-            "ORDER BY _ralf_seq DESC LIMIT 1", [key, at])
+        return self._one(point_as_of_query(table, "%s"), [key, at])
 
     def historical(self, entities: pa.Table, timestamp: str,
                    features: list[tuple[TableInfo, str, str]]) -> pa.Table:
@@ -660,7 +650,7 @@ class PostgresStorage(Storage):
         meta = ("_ralf_seq", "_ralf_updated_at") if with_metadata else ()
         key = quote(table.schema.primary_key)
         with self._reader().cursor() as cur:
-            cur.execute(f"{_current(table, *meta)} ORDER BY {key}")
+            cur.execute(f"{current_query(table, *meta)} ORDER BY {key}")
             return _to_arrow(cur, _typed(table, *meta))
 
     def sql(self, query: str) -> pa.Table:
@@ -687,8 +677,11 @@ class PostgresStorage(Storage):
             cur.execute(f"SELECT count(*) FROM {quote(table.name)}")
             return cur.fetchone()[0]
 
-    def snapshot(self, target: str) -> None:
-        raise RalfError("snapshots copy a DuckDB file; for PostgreSQL use pg_dump or psql")
+    def snapshot(self, directory: str | None) -> str:
+        """The database's URL without its password: PostgreSQL gives every session a
+        consistent view itself, so there is nothing to copy."""
+        return sqlalchemy.make_url(self.url)._replace(password=None).render_as_string(
+            hide_password=False)
 
     def close(self) -> None:
         with self._lock:
@@ -702,15 +695,4 @@ class PostgresStorage(Storage):
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
-
-def _current(table: TableInfo, *meta: str) -> str:
-    """Each key's current row: a feature table's row, a source's latest append."""
-    columns = [quote(c) for c in table.schema.names]
-    if table.kind == FEATURE:
-        return f"SELECT {', '.join(columns + list(meta))} FROM {quote(table.name)}"
-    columns += ["_ralf_ingested_at AS _ralf_updated_at" if m == "_ralf_updated_at" else m
-                for m in meta]
-    key = quote(table.schema.primary_key)
-    return (f"SELECT * FROM (SELECT DISTINCT ON ({key}) {', '.join(columns)} "
-            f"FROM {quote(table.name)} ORDER BY {key}, _ralf_seq DESC) AS latest")
 

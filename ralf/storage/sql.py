@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from ralf.schema import quote
-from ralf.storage.base import SOURCE, LogRead, TableInfo
+from ralf.storage.base import FEATURE, SOURCE, LogRead, TableInfo
 
 
 def log_table(table: TableInfo) -> str:
@@ -56,6 +56,40 @@ def pending_summary(read: LogRead) -> str:
     return (f"SELECT {key} AS key, count(*) AS n, min(p._ralf_seq) AS first_seq, "
             f"max(p._ralf_seq) AS last_seq, min(p.{time_column(read.table)}) AS first_at "
             f"{log_from(read)} GROUP BY {key}")
+
+
+def current_query(table: TableInfo, *meta: str) -> str:
+    """A SELECT of each key's current row: a feature table's row, a source's latest append
+    (whose ``_ralf_ingested_at`` is its ``_ralf_updated_at``); user columns, then ``meta``."""
+    columns = [quote(c) for c in table.schema.names]
+    if table.kind == FEATURE:
+        return f"SELECT {', '.join(columns + list(meta))} FROM {quote(table.name)}"
+    inner = columns + ["_ralf_ingested_at AS _ralf_updated_at" if m == "_ralf_updated_at" else m
+                       for m in meta]
+    return (f"SELECT {', '.join(columns + list(meta))} FROM (SELECT {', '.join(inner)}, "
+            f"row_number() OVER (PARTITION BY {quote(table.schema.primary_key)} "
+            f"ORDER BY _ralf_seq DESC) AS __ralf_rank FROM {quote(table.name)}) AS latest "
+            f"WHERE __ralf_rank = 1")
+
+
+def point_query(table: TableInfo, mark: str) -> str:
+    """One key's current row and its ``_ralf_updated_at``; ``mark``: the key's placeholder."""
+    cols = ", ".join(quote(c) for c in table.schema.names)
+    if table.kind == FEATURE:
+        return (f"SELECT {cols}, _ralf_updated_at FROM {quote(table.name)} "
+                f"WHERE {quote(table.schema.primary_key)} = {mark}")
+    return (f"SELECT {cols}, _ralf_ingested_at AS _ralf_updated_at FROM {quote(table.name)} "
+            f"WHERE {quote(table.schema.primary_key)} = {mark} ORDER BY _ralf_seq DESC LIMIT 1")
+
+
+def point_as_of_query(table: TableInfo, mark: str) -> str:
+    """One key's row as it was at a time: the newest version valid from then or before;
+    ``mark``: the placeholder (key, then time)."""
+    cols = ", ".join(quote(c) for c in table.schema.names)
+    time = time_column(table)
+    return (f"SELECT {cols}, {time} AS _ralf_updated_at FROM {log_table(table)} "
+            f"WHERE {quote(table.schema.primary_key)} = {mark} AND {time} <= {mark} "
+            "ORDER BY _ralf_seq DESC LIMIT 1")
 
 
 def registered(read: LogRead) -> dict[str, object]:
