@@ -55,3 +55,23 @@ def test_popped_keys_are_gone_and_their_slots_serve_new_keys():
     for k in list(cache):
         cache.pop(k)
     assert cache == {}
+
+
+def test_many_writes_pops_and_rewrites_agree_with_a_dict():
+    """The writer finds slots through a hash index kept beside the dict; after any mix
+    of new keys, rewrites and pops every key still reads its last row."""
+    import random
+
+    rng = random.Random(5)
+    for key_type in (int, str):
+        schema = Schema("k", {"k": key_type, "x": int})
+        cache, model = ServingCache(schema), {}
+        for step in range(60):
+            keys = [key_type(rng.randrange(400)) for _ in range(rng.randrange(1, 120))]
+            cache.put(pa.table({"k": keys, "x": [step] * len(keys)}, schema=schema.arrow),
+                      T0)
+            model.update({k: step for k in keys})
+            for k in rng.sample(sorted(model), k=min(len(model), rng.randrange(4))):
+                cache.pop(k)
+                del model[k]
+        assert {k: cache[k][0][1] for k in cache} == model
