@@ -86,21 +86,27 @@ class DeltaAggregate:
         return (f"SELECT {', '.join(cols)} FROM ({pending}) AS __ralf_pending{where} "
                 f"GROUP BY {quote(self.key)}")
 
+    def derived(self, types: dict[str, str]) -> dict[str, str]:
+        """Each output as an SQL expression over the helper columns: a table may compute
+        its outputs (DuckDB: VIRTUAL columns) rather than store them. ``types``: the
+        outputs' SQL types."""
+        return self._outputs({n: quote(n) for n in self.helpers}, types)
+
+    def _outputs(self, helpers: dict[str, str], types: dict[str, str]) -> dict[str, str]:
+        return {o.name: f"CAST({self._final(o, helpers)} AS {types[o.name]})"
+                for o in self.outputs}
+
     def new_rows(self, target: str, pending: str, types: dict[str, str]) -> str:
         """The changed rows, whole: the delta joined to the current rows, helpers merged and
-        outputs derived from them, tagged with the refresh's version. A read-only query;
-        parameters: (version, updated_at)."""
+        outputs derived from them (key, outputs, helpers). A read-only query."""
         key = quote(self.key)
         fresh = {n: f"d.{quote(n)}" for n in self.helpers}
         old = {n: (f"coalesce(o.{quote(n)}, 0)" if n.endswith("_cnt") else f"o.{quote(n)}")
                for n in self.helpers}
         merged = {n: self._merge(n, old, fresh) for n in self.helpers}
-        columns = [self.key, *(o.name for o in self.outputs), *self.helpers, "_ralf_seq",
-                   "_ralf_updated_at"]
-        values = [f"d.{key}"]
-        values += [f"CAST({self._final(o, merged)} AS {types[o.name]})" for o in self.outputs]
+        columns = [self.key, *(o.name for o in self.outputs), *self.helpers]
+        values = [f"d.{key}", *self._outputs(merged, types).values()]
         values += [merged[n] for n in self.helpers]
-        values += ["CAST(? AS BIGINT)", "CAST(? AS TIMESTAMP)"]
         selects = ", ".join(f"{v} AS {quote(c)}" for v, c in zip(values, columns, strict=True))
         return (f"SELECT {selects} FROM ({self.delta_select(pending)}) AS d "
                 f"LEFT JOIN {target} AS o ON o.{key} = d.{key}")

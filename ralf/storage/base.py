@@ -32,6 +32,9 @@ class TableInfo:
     lazy: bool = False
     watermark: int = 0
     hidden: list[tuple[str, str]] = field(default_factory=list)  # (name, SQL type) helpers
+    # output column -> SQL expression over the helpers, for a backend that computes
+    # outputs rather than storing them (DuckDB: fewer columns for each refresh to update)
+    derived: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -76,6 +76,7 @@ class DuckDBStorage(Storage):
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._stored: dict[str, list[str]] = {}  # table -> its stored (not computed) columns
         self.migrate()
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -143,6 +144,7 @@ class DuckDBStorage(Storage):
 
     def create_table(self, info: TableInfo) -> None:
         schema = info.schema
+        self._stored.pop(info.name, None)
         user_cols = [f"{quote(n)} {schema.sql_type(n)}" for n in schema.names]
         with self._transaction() as con:
             if info.kind == SOURCE:
@@ -153,6 +155,8 @@ class DuckDBStorage(Storage):
             else:
                 keyed = [
                     c + (" PRIMARY KEY" if n == schema.primary_key else "")
+                    + (f" GENERATED ALWAYS AS ({info.derived[n]}) VIRTUAL"
+                       if n in info.derived else "")
                     for n, c in zip(schema.names, user_cols, strict=True)
                 ]
                 keyed += [f"{quote(n)} {t}" for n, t in info.hidden]
@@ -213,15 +217,14 @@ class DuckDBStorage(Storage):
 
     def refresh(self, unit: Refresh) -> None:
         info, rows = unit.table, unit.rows
-        n = rows.num_rows
-        data = rows.append_column("_ralf_seq", pa.array(np.full(n, unit.version, np.int64)))
         with self._transaction() as con:
             crashpoint("refresh.in_transaction")
-            if n:
-                self._upsert(con, info, data, unit.updated_at)
-                crashpoint("refresh.after_upsert")
-                self._append_history(con, info, data, unit.updated_at)
-                crashpoint("refresh.after_history")
+            if rows.num_rows:
+                with self._staged(con, rows):
+                    self._upsert(con, info, rows, unit.version, unit.updated_at)
+                    crashpoint("refresh.after_upsert")
+                    self._append_history(con, info, unit.version, unit.updated_at)
+                    crashpoint("refresh.after_history")
             self._write_watermarks(con, unit)
             crashpoint("refresh.after_watermarks")
             if unit.write_state:
@@ -240,17 +243,19 @@ class DuckDBStorage(Storage):
         with self._transaction() as con, self._registered(con, unit.read):
             crashpoint("view.in_transaction")
             if isinstance(plan, DeltaAggregate):
-                data = con.sql(plan.new_rows(quote(info.name), pending, types),
-                               params=[unit.version, unit.updated_at]).to_arrow_table()
+                data = con.sql(plan.new_rows(quote(info.name), pending, types)).to_arrow_table()
             else:
                 data, deleted = self._recompute(con, unit, pending)
             if data.num_rows:
-                self._upsert(con, info, data, unit.updated_at)
-                self._append_history(con, info, data, unit.updated_at)
+                with self._staged(con, data):
+                    self._upsert(con, info, data, unit.version, unit.updated_at)
+                    self._append_history(con, info, unit.version, unit.updated_at)
             crashpoint("view.after_upsert")
             self._write_watermarks(con, unit)
             crashpoint("view.before_commit")
-        return data.select([*info.schema.names, "_ralf_seq"]), deleted
+        rows = data.select(info.schema.names)
+        return rows.append_column("_ralf_seq", pa.array(np.full(rows.num_rows, unit.version,
+                                                                np.int64))), deleted
 
     def _recompute(self, con: duckdb.DuckDBPyConnection, unit: ViewRefresh, pending: str
                    ) -> tuple[pa.Table, list[Any]]:
@@ -272,8 +277,6 @@ class DuckDBStorage(Storage):
         finally:
             con.unregister("__ralf_stale")
         data, _ = info.schema.to_arrow(result.select(info.schema.names), info.name)
-        data = data.append_column("_ralf_seq", pa.array(np.full(data.num_rows, unit.version,
-                                                                np.int64)))
         kept = set(data.column(plan.key).to_pylist())
         deleted = [k for k in stale.column("key").to_pylist() if k not in kept]
         if deleted:
@@ -312,17 +315,38 @@ class DuckDBStorage(Storage):
                 con.unregister("__ralf_marks")
 
     @staticmethod
-    def _upsert(con: duckdb.DuckDBPyConnection, info: TableInfo, data: pa.Table,
-                at: dt.datetime) -> None:
-        """Replace the rows of the keys in ``data`` (user columns and ``_ralf_seq``, maybe
-        helpers and ``_ralf_updated_at``): update the keys that have a row in place, then
-        insert the others.
+    @contextmanager
+    def _staged(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> Iterator[None]:
+        """``rows`` as ``__ralf_rows`` for the upsert and the history insert (registering
+        costs ~0.5 ms: once per refresh, not once per statement)."""
+        con.register("__ralf_rows", rows)
+        try:
+            yield
+        finally:
+            con.unregister("__ralf_rows")
+
+    def _stored_columns(self, con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+        """The columns a write sets: all but the ones DuckDB computes (an aggregate's
+        outputs, from its helpers; tables from before that store them)."""
+        if table not in self._stored:
+            self._stored[table] = [c for (c,) in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+                "'main' AND table_name = ? AND is_generated = 'NEVER' ORDER BY ordinal_position",
+                [table]).fetchall()]
+        return self._stored[table]
+
+    def _upsert(self, con: duckdb.DuckDBPyConnection, info: TableInfo, data: pa.Table,
+                version: int, at: dt.datetime) -> None:
+        """Replace the rows of the keys in the staged ``data`` (user columns, maybe helpers)
+        with version ``version`` written at ``at``: update the keys that have a row in
+        place, then insert the others.
 
         An in-place UPDATE leaves the primary key's index alone (no key changes): delete +
         insert paid ~18 ms per 10,000 keys to maintain it, three times the UPDATE's cost
         for 60,000 keys. Not MERGE / INSERT ... ON CONFLICT, nor UPDATE ... RETURNING: each
         slowed from ~9 ms to ~30-200 ms per refresh within a few refreshes (duckdb 2.0,
-        benchmarks/ivm.py).
+        benchmarks/ivm.py). An UPDATE and its commit cost ~2 ms per column for 10,000
+        rows, hence outputs computed from helpers rather than stored.
 
         Above ``_UPDATE_BY_COLUMN`` rows, one UPDATE per column: an UPDATE of several
         columns of ~100,000 rows sometimes took 1.5-3 s where the same columns one by one
@@ -330,40 +354,29 @@ class DuckDBStorage(Storage):
         records/s), while below it the one UPDATE is the faster (4 ms against 11 ms for
         10,000 rows)."""
         table, key = quote(info.name), quote(info.schema.primary_key)
-        stamp = "_ralf_updated_at" in data.column_names
-        params = [] if stamp else [at]
-        values = [(f"{quote(c)} = r.{quote(c)}", []) for c in data.column_names
+        written = [c for c in self._stored_columns(con, info.name) if c in data.column_names]
+        values = [(f"{quote(c)} = r.{quote(c)}", []) for c in written
                   if c != info.schema.primary_key]
-        if not stamp:
-            values.append(("_ralf_updated_at = ?", params))
+        values += [("_ralf_seq = ?", [version]), ("_ralf_updated_at = ?", [at])]
         if data.num_rows <= _UPDATE_BY_COLUMN:
-            values = [(", ".join(v for v, _ in values), params)]
-        con.register("__ralf_rows", data)
-        try:
-            for assignments, args in values:
-                updated = con.execute(
-                    f"UPDATE {table} AS t SET {assignments} FROM __ralf_rows AS r "
-                    f"WHERE t.{key} = r.{key}", args).fetchall()[0][0]
-            if updated < data.num_rows:
-                added = "" if stamp else ", CAST(? AS TIMESTAMP) AS _ralf_updated_at"
-                con.execute(f"INSERT INTO {table} BY NAME SELECT *{added} FROM __ralf_rows AS r "
-                            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t "
-                            f"WHERE t.{key} = r.{key})", params).fetchall()
-        finally:
-            con.unregister("__ralf_rows")
+            values = [(", ".join(v for v, _ in values), [version, at])]
+        for assignments, args in values:
+            updated = con.execute(f"UPDATE {table} AS t SET {assignments} FROM __ralf_rows AS r "
+                                  f"WHERE t.{key} = r.{key}", args).fetchall()[0][0]
+        if updated < data.num_rows:
+            cols = ", ".join(quote(c) for c in written)
+            con.execute(f"INSERT INTO {table} ({cols}, _ralf_seq, _ralf_updated_at) "
+                        f"SELECT {cols}, ?, ? FROM __ralf_rows AS r WHERE NOT EXISTS "
+                        f"(SELECT 1 FROM {table} AS t WHERE t.{key} = r.{key})",
+                        [version, at]).fetchall()
 
     @staticmethod
-    def _append_history(con: duckdb.DuckDBPyConnection, info: TableInfo, data: pa.Table,
+    def _append_history(con: duckdb.DuckDBPyConnection, info: TableInfo, version: int,
                         at: dt.datetime) -> None:
+        """Log the staged rows as version ``version``, valid from ``at``."""
         cols = ", ".join(quote(c) for c in info.schema.names)
-        con.register("__ralf_versions", data)
-        try:
-            con.execute(
-                f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
-                f"SELECT {cols}, _ralf_seq, ?::TIMESTAMP FROM __ralf_versions", [at]
-            ).fetchall()
-        finally:
-            con.unregister("__ralf_versions")
+        con.execute(f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
+                    f"SELECT {cols}, ?, ?::TIMESTAMP FROM __ralf_rows", [version, at]).fetchall()
 
     def reject(self, rejected: list[Rejection]) -> None:
         if rejected:

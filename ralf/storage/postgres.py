@@ -447,7 +447,9 @@ class PostgresStorage(Storage):
             pending = "SELECT * FROM __ralf_pending_rows"
             if isinstance(plan, DeltaAggregate):
                 types = {n: info.schema.sql_type(n) for n in info.schema.names}
-                select = self._translate(plan.new_rows(quote(info.name), pending, types))
+                select = (f"SELECT *, %s::BIGINT, %s::TIMESTAMP FROM "
+                          f"({self._translate(plan.new_rows(quote(info.name), pending, types))}) "
+                          "AS __ralf_new")
                 columns = [plan.key, *(o.name for o in plan.outputs), *plan.helpers]
                 cur.execute(self._upsert(info, columns, select), [unit.version, unit.updated_at])
             else:

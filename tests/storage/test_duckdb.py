@@ -149,13 +149,18 @@ def test_the_duckdb_shell_opens_our_files(tmp_path):
     with Ralf(path) as server:
         source = server.create_source(ListSource, args=(RATINGS, ratings(50)), name="ratings")
         source.map(AverageRating, args=(AVERAGE,), name="average")
+        source.aggregate(by="user", n=("*", "count"), total=("rating", "sum"), name="agg")
         server.run()
+        total = server.bulk_query("agg")["total"].sum()
     out = subprocess.run([shell, path, "-csv", "-c",
                           "SELECT count(*) FROM average; SELECT count(*) FROM ratings; "
-                          "SELECT name, kind FROM ralf.tables ORDER BY name"],
+                          "SELECT name, kind FROM ralf.tables ORDER BY name; "
+                          "SELECT 'agg', sum(n), sum(total) FROM agg"],
                          capture_output=True, text=True, check=True).stdout
     assert "average,feature" in out and "ratings,source" in out
     assert "50" in out.split()
+    # an aggregate's outputs are columns DuckDB computes from its helpers: the shell too
+    assert f"agg,50,{total}" in out.split()
     assert Path(path).exists()
 
 
