@@ -44,10 +44,12 @@ class BatchAverage(Operator):
         self.counts = np.zeros(USERS + 1)
 
     def on_batch(self, df: pd.DataFrame) -> pd.DataFrame:
+        # bincount, not np.add.at (~20 ms per 100,000 records, half of this part's tick)
         users = df["user"].to_numpy()
-        np.add.at(self.sums, users, df["rating"].to_numpy())
-        np.add.at(self.counts, users, 1)
-        touched = np.unique(users)
+        counts = np.bincount(users, minlength=USERS + 1)
+        self.sums += np.bincount(users, weights=df["rating"].to_numpy(), minlength=USERS + 1)
+        self.counts += counts
+        touched = np.flatnonzero(counts)
         return pd.DataFrame({"user": touched,
                              "average": self.sums[touched] / self.counts[touched]})
 
@@ -73,12 +75,16 @@ def refresh_only(server: Ralf, source: QueueSource, frame: pd.DataFrame) -> floa
 
 
 def recompute_seconds(server: Ralf) -> float:
+    """A full recomputation into a table of the same file, committed like a refresh (a
+    TEMP table, as earlier runs used, skips the write to disk: a kinder baseline)."""
     con = server.storage._con
     with server.storage._lock:
         start = time.perf_counter()
-        con.execute("CREATE OR REPLACE TEMP TABLE full_recompute AS SELECT user, avg(rating) "
+        con.execute("CREATE OR REPLACE TABLE full_recompute AS SELECT user, avg(rating) "
                     "AS average, count(*) AS n FROM ratings GROUP BY user").fetchall()
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        con.execute("DROP TABLE full_recompute")
+        return seconds
 
 
 def write_floor_seconds(tmp: Path, rng: np.random.Generator) -> float:
