@@ -206,12 +206,8 @@ class DuckDBStorage(Storage):
                     )
                 finally:
                     con.unregister("__ralf_rows")
-            con.execute(
-                "INSERT INTO ralf.source_state VALUES (?, ?, ?, ?, ?) ON CONFLICT (table_name) "
-                "DO UPDATE SET state = excluded.state, emitted = excluded.emitted, "
-                "exhausted = excluded.exhausted, updated_at = excluded.updated_at",
-                [info.name, unit.source_state, unit.emitted, unit.exhausted, unit.ingested_at],
-            )
+            self._replace_row(con, "ralf.source_state", [
+                info.name, unit.source_state, unit.emitted, unit.exhausted, unit.ingested_at])
             self._insert_rejected(con, unit.rejected)
             crashpoint("append.before_commit")
 
@@ -228,11 +224,8 @@ class DuckDBStorage(Storage):
             self._write_watermarks(con, unit)
             crashpoint("refresh.after_watermarks")
             if unit.write_state:
-                con.execute(
-                    "INSERT INTO ralf.operator_state VALUES (?, ?, ?) ON CONFLICT (table_name) "
-                    "DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-                    [info.name, unit.state, unit.updated_at],
-                )
+                self._replace_row(con, "ralf.operator_state",
+                                  [info.name, unit.state, unit.updated_at])
             crashpoint("refresh.before_commit")
 
     def refresh_view(self, unit: ViewRefresh) -> tuple[pa.Table, list[Any]]:
@@ -377,6 +370,14 @@ class DuckDBStorage(Storage):
         cols = ", ".join(quote(c) for c in info.schema.names)
         con.execute(f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
                     f"SELECT {cols}, ?, ?::TIMESTAMP FROM __ralf_rows", [version, at]).fetchall()
+
+    @staticmethod
+    def _replace_row(con: duckdb.DuckDBPyConnection, table: str, values: list[Any]) -> None:
+        """Replace a table's row for a table name (its first column). DELETE + INSERT: an
+        ON CONFLICT upsert of a 1.6 MB operator state took 19-46 ms where these take 4 ms
+        (duckdb 2.0.1), and 2 ms for a source's small checkpoint where these take 1."""
+        con.execute(f"DELETE FROM {table} WHERE table_name = ?", values[:1])
+        con.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(values))})", values)
 
     def reject(self, rejected: list[Rejection]) -> None:
         if rejected:
