@@ -342,10 +342,10 @@ class DuckDBStorage(Storage):
         rows, hence outputs computed from helpers rather than stored.
 
         Above ``_UPDATE_BY_COLUMN`` rows, one UPDATE per column: an UPDATE of several
-        columns of ~100,000 rows sometimes took 1.5-3 s where the same columns one by one
-        took 6 ms each (duckdb 2.0.1; benchmarks/ivm.py part b fell from 3.2M to 0.5M
-        records/s), while below it the one UPDATE is the faster (4 ms against 11 ms for
-        10,000 rows)."""
+        columns of the ~100,000 rows the previous transaction inserted took 1.5 s where
+        the same columns one by one took 6 ms each (duckdb 2.0.1; part b of
+        benchmarks/ivm.py, its second batch), while otherwise the one UPDATE is the
+        faster (4 ms against 11 ms for 10,000 rows, 28 against 48 for 100,000)."""
         table, key = quote(info.name), quote(info.schema.primary_key)
         written = [c for c in self._stored_columns(con, info.name) if c in data.column_names]
         values = [(f"{quote(c)} = r.{quote(c)}", []) for c in written
