@@ -165,17 +165,16 @@ class Ralf:
         _check_budget(budget)
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
-        helpers: list[tuple[str, str]] = []
-        derived: dict[str, str] = {}
-        if isinstance(plan, DeltaAggregate):
+        delta = isinstance(plan, DeltaAggregate)
+        if delta:
             described = self.storage.describe(plan.query(source))
             helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
         else:
             described = self.storage.describe(plan.query)
+            helpers = []
         columns = {column: python_type(sql) for column, sql in described}
         schema = Schema(plan.key, columns)
-        if isinstance(plan, DeltaAggregate):
-            derived = plan.derived({n: schema.sql_type(n) for n in schema.names})
+        derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
                                       hidden=helpers, derived=derived))
         return self._register(FeatureNode(info, self.storage, parent, plan, None, budget))
