@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from benchmarks.feast import figure, run_baseline
 from ralf import Ralf, RalfClient
 from ralf.storage.duckdb import STORAGE_VERSION
 
@@ -67,17 +67,9 @@ def start_server(db: str) -> tuple[subprocess.Popen, str]:
 
 
 def feast(python: str, lookups: int) -> tuple[float, float] | None:
-    script = ROOT.parent / "shared" / "bench" / "feast_baseline.py"
-    if not script.exists():
-        script = Path("../shared/bench/feast_baseline.py").resolve()
-    print(f"running Feast baseline with {python} ...", flush=True)
-    out = subprocess.run([python, str(script), "--n", "200000", "--lookups", str(lookups)],
-                         capture_output=True, text=True)
-    match = re.search(r"\(d\) single key: p50 (\d+)us p99 (\d+)us", out.stdout)
-    if match is None:
-        print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
-        return None
-    return float(match.group(1)), float(match.group(2))
+    output = run_baseline(python, "--n", "200000", "--lookups", str(lookups))
+    found = figure(output, r"\(d\) single key: p50 (\d+)us p99 (\d+)us")
+    return None if found is None else (float(found[0]), float(found[1]))
 
 
 def main() -> None:
