@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pyarrow as pa
+import pytest
 
 from ralf import Schema
+from ralf.engine import cache as cache_module
 from ralf.engine.cache import ServingCache
 
 ALL_TYPES = Schema("k", {"k": str, "i": int, "f": float, "b": bool, "raw": bytes,
@@ -57,11 +59,14 @@ def test_popped_keys_are_gone_and_their_slots_serve_new_keys():
     assert cache == {}
 
 
-def test_many_writes_pops_and_rewrites_agree_with_a_dict():
-    """The writer finds slots through a hash index kept beside the dict; after any mix
-    of new keys, rewrites and pops every key still reads its last row."""
+@pytest.mark.parametrize("reindex_min", [4096, 8])
+def test_many_writes_pops_and_rewrites_agree_with_a_dict(reindex_min, monkeypatch):
+    """The writer finds slots through a hash index kept beside the dict (and a dict of the
+    keys added since; 8: the index is rebuilt every few writes); after any mix of new
+    keys, rewrites and pops every key still reads its last row."""
     import random
 
+    monkeypatch.setattr(cache_module, "_REINDEX_MIN", reindex_min)
     rng = random.Random(5)
     for key_type in (int, str):
         schema = Schema("k", {"k": key_type, "x": int})
@@ -75,3 +80,4 @@ def test_many_writes_pops_and_rewrites_agree_with_a_dict():
                 cache.pop(k)
                 del model[k]
         assert {k: cache[k][0][1] for k in cache} == model
+        assert cache._used <= 400  # a known key never takes a second slot
