@@ -260,8 +260,7 @@ class DuckDBStorage(Storage):
         cols = ", ".join(quote(c) for c in parent.schema.names)
         stale = con.sql(f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s").to_arrow_table()
         if stale.num_rows == 0:
-            return info.schema.arrow.empty_table().append_column(
-                "_ralf_seq", pa.array([], pa.int64())), []
+            return info.schema.arrow.empty_table(), []
         con.register("__ralf_stale", stale)
         try:
             parent_rows = (f"SELECT {cols} FROM main.{quote(parent.name)} "
