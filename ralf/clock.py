@@ -15,9 +15,14 @@ class Clock(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
 
+def utcnow() -> dt.datetime:
+    """The wall-clock time as ralf stores it: UTC, without tzinfo."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
 class SystemClock:
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        return utcnow()
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from ralf.clock import utcnow
 from ralf.engine.faults import crashpoint
 from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.ivm.aggregate import DeltaAggregate
@@ -56,10 +57,6 @@ def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
     that still holds an unfinished result)."""
     rows = result.fetchall()
     return rows[0] if rows else None
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 class DuckDBStorage(Storage):
@@ -121,7 +118,7 @@ class DuckDBStorage(Storage):
                         con.execute(statement)
                     con.execute(
                         "INSERT INTO ralf.schema_migrations VALUES (?, ?, ?)",
-                        [migration.version, migration.name, _utcnow()],
+                        [migration.version, migration.name, utcnow()],
                     )
                 applied.append(migration.version)
             return applied
@@ -171,7 +168,7 @@ class DuckDBStorage(Storage):
             con.execute(
                 "INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, lookup, "
                 "lookup_on, lazy, watermark) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                [info.name, info.kind, schema.to_json(), info.parent, _utcnow(),
+                [info.name, info.kind, schema.to_json(), info.parent, utcnow(),
                  info.lookup, info.lookup_on, info.lazy],
             )
 
@@ -387,7 +384,7 @@ class DuckDBStorage(Storage):
     def _insert_rejected(con: duckdb.DuckDBPyConnection, rejected: list[Rejection]) -> None:
         if not rejected:
             return
-        now = _utcnow()
+        now = utcnow()
         con.executemany(
             "INSERT INTO ralf.rejected (table_name, reason, column_name, record, rejected_at) "
             "VALUES (?, ?, ?, ?, ?)",

@@ -27,6 +27,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.qualify import qualify
 
+from ralf.clock import utcnow
 from ralf.engine.faults import crashpoint
 from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.ivm.aggregate import DeltaAggregate
@@ -266,7 +267,7 @@ class PostgresStorage(Storage):
                 for statement in migrate.statements(migration.sql):
                     cur.execute(re.sub(r"\bBLOB\b", "BYTEA", statement))
                 cur.execute("INSERT INTO ralf.schema_migrations VALUES (%s, %s, %s)",
-                            [migration.version, migration.name, _utcnow()])
+                            [migration.version, migration.name, utcnow()])
                 applied.append(migration.version)
         return applied
 
@@ -333,7 +334,7 @@ class PostgresStorage(Storage):
             cur.execute(
                 "INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, lookup, "
                 "lookup_on, lazy, watermark) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0)",
-                [info.name, info.kind, schema.to_json(), info.parent, _utcnow(),
+                [info.name, info.kind, schema.to_json(), info.parent, utcnow(),
                  info.lookup, info.lookup_on, info.lazy])
 
     def update_definition(self, info: TableInfo) -> None:
@@ -525,7 +526,7 @@ class PostgresStorage(Storage):
     def _insert_rejected(cur: psycopg.Cursor, rejected: list[Rejection]) -> None:
         if not rejected:
             return
-        now = _utcnow()
+        now = utcnow()
         cur.executemany(
             "INSERT INTO ralf.rejected (table_name, reason, column_name, record, rejected_at) "
             "VALUES (%s, %s, %s, %s, %s)",
@@ -692,9 +693,3 @@ class PostgresStorage(Storage):
             self._readers.clear()
             self._writer.close()
             self._engine.dispose()
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
