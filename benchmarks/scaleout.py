@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ralf import Operator, Ralf, Record, Schema
-from ralf.testing import QueueSource
+from ralf.testing import QueueSource, drop_postgres_database, new_postgres_database
 
 EVENTS = Schema("user", {"user": int, "value": float})
 SCORES = Schema("user", {"user": int, "score": float, "n": int})
@@ -81,12 +80,7 @@ def _shard(url: str, shard: int, num_shards: int, frames: list[pd.DataFrame],
 def measure_shards(server_url: str, num_shards: int, frames: list[pd.DataFrame]) -> float:
     """Records/s of ``num_shards`` worker processes on a new database: the work over the
     slowest worker's time from a common start."""
-    import psycopg
-
-    name = f"ralf_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(server_url, autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    url = server_url.rsplit("/", 1)[0] + "/" + name
+    url = new_postgres_database(server_url)
     try:
         Ralf(url).close()  # create the schema once, before the workers race for it
         context = mp.get_context("spawn")
@@ -101,8 +95,7 @@ def measure_shards(server_url: str, num_shards: int, frames: list[pd.DataFrame])
         with Ralf(url) as reader:
             assert reader.sql("SELECT sum(n) AS n FROM scores")["n"][0] == sum(map(len, frames))
     finally:
-        with psycopg.connect(server_url, autocommit=True) as con:
-            con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_postgres_database(url)
     return sum(len(f) for f in frames[1:]) / seconds
 
 

@@ -3,12 +3,14 @@
 ``ListSource`` replays a list in fixed-size batches; ``ManualClock`` is a clock that only
 moves when told; ``recompute`` is the oracle (an operator run from scratch over a source's
 append table); ``replay_staleness`` replays a stream under a budget and reports each
-key's staleness after every tick.
+key's staleness after every tick; ``new_postgres_database`` / ``drop_postgres_database``
+give a test or a benchmark a database of its own on a PostgreSQL server.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -149,3 +151,23 @@ def recompute(server: Any, source: str, operator: Any, key: str) -> pd.DataFrame
     if frame.empty:
         return frame
     return frame.sort_values(key).reset_index(drop=True)
+
+
+def new_postgres_database(server_url: str) -> str:
+    """A new, empty database on the PostgreSQL server at ``server_url``; returns its URL.
+    (Needs ``pip install 'ralf[postgres]'``.)"""
+    import psycopg
+
+    name = f"ralf_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_postgres_database(url: str) -> None:
+    """Drop a database ``new_postgres_database`` made, closing its sessions."""
+    import psycopg
+
+    server_url, name = url.rsplit("/", 1)
+    with psycopg.connect(server_url + "/postgres", autocommit=True) as con:
+        con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ralf import Ralf
-from tests.services import drop_database, fresh_database, postgres_server
+from ralf.testing import drop_postgres_database, new_postgres_database
+from tests.services import postgres_server
 
 BACKENDS = ["duckdb", "postgres"]
 
@@ -24,9 +25,9 @@ def database(request, tmp_path):
     if request.param == "duckdb":
         yield str(tmp_path / "features.duckdb")
         return
-    url = fresh_database(request.getfixturevalue("postgres_url"))
+    url = new_postgres_database(request.getfixturevalue("postgres_url"))
     yield url
-    drop_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -35,9 +36,9 @@ def shared_database(request):
     if request.param == "duckdb":
         yield None
         return
-    url = fresh_database(request.getfixturevalue("postgres_url"))
+    url = new_postgres_database(request.getfixturevalue("postgres_url"))
     yield url
-    drop_database(url)
+    drop_postgres_database(url)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -49,13 +50,13 @@ def make_ralf(request):
     def make(**options) -> Ralf:
         if request.param == "duckdb":
             return Ralf(**options)
-        url = fresh_database(request.getfixturevalue("postgres_url"))
+        url = new_postgres_database(request.getfixturevalue("postgres_url"))
         made.append(url)
         return Ralf(url, **options)
 
     yield make
     for url in made:
-        drop_database(url)
+        drop_postgres_database(url)
 
 
 @pytest.fixture

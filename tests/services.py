@@ -13,7 +13,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,21 +110,3 @@ def postgres_server() -> Iterator[str]:
         subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data / "db"), "-m", "immediate",
                                           "stop"]), stdout=subprocess.DEVNULL)
         shutil.rmtree(data, ignore_errors=True)
-
-
-def fresh_database(server_url: str) -> str:
-    """A new, empty database on the server; returns its URL."""
-    import psycopg
-
-    name = f"ralf_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as con:
-        con.execute(f"CREATE DATABASE {name}")
-    return server_url.rsplit("/", 1)[0] + "/" + name
-
-
-def drop_database(url: str) -> None:
-    import psycopg
-
-    server_url, name = url.rsplit("/", 1)
-    with psycopg.connect(server_url + "/postgres", autocommit=True) as con:
-        con.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -14,9 +14,9 @@ import pytest
 import urllib3
 
 from ralf import KeyNotFound, QueryError, Ralf, RalfClient, RalfError, SchemaError, TableNotFound
+from ralf.testing import new_postgres_database
 from tests.conftest import BACKENDS
 from tests.e2e import pipeline
-from tests.services import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 30000
@@ -32,7 +32,7 @@ def served(request, tmp_path_factory):
     if request.param == "duckdb":
         db = str(tmp_path_factory.mktemp("serve") / "served.duckdb")
     else:
-        db = fresh_database(request.getfixturevalue("postgres_url"))
+        db = new_postgres_database(request.getfixturevalue("postgres_url"))
     env = {**os.environ, "RALF_E2E_RECORDS": str(RECORDS), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "ralf.cli", "serve", "tests/e2e/pipeline.py", "--db", db,

@@ -16,10 +16,9 @@ from ralf import Ralf, RalfError
 from ralf.engine.routing import KeyPartition, stable_hash
 from ralf.schema import Schema
 from ralf.storage.postgres import SHARD_BITS
-from ralf.testing import ListSource
+from ralf.testing import ListSource, new_postgres_database
 from tests.engine.kill_pipeline import build
 from tests.pipelines import COUNT, RATINGS, CountPerKey, Identity
-from tests.services import fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 3000
@@ -115,7 +114,7 @@ def _check_equal_to_one_process(database: str, expected: dict[str, pd.DataFrame]
 
 
 def test_two_worker_processes_on_two_shards_equal_one_process(postgres_url, one_process):
-    database = fresh_database(postgres_url)
+    database = new_postgres_database(postgres_url)
     _workers(database, 2)
     _workers(database, 2)  # run again: they resume, find nothing new, change nothing
     _check_equal_to_one_process(database, one_process)
@@ -129,7 +128,7 @@ def test_a_shard_killed_mid_run_and_restarted_still_equals_one_process(postgres_
                                                                        one_process, point):
     """SIGKILL one shard while the other runs on; restarted, it picks up its own progress
     (not the other shard's) and nothing is lost or applied twice."""
-    database = fresh_database(postgres_url)
+    database = new_postgres_database(postgres_url)
     _workers(database, 2, crash_last_at=point)
     _workers(database, 2)
     _check_equal_to_one_process(database, one_process)

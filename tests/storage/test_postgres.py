@@ -9,9 +9,8 @@ import pytest
 from ralf import Ralf, Schema, SchemaError
 from ralf.storage.base import FEATURE, SOURCE, TableInfo
 from ralf.storage.postgres import PostgresStorage, Translator, pg_type
-from ralf.testing import ListSource
+from ralf.testing import ListSource, drop_postgres_database, new_postgres_database
 from tests.pipelines import RATINGS, ratings
-from tests.services import drop_database, fresh_database
 
 CATALOG = {
     "ratings": TableInfo("ratings", SOURCE, RATINGS),
@@ -51,20 +50,20 @@ def test_text_with_nul_cannot_be_stored_and_is_named():
 
 
 def test_the_shell_gets_the_database_address_without_its_password(postgres_url):
-    url = fresh_database(postgres_url)
+    url = new_postgres_database(postgres_url)
     with_password = url.replace("postgres@", "postgres:s3cret@")
     try:
         with Ralf(with_password) as server:
             target = server.snapshot()
         assert target == url and "s3cret" not in target
     finally:
-        drop_database(url)
+        drop_postgres_database(url)
 
 
 def test_a_sql_table_has_the_same_schema_on_both_backends(postgres_url):
     query = ("SELECT user, avg(rating) AS mean, count(*) AS n, sum(movie) AS movies, "
              "median(rating) AS med FROM ratings GROUP BY user")
-    url = fresh_database(postgres_url)
+    url = new_postgres_database(postgres_url)
     schemas = []
     try:
         for database in (None, url):
@@ -73,5 +72,5 @@ def test_a_sql_table_has_the_same_schema_on_both_backends(postgres_url):
                                               name="ratings")
                 schemas.append(source.sql(query, name="stats").schema)
     finally:
-        drop_database(url)
+        drop_postgres_database(url)
     assert schemas[0] == schemas[1]
