@@ -31,7 +31,8 @@ def view(entries: dict, now: dt.datetime = T0, excluded: set | None = None) -> S
     """entries: key -> (count, first_seq, last_seq), inserted in FIFO order."""
     index = PendingIndex()
     for key, (count, first, last) in entries.items():
-        index.keys[key] = Pending(count, first, T0 + dt.timedelta(seconds=first), last)
+        since = T0 + dt.timedelta(seconds=first) - dt.datetime(1970, 1, 1)
+        index.keys[key] = Pending(count, first, since // dt.timedelta(microseconds=1), last)
     return StaleKeys(index, excluded or set(), {}, now)
 
 
