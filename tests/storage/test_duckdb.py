@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -77,24 +78,27 @@ def test_read_log_honours_floor_and_per_key_watermarks(storage):
     assert summary["first_seq"] == [1, 2, 4] and summary["last_seq"] == [3, 5, 4]
 
 
-def test_a_refresh_is_one_transaction(storage):
+@pytest.mark.parametrize("marks", [{"1": 10}, {"1": 10, "2": 7}])  # one key: its own path
+def test_a_refresh_is_one_transaction(storage, marks):
     _source(storage)
     info = TableInfo("average", FEATURE, AVERAGE, parent="ratings")
     storage.create_table(info)
     rows, _ = AVERAGE.to_arrow([{"user": 1, "average": 2.0, "n": 1}], "average")
-    bad = Refresh(info, rows, 1, NOW, 10, {"1": 10}, False, b"state", True)
-    bad.set_watermarks = {"1": "not a number"}  # fails inside the transaction
-    with pytest.raises(pa.ArrowInvalid):
+    bad = Refresh(info, rows, 1, NOW, 10, {**marks, "1": "not a number"}, False, b"state", True)
+    with pytest.raises((pa.ArrowInvalid, duckdb.ConversionException)):  # inside the transaction
         storage.refresh(bad)
     assert query(storage, "SELECT count(*) AS n FROM average")["n"][0] == 0
     assert query(storage, "SELECT count(*) AS n FROM ralf.average__history")["n"][0] == 0
     assert storage.load_operator_state("average") == (False, None)
+    assert storage.load_watermarks("average") == {}
     assert storage.catalog()["average"].watermark == 0
-    good = Refresh(info, rows, 1, NOW, 10, {"1": 10}, False, b"state", True)
-    storage.refresh(good)
+    storage.refresh(Refresh(info, rows, 1, NOW, 10, marks, False, b"state", True))
     assert storage.load_operator_state("average") == (True, b"state")
-    assert storage.load_watermarks("average") == {"1": 10}
+    assert storage.load_watermarks("average") == marks
     assert storage.catalog()["average"].watermark == 10
+    moved = {k: v + 5 for k, v in marks.items()}  # keys that have a mark already
+    storage.refresh(Refresh(info, rows, 2, NOW, 10, moved, False, b"state", True))
+    assert storage.load_watermarks("average") == moved
 
 
 @pytest.mark.parametrize("sql", [
