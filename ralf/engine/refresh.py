@@ -88,7 +88,7 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
         node.restore(node.state)  # undo what the failed keys did to the state, then replay
     crashpoint("refresh.after_operator")
     run.shed += shed
-    refreshed_keys = _refreshed(data.column(pk).to_pylist(), keys, skip)
+    refreshed_keys = _refreshed(data.column(pk), keys, skip)
     _commit(node, rows, run, keys, refreshed_keys, skip, read.high, now)
     return len(refreshed_keys)
 
@@ -284,10 +284,11 @@ def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
         log.error("%s", error)
 
 
-def _refreshed(read_keys: list[Any], keys: list[Any] | None, skip: set[Any]) -> list[Any]:
-    if keys is not None:
-        return [k for k in keys if k not in skip]
-    return [k for k in dict.fromkeys(read_keys) if k not in skip]
+def _refreshed(read_keys: pa.ChunkedArray, keys: list[Any] | None, skip: set[Any]
+               ) -> list[Any]:
+    if keys is None:  # the keys read, in first-seen order; not one Python object per row
+        keys = pc.unique(read_keys).to_pylist()
+    return [k for k in keys if k not in skip]
 
 
 def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | None,
