@@ -35,6 +35,34 @@ class Watermarks:
             marks = [self.of(k) for k in keys]
         return pa.table({"key": pa.array(keys, key_type), "wm": pa.array(marks, pa.int64())})
 
+    def advance(self, refreshed: list[Any], still_stale: list[Any] | None, high: int
+                ) -> Advance:
+        """Where a refresh that applied the parent's appends up to ``high`` leaves the
+        marks. ``still_stale``: the keys left behind if the refresh drained all others (the
+        floor moves to ``high``, only they keep a mark), else None (``refreshed`` get one)."""
+        if still_stale is not None:
+            kept = {k: self.of(k) for k in still_stale if self.of(k) < high}
+            # the database holds what the overrides do: only then is there a mark to clear
+            return Advance(high, kept, bool(self.overrides), kept)
+        changed = {k: high for k in refreshed}
+        return Advance(self.floor, changed, False, {**self.overrides, **changed})
+
+    def move(self, advance: Advance) -> None:
+        """The refresh committed: take the marks it wrote."""
+        self.floor, self.overrides = advance.floor, advance.overrides
+
+
+@dataclass
+class Advance:
+    """A refresh's move of the watermarks: what its unit of work writes (``floor``,
+    ``changed`` marks, after deleting the stored ones if ``clear``), and the overrides in
+    memory once it has committed."""
+
+    floor: int
+    changed: dict[Any, int]
+    clear: bool
+    overrides: dict[Any, int]
+
 
 @dataclass(slots=True)
 class Pending:

@@ -25,6 +25,7 @@ from ralf.engine.apply import Applied, apply_records
 from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
+from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError
 from ralf.schema import Record
 from ralf.storage.base import Refresh, ViewRefresh
@@ -141,17 +142,12 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
                   now: dt.datetime) -> int:
     """A SQL-maintained table: the plan runs inside the database, in one transaction."""
     read = node.read_all() if keys is None else node.read_keys(keys)
-    marks = node.marks
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
-    if full:  # nothing left behind: the floor moves, only held-back keys keep a mark
-        changed = {k: marks.of(k) for k in node.held if marks.of(k) < read.high}
-    else:
-        changed = {k: read.high for k in keys}
+    advance = node.marks.advance(keys or [], list(node.held) if full else None, read.high)
     unit = ViewRefresh(
         table=node.info, read=read, plan=node.operator, version=node.seq + 1,
-        updated_at=now, watermark=read.high if full else marks.floor,
-        set_watermarks={node.parent.schema.key_to_text(k): v for k, v in changed.items()},
-        clear_watermarks=full and bool(marks.overrides))  # the database holds what marks do
+        updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),
+        clear_watermarks=advance.clear)
     try:
         rows, deleted = node.storage.refresh_view(unit)
     except RalfError as exc:
@@ -161,8 +157,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
         log.error("%s", error)
         return 0
     crashpoint("view.after_commit")
-    node.info.watermark = marks.floor = unit.watermark
-    marks.overrides = changed if full else {**marks.overrides, **changed}
+    _move_marks(node, advance)
     node.put_rows(rows, now)
     for k in deleted:
         node.cache.pop(k, None)
@@ -293,19 +288,7 @@ def _refreshed(read_keys: pa.ChunkedArray, keys: list[Any] | None, skip: set[Any
 
 def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | None,
             refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
-    marks = node.marks
-    parent_schema = node.parent.schema
-    still_stale = _still_stale(node, keys, refreshed, skip)
-    if still_stale is not None:
-        # Nothing is left behind but held-back keys: move the floor, keep only their marks.
-        new_floor = high
-        overrides = {k: marks.of(k) for k in still_stale if marks.of(k) < high}
-        changed, clear = overrides, bool(marks.overrides)  # the database holds what marks do
-    else:
-        new_floor = marks.floor
-        changed = {k: high for k in refreshed}
-        overrides = {**marks.overrides, **changed}
-        clear = False
+    advance = node.marks.advance(refreshed, _still_stale(node, keys, refreshed, skip), high)
     state = node.snapshot() if run.processed else node.state
     crashpoint("refresh.after_checkpoint")
     node.storage.refresh(Refresh(
@@ -313,23 +296,32 @@ def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | N
         rows=rows,
         version=node.seq + 1,
         updated_at=now,
-        watermark=new_floor,
-        set_watermarks={parent_schema.key_to_text(k): v for k, v in changed.items()},
-        clear_watermarks=clear,
+        watermark=advance.floor,
+        set_watermarks=_as_text(node, advance),
+        clear_watermarks=advance.clear,
         state=state,
         write_state=run.processed > 0,
     ))
     crashpoint("refresh.after_commit")
     # Committed: now the in-memory view may move.
     node.state = state
-    node.info.watermark = new_floor
-    marks.floor = new_floor
-    marks.overrides = overrides
+    _move_marks(node, advance)
     node.put_rows(rows, now)
     crashpoint("refresh.after_cache")
     node.metrics.processed += run.processed
     node.metrics.shed += run.shed
     _after_refresh(node, refreshed, rows.num_rows, now)
+
+
+def _as_text(node: FeatureNode, advance: Advance) -> dict[str, int]:
+    """The marks a refresh writes, keyed as the database keeps them."""
+    return {node.parent.schema.key_to_text(k): v for k, v in advance.changed.items()}
+
+
+def _move_marks(node: FeatureNode, advance: Advance) -> None:
+    """Committed: the in-memory marks (and the catalog's floor) may move."""
+    node.info.watermark = advance.floor
+    node.marks.move(advance)
 
 
 def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, now: dt.datetime

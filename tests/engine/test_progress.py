@@ -41,3 +41,21 @@ def test_watermarks_fall_back_to_the_floor():
     assert (marks.of("a"), marks.of("b")) == (9, 5)
     table = marks.arrow(pa.string(), ["a", "b"])
     assert table.to_pydict() == {"key": ["a", "b"], "wm": [9, 5]}
+
+
+def test_a_refresh_that_drains_the_table_moves_the_floor():
+    marks = Watermarks(floor=5, overrides={"held": 3, "done": 9})
+    advance = marks.advance(["a"], still_stale=["held", "fresh"], high=12)
+    # only a key still behind the new floor keeps a mark; the stored marks are rewritten
+    assert (advance.floor, advance.changed, advance.clear) == (12, {"held": 3, "fresh": 5}, True)
+    marks.move(advance)
+    assert (marks.floor, marks.overrides) == (12, {"held": 3, "fresh": 5})
+    assert Watermarks(floor=5).advance([], [], 12).clear is False  # nothing stored to clear
+
+
+def test_a_partial_refresh_marks_its_keys():
+    marks = Watermarks(floor=5, overrides={"b": 7})
+    advance = marks.advance(["a"], still_stale=None, high=12)
+    assert (advance.floor, advance.changed, advance.clear) == (5, {"a": 12}, False)
+    marks.move(advance)
+    assert (marks.of("a"), marks.of("b"), marks.of("c")) == (12, 7, 5)
