@@ -89,6 +89,8 @@ class Ralf:
         self.errors: deque[RalfError] = deque(maxlen=1000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._ticked = threading.Condition()  # notified after each background tick
+        self._background_drained = False
         self._http: Any = None
         self._closed = False
 
@@ -255,6 +257,23 @@ class Ralf:
         node = self._stored[name] = Node(info, self.storage)
         return node
 
+    def stale_keys(self, table: str) -> list[Any]:
+        """The parent keys whose appends a feature table has not applied yet (quarantined
+        and backing-off keys included); empty for a source."""
+        node = self._node(table)
+        if not isinstance(node, FeatureNode):
+            return []
+        with self._scheduler.turn():
+            if node.pending is not None:
+                return list(node.pending.keys)
+            return self.storage.pending_summary(node.read_all()).column("key").to_pylist()
+
+    def drained(self) -> bool:
+        """Whether every source is exhausted (or given up on) and no eager table has work
+        left: what :meth:`run` waits for."""
+        with self._scheduler.turn():
+            return self._scheduler.drained()
+
     def quarantined(self, table: str) -> list[Any]:
         """Keys of a feature table held back after ``max_failures`` operator failures."""
         node = self._node(table)
@@ -322,6 +341,9 @@ class Ralf:
             except Exception:  # keep serving; the error is in the log
                 log.exception("tick failed")
                 worked = False
+            with self._ticked:
+                self._background_drained = self._scheduler.drained()
+                self._ticked.notify_all()
             self._scheduler.make_way()
             if interval or not worked:
                 self._wait(interval or 0.01)
@@ -332,7 +354,18 @@ class Ralf:
         else:
             self.clock.sleep(seconds)
 
+    def wait_drained(self, timeout: float | None = None) -> bool:
+        """Block until background processing (:meth:`start`) has drained: every source
+        exhausted and no eager table with work left. Returns False if ``timeout`` seconds
+        passed first (or nothing processes in the background)."""
+        if self._thread is None:
+            return False
+        with self._ticked:
+            self._background_drained = False  # judged anew by the next tick
+            return self._ticked.wait_for(lambda: self._background_drained, timeout)
+
     def stop(self) -> None:
+        """Stop background processing after the tick in progress (a no-op if none runs)."""
         if self._thread is not None:
             self._stop.set()
             self._thread.join()

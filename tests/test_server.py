@@ -107,10 +107,14 @@ def test_background_processing_and_context_manager(db_path):
                                       name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="counts")
         server.start()
-        server.stop()
-        server.run()  # finish whatever the thread did not
+        assert server.wait_drained(timeout=60), "the background thread did not drain"
+        # all of it done by the thread: the test itself never called step() or run()
         total = server.sql("SELECT sum(count) AS n FROM counts")["n"][0]
-        assert total == 500
+        assert total == 500 and server.metrics()["ticks"] >= 50
+        server.stop()
+        server.start()  # started again, it finds nothing to do and drains at once
+        assert server.wait_drained(timeout=60)
+        server.stop()
     with pytest.raises(Exception, match="closed"):
         server.step()
 

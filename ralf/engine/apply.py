@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ralf.engine.faults import crashpoint
 from ralf.errors import SchemaError
+from ralf.faults import crashpoint
 from ralf.schema import Record
 
 

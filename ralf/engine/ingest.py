@@ -9,9 +9,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from ralf.engine.faults import crashpoint
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.errors import OperatorError, RalfError, SchemaError
+from ralf.faults import crashpoint
 from ralf.schema import Record, Rejection
 from ralf.storage.base import Append, LogRead
 

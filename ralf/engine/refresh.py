@@ -22,11 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ralf.engine.apply import Applied, apply_records
-from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode
 from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError
+from ralf.faults import crashpoint
 from ralf.schema import Record
 from ralf.storage.base import Refresh, ViewRefresh
 
@@ -290,7 +290,6 @@ def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | N
             refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
     advance = node.marks.advance(refreshed, _still_stale(node, keys, refreshed, skip), high)
     state = node.snapshot() if run.processed else node.state
-    crashpoint("refresh.after_checkpoint")
     node.storage.refresh(Refresh(
         table=node.info,
         rows=rows,

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from ralf.clock import Clock, SystemClock
-from ralf.engine.faults import crashpoint
 from ralf.engine.ingest import pull
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.progress import StaleKeys
 from ralf.engine.refresh import refresh
 from ralf.errors import RalfError
+from ralf.faults import crashpoint
 
 
 class Scheduler:

@@ -153,8 +153,11 @@ class DeltaAggregate:
             return f"(CAST({of('sum')} AS DOUBLE) / nullif({of('cnt')}, 0))"
         if f in ("min", "max"):
             return of(f)
-        variance = (f"({of('m2')} / nullif({of('cnt')}, 0))" if f.endswith("_pop")
-                    else f"({of('m2')} / nullif({of('cnt')} - 1, 0))")
+        # NULL unless there are enough values: m2 / (cnt - 1) of an all-NULL group would
+        # be 0 / -1 = -0.0 where SQL's var_samp gives NULL
+        least = 0 if f.endswith("_pop") else 1
+        divisor = of("cnt") if least == 0 else f"({of('cnt')} - 1)"
+        variance = f"(CASE WHEN {of('cnt')} > {least} THEN {of('m2')} / {divisor} END)"
         return f"sqrt({variance})" if f.startswith("stddev") else variance
 
 

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from ralf.clock import utcnow
-from ralf.engine.faults import crashpoint
 from ralf.errors import QueryError, RalfError, SchemaError
+from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
@@ -192,7 +192,6 @@ class DuckDBStorage(Storage):
         )
         cols = ", ".join(quote(c) for c in info.schema.names)
         with self._transaction() as con:
-            crashpoint("append.in_transaction")
             if n:
                 con.register("__ralf_rows", data)
                 try:
@@ -211,15 +210,11 @@ class DuckDBStorage(Storage):
     def refresh(self, unit: Refresh) -> None:
         info, rows = unit.table, unit.rows
         with self._transaction() as con:
-            crashpoint("refresh.in_transaction")
             if rows.num_rows:
                 with self._staged(con, rows):
                     self._upsert(con, info, rows, unit.version, unit.updated_at)
-                    crashpoint("refresh.after_upsert")
                     self._append_history(con, info, unit.version, unit.updated_at)
-                    crashpoint("refresh.after_history")
             self._write_watermarks(con, unit)
-            crashpoint("refresh.after_watermarks")
             if unit.write_state:
                 self._replace_row(con, "ralf.operator_state",
                                   [info.name, unit.state, unit.updated_at])
@@ -231,7 +226,6 @@ class DuckDBStorage(Storage):
         pending = pending_rows(unit.read)
         deleted: list[Any] = []
         with self._transaction() as con, self._registered(con, unit.read):
-            crashpoint("view.in_transaction")
             if isinstance(plan, DeltaAggregate):
                 data = con.sql(plan.new_rows(quote(info.name), pending, types)).to_arrow_table()
             else:
@@ -240,7 +234,6 @@ class DuckDBStorage(Storage):
                 with self._staged(con, data):
                     self._upsert(con, info, data, unit.version, unit.updated_at)
                     self._append_history(con, info, unit.version, unit.updated_at)
-            crashpoint("view.after_upsert")
             self._write_watermarks(con, unit)
             crashpoint("view.before_commit")
         rows = data.select(info.schema.names)

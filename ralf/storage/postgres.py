@@ -28,8 +28,8 @@ from sqlglot import exp
 from sqlglot.optimizer.qualify import qualify
 
 from ralf.clock import utcnow
-from ralf.engine.faults import crashpoint
 from ralf.errors import QueryError, RalfError, SchemaError
+from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
@@ -371,7 +371,6 @@ class PostgresStorage(Storage):
         n = rows.num_rows
         names = [*info.schema.names, "_ralf_seq", "_ralf_ingested_at"]
         with self._transaction() as cur:
-            crashpoint("append.in_transaction")
             if n:
                 seqs = range(unit.first_seq, unit.first_seq + n)
                 columns = [rows.column(c).to_pylist() for c in info.schema.names]
@@ -392,7 +391,6 @@ class PostgresStorage(Storage):
     def refresh(self, unit: Refresh) -> None:
         info, rows = unit.table, unit.rows
         with self._transaction() as cur:
-            crashpoint("refresh.in_transaction")
             if rows.num_rows:
                 self._stage(cur, "__ralf_rows", rows)
                 columns = ", ".join(quote(c) for c in rows.column_names)
@@ -400,10 +398,7 @@ class PostgresStorage(Storage):
                     info, rows.column_names,
                     f"SELECT {columns}, %s::BIGINT, %s::TIMESTAMP FROM __ralf_rows"),
                     [unit.version, unit.updated_at])
-                crashpoint("refresh.after_upsert")
-                crashpoint("refresh.after_history")
             self._write_watermarks(cur, unit)
-            crashpoint("refresh.after_watermarks")
             if unit.write_state:
                 cur.execute(
                     "INSERT INTO ralf.operator_state VALUES (%s, %s, %s) "
@@ -439,7 +434,6 @@ class PostgresStorage(Storage):
         info, plan = unit.table, unit.plan
         deleted: list[Any] = []
         with self._transaction() as cur:
-            crashpoint("view.in_transaction")
             self._stage_read(cur, unit.read)
             # The pending rows as a relation of their own, so the plan's SQL is the same text
             # every time (translated once).
@@ -457,7 +451,6 @@ class PostgresStorage(Storage):
                 deleted = self._recompute(cur, unit, pending)
             rows = _to_arrow(cur, _typed(info, "_ralf_seq")).select([*info.schema.names,
                                                                     "_ralf_seq"])
-            crashpoint("view.after_upsert")
             self._write_watermarks(cur, unit)
             crashpoint("view.before_commit")
         return rows, deleted

@@ -73,9 +73,9 @@ def test_many_writes_pops_and_rewrites_agree_with_a_dict(reindex_min, monkeypatc
         cache, model = ServingCache(schema), {}
         for step in range(60):
             keys = [key_type(rng.randrange(400)) for _ in range(rng.randrange(1, 120))]
-            cache.put(pa.table({"k": keys, "x": [step] * len(keys)}, schema=schema.arrow),
-                      T0)
-            model.update({k: step for k in keys})
+            values = [None if rng.random() < 0.2 else step for _ in keys]  # x is nullable
+            cache.put(pa.table({"k": keys, "x": values}, schema=schema.arrow), T0)
+            model.update(zip(keys, values, strict=True))
             for k in rng.sample(sorted(model), k=min(len(model), rng.randrange(4))):
                 cache.pop(k)
                 del model[k]

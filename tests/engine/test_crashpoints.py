@@ -1,11 +1,15 @@
-"""SIGKILL at every fault-injection point, restart to completion, compare with the oracle.
+"""SIGKILL in every window of the engine, twice — late in a run, then again in the run that
+recovers from it — restart to completion, and compare with the oracle.
 
-The engine honours RALF_CRASH_AT=point@n (ralf/engine/faults.py): the subprocess kills
-itself the n-th time it reaches that point — mid-ingestion, mid-operator, mid-commit.
+The engine honours ``RALF_CRASH_AT=point@n`` (:mod:`ralf.faults`): the subprocess kills
+itself the n-th time it reaches that point. Which hit is "late" comes from one counting
+run of the same pipeline (``RALF_COUNT_POINTS``). Every kill is asserted to have happened:
+a point that is never reached fails the test instead of turning it into a plain run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,8 +20,8 @@ import pandas as pd
 import pytest
 
 from ralf import Ralf, RalfClient
-from ralf.engine.faults import POINTS
-from ralf.testing import recompute
+from ralf.faults import POINTS
+from ralf.testing import new_postgres_database, recompute
 from tests.engine.kill_pipeline import build, events
 from tests.pipelines import AVERAGE, AverageRating
 
@@ -25,12 +29,32 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 1500
 
 
-def _run(db: str, crash_at: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "RALF_CRASH_AT"}
-    if crash_at:
-        env["RALF_CRASH_AT"] = crash_at
+def _run(db: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALF_CRASH_AT")}
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "tests.engine.kill_pipeline", db, str(N)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _killed_at(db: str, point: str, nth: int) -> None:
+    run = _run(db, {"RALF_CRASH_AT": f"{point}@{nth}"})
+    assert run.returncode == -signal.SIGKILL, (
+        f"crash point {point}@{nth} was never reached: {run.stdout[-300:]} {run.stderr}")
+
+
+@pytest.fixture(scope="module")
+def hits(tmp_path_factory, request) -> dict[str, dict[str, int]]:
+    """How often a whole run of the pipeline reaches each point, per backend."""
+    counted = {}
+    for backend in ("duckdb", "postgres"):
+        folder = tmp_path_factory.mktemp(f"count-{backend}")
+        db = (str(folder / "count.duckdb") if backend == "duckdb"
+              else new_postgres_database(request.getfixturevalue("postgres_url")))
+        out = folder / "hits.json"
+        run = _run(db, {"RALF_COUNT_POINTS": str(out)})
+        assert run.returncode == 0 and "done" in run.stdout, run.stderr
+        counted[backend] = json.loads(out.read_text())
+    return counted
 
 
 def check_against_oracle(db: str) -> None:
@@ -57,16 +81,18 @@ def check_against_oracle(db: str) -> None:
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_sigkill_at_each_point_then_restart_equals_the_oracle(database, point):
-    db = database
-    nth = 1 if point.startswith("lazy") else 3
-    crashed = _run(db, f"{point}@{nth}")
-    assert crashed.returncode == -signal.SIGKILL, (
-        f"crash point {point} was never reached: {crashed.stdout[-300:]} {crashed.stderr}")
-    finished = _run(db, None)
+def test_sigkill_late_and_again_in_recovery_then_restart_equals_the_oracle(database, point,
+                                                                           hits):
+    backend = "postgres" if database.startswith("postgresql") else "duckdb"
+    reached = hits[backend].get(point, 0)
+    assert reached > 0, f"a whole run never reaches {point}"
+    _killed_at(database, point, max(1, reached * 2 // 3))  # late in the first run
+    _killed_at(database, point, 1)  # the first time the recovering run gets there
+    finished = _run(database)
     assert finished.returncode == 0 and "done" in finished.stdout, finished.stderr
-    check_against_oracle(db)
+    check_against_oracle(database)
 
 
-def test_there_are_at_least_twenty_crash_points():
-    assert len(set(POINTS)) >= 20
+def test_a_whole_run_reaches_every_window_and_no_other_point(hits):
+    for backend, counted in hits.items():
+        assert set(counted) == set(POINTS), backend

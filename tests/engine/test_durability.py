@@ -28,10 +28,11 @@ def test_reopen_after_close_continues_where_it_stopped(database):
             server.step()
     with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
-        counts = source.map(CountPerKey, args=(COUNT,), name="counts")
-        # Operator state came back from the checkpoint, not from an empty dict.
-        assert sum(counts._node.operator.counts.values()) == 400
+        source.map(CountPerKey, args=(COUNT,), name="counts")
         server.run()
+        # Operator state came back from the checkpoint: this process ran only the 600
+        # records not applied before the close (a rebuild by replay would have run 1,000).
+        assert server.metrics()["tables"]["counts"]["processed"] == 600
         got = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
         assert got == pd.DataFrame(rows)["user"].value_counts().to_dict()
         assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 1000
@@ -74,12 +75,16 @@ def test_unpicklable_state_is_rebuilt_by_replay(database):
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         source.map(WithLambda, args=(COUNT,), name="counts")
         server.step()
+        assert server.metrics()["tables"]["counts"]["processed"] == 100
     with Ralf(database) as server:
         source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
         source.map(WithLambda, args=(COUNT,), name="counts")
         server.run()
         got = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
         assert got == pd.DataFrame(rows)["user"].value_counts().to_dict()
+        # rebuilt by replay: the reopened operator ran over all 300 records, the 100 it
+        # had applied before too (a restored checkpoint would have run only 200)
+        assert server.metrics()["tables"]["counts"]["processed"] == 300
 
 
 def test_reopening_with_a_different_schema_is_refused(database):
@@ -99,7 +104,8 @@ def _start(db: str, n: int) -> subprocess.Popen:
 
 
 def _kill_after(db: str, n: int, ticks: int) -> bool:
-    """Run the pipeline and SIGKILL it after it reports `ticks` ticks; True if it finished."""
+    """Run the pipeline and SIGKILL it after it reports `ticks` ticks; True if it finished
+    first, False if it was killed."""
     proc = _start(db, n)
     seen = 0
     for line in proc.stdout:
@@ -120,11 +126,9 @@ def _kill_after(db: str, n: int, ticks: int) -> bool:
 def test_sigkilled_pipeline_restarted_to_completion_equals_the_oracle(database, kill_points):
     db = database
     n = 2000
-    for ticks in kill_points:
-        if _kill_after(db, n, ticks):
-            break
-    while not _kill_after(db, n, 10**9):
-        pass
+    for ticks in kill_points:  # each run is killed: none may finish before its kill
+        assert not _kill_after(db, n, ticks), f"the run finished before its kill at {ticks}"
+    assert _kill_after(db, n, 10**9)
     with Ralf(db) as server:
         build(server, n)
         server.run()

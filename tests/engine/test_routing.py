@@ -122,7 +122,7 @@ def test_two_worker_processes_on_two_shards_equal_one_process(postgres_url, one_
         Ralf(database, shard=0, num_shards=3)
 
 
-@pytest.mark.parametrize("point", ["append.before_commit@4", "refresh.after_upsert@5",
+@pytest.mark.parametrize("point", ["append.before_commit@4", "refresh.before_commit@5",
                                    "view.before_commit@3", "refresh.after_commit@7"])
 def test_a_shard_killed_mid_run_and_restarted_still_equals_one_process(postgres_url,
                                                                        one_process, point):

@@ -1,10 +1,18 @@
-"""Hypothesis-generated requests against every route of a live server: never a 5xx."""
+"""Hypothesis-generated requests against every route of a live server.
+
+The properties: never a 5xx; a 2xx answer is well-formed for the route it came from; and
+no request changes the database (a digest of every table, ralf's bookkeeping included, is
+the same after each request as before the first).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from urllib.parse import quote
+import re
+from urllib.parse import quote, unquote, urlsplit
 
+import pyarrow as pa
 import pytest
 import urllib3
 from hypothesis import HealthCheck, given, settings
@@ -29,13 +37,68 @@ bodies = st.one_of(
         lambda v: json.dumps(v).encode()))
 
 
+def digest(server: Ralf) -> dict[str, str]:
+    """Per table of the database (user tables and the ralf schema): a hash of its rows,
+    in any order."""
+    listed = server.sql("SELECT table_schema AS s, table_name AS t FROM "
+                        "information_schema.tables WHERE table_schema IN "
+                        "('main', 'public', 'ralf') AND table_type = 'BASE TABLE'")
+    sums = {}
+    for schema, table in zip(listed["s"], listed["t"], strict=True):
+        name = f'{schema}."{table}"'
+        rows = sorted(map(repr, server.sql_arrow(f"SELECT * FROM {name}").to_pylist()))
+        sums[name] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    return sums
+
+
 @pytest.fixture(scope="module")
-def url(shared_database):
+def served(shared_database):
     with Ralf(shared_database) as server:
         source = server.create_source(ListSource, args=(RATINGS, ratings(200)), name="ratings")
         source.map(CountPerKey, args=(COUNT,), name="counts", lazy=True)
         server.run()
-        yield server.serve(port=0)
+        server.bulk_query("counts")  # the lazy table caught up: reads change nothing now
+        yield server, server.serve(port=0), digest(server)
+
+
+def _columns(server: Ralf, table: str) -> set[str]:
+    return set(server.table(table).schema.names)
+
+
+def check_well_formed(server: Ralf, method: str, path: str, response) -> None:
+    """A 2xx answer has the shape its route promises."""
+    body = response.data
+    if method == "POST" and path == "/feedback":
+        assert response.status == 204 and body == b""
+        return
+    if path == "/metrics":
+        assert b"ralf_ticks" in body
+        return
+    if response.headers.get("content-type", "").startswith("application/vnd.apache.arrow"):
+        assert isinstance(pa.ipc.open_stream(body).read_all(), pa.Table)
+        return
+    data = json.loads(body)
+    if path == "/tables":
+        assert all({"name", "kind", "rows", "schema"} <= set(t) for t in data)
+    elif path == "/health":
+        assert data == {"status": "ok"}
+    elif path == "/status":
+        assert isinstance(data["ticks"], int) and isinstance(data["tables"], dict)
+    elif path == "/openapi.json":
+        assert "/sql" in data["paths"]
+    elif path in ("/sql", "/historical"):
+        assert isinstance(data, list) and all(isinstance(row, dict) for row in data)
+    elif match := re.fullmatch(r"/table/([^/]+)/(.+)", path):
+        table = unquote(match.group(1))
+        assert _columns(server, table) <= set(data)
+        key = server.table(table).schema.primary_key
+        assert str(data[key]) == str(server.table(table).schema.parse_key(
+            unquote(match.group(2))))
+    elif match := re.fullmatch(r"/table/([^/]+)", path):
+        columns = _columns(server, unquote(match.group(1)))
+        assert isinstance(data, list) and all(set(row) == columns for row in data)
+    else:
+        raise AssertionError(f"a 2xx answer from a path no route serves: {method} {path}")
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
@@ -46,10 +109,14 @@ def url(shared_database):
                                                "timestamp_column"]), text, max_size=3),
        body=bodies, content_type=st.sampled_from(["application/json", "text/plain",
                                                   "application/vnd.apache.arrow.stream"]))
-def test_no_request_gets_a_server_error(url, method, route, table, key, params, body,
-                                        content_type):
+def test_requests_get_no_5xx_well_formed_2xx_and_change_nothing(
+        served, method, route, table, key, params, body, content_type):
+    server, url, before = served
     path = route.format(t=quote(table, safe=""), k=quote(key, safe=""))
     query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
     response = urllib3.request(method, url + path + ("?" + query if query else ""), body=body,
                                headers={"Content-Type": content_type}, retries=False)
     assert response.status < 500, (method, path, query, body, response.data[:300])
+    if response.status < 300:
+        check_well_formed(server, method, urlsplit(url + path).path, response)
+    assert digest(server) == before, (method, path, query, body)

@@ -110,7 +110,7 @@ def test_restart_in_the_middle_neither_loses_nor_duplicates(bootstrap, database)
 
 
 @pytest.mark.parametrize("point", ["append.before_commit@3", "append.after_commit@2",
-                                   "refresh.in_transaction@2"])
+                                   "refresh.before_commit@2"])
 def test_sigkill_mid_stream_then_restart_is_exactly_once(bootstrap, database, point):
     topic = new_topic(bootstrap)
     db = database
