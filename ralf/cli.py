@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -149,12 +150,13 @@ def psql() -> str:
 
 
 def shell(args: argparse.Namespace) -> int:
-    """Open the duckdb shell: on the file itself, or on a snapshot a running server makes;
-    psql on a PostgreSQL database (read-only when it is a server's)."""
+    """Open the duckdb shell: on the file itself, or on a snapshot a running server makes
+    (deleted when the shell exits); psql on a PostgreSQL database (read-only when it is a
+    server's)."""
     env = dict(os.environ)
-    if args.db:
-        target, flags = args.db, []
-    else:
+    client, target = None, args.db
+    flags: list[str] = []
+    if not args.db:
         client = _client(args)
         target = client.snapshot()
         flags = ["-readonly"]
@@ -164,8 +166,11 @@ def shell(args: argparse.Namespace) -> int:
         command = [psql(), target, *args.shell_args]
     else:
         command = [duckdb_shell(), *flags, target, *args.shell_args]
-    os.execve(command[0], command, env)
-    return 0  # not reached
+    try:
+        return subprocess.run(command, env=env).returncode
+    finally:
+        if client is not None and not is_postgres_url(target):
+            client.drop_snapshot(target)
 
 
 def _add_connection(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ import urllib3
 
 from ralf import errors
 from ralf.http import codec
-from ralf.schema import Record, Schema
+from ralf.schema import Record, Schema, as_frame
 from ralf.server import Ralf
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -79,6 +79,13 @@ class RalfClient:
             body = json.dumps({"table": table, "key": _key_text(key), "error": error})
             self._http.request("POST", "/feedback", body=body.encode())
 
+    def rejected(self, table: str | None = None, limit: int = 100) -> pd.DataFrame:
+        """Records refused at the door of ``table`` (or of any table), newest first."""
+        if self._server is not None:
+            return self._server.rejected(table, limit)
+        params = {"limit": limit, **({"table": table} if table is not None else {})}
+        return pd.DataFrame(self._http.get_json("/rejected?" + urlencode(params)))
+
     def tables(self) -> list[dict[str, Any]]:
         if self._server is not None:
             return self._server.tables()
@@ -90,10 +97,21 @@ class RalfClient:
         return self._http.get_json("/status")
 
     def snapshot(self) -> str:
-        """Path of a consistent copy of the server's database file (same machine)."""
+        """Path of a consistent copy of the server's database file (same machine); delete
+        it with :meth:`drop_snapshot` when done (the server deletes old ones too)."""
         if self._server is not None:
             return self._server.snapshot()
         return json.loads(self._http.request("POST", "/snapshot").data)["path"]
+
+    def drop_snapshot(self, path: str) -> bool:
+        """Delete a snapshot the server made; True if there was one."""
+        if self._server is not None:
+            return self._server.drop_snapshot(path)
+        try:
+            self._http.request("DELETE", "/snapshot?" + urlencode({"path": path}))
+        except errors.RalfError:
+            return False
+        return True
 
     def close(self) -> None:
         if self._http is not None:
@@ -158,17 +176,17 @@ class _Http:
         body = codec.arrow_bytes(pa.Table.from_pandas(entity_df, preserve_index=False))
         data = self.request("POST", f"/historical?{query}", accept=codec.ARROW, body=body,
                             content_type=codec.ARROW).data
-        return codec.arrow_table(data).to_pandas()
+        return as_frame(codec.arrow_table(data))
 
     def bulk(self, table: str, with_metadata: bool) -> pd.DataFrame:
         path = f"/table/{quote(table, safe='')}" + ("?metadata=true" if with_metadata else "")
         data = self.request("GET", path, accept=codec.ARROW).data
-        return codec.arrow_table(data).to_pandas()
+        return as_frame(codec.arrow_table(data))
 
     def sql(self, query: str) -> pd.DataFrame:
         body = json.dumps({"query": query}).encode()
         data = self.request("POST", "/sql", accept=codec.ARROW, body=body).data
-        return codec.arrow_table(data).to_pandas()
+        return as_frame(codec.arrow_table(data))
 
 
 def _key_text(key: Any) -> str:

@@ -47,5 +47,15 @@ class OutputSchemaError(OperatorError, SchemaError):
         self.table, self.key, self.column = table, key, column
 
 
+class TableError(RalfError):
+    """Work on a table or source failed outside the per-key code of its operator (a
+    database error, a policy that raised, an engine fault). The table was put back as a
+    reopen would put it (nothing half-applied stays in memory) and the work is retried."""
+
+    def __init__(self, message: str, *, table: str):
+        super().__init__(message)
+        self.table = table
+
+
 class QueryError(RalfError):
     """A client query was refused (e.g. SQL that would write)."""

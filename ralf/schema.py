@@ -419,6 +419,44 @@ class Schema:
         return out
 
 
+def as_frame(table: pa.Table) -> Any:
+    """A result as a pandas DataFrame; values pandas has no column type for (DuckDB's
+    infinite timestamps, unions, ...) become Python objects rather than fail the query."""
+    try:
+        return table.to_pandas()
+    except (pa.ArrowException, OverflowError, ValueError):
+        import pandas as pd
+
+        return pd.DataFrame({name: pd.Series(python_values(column), dtype=object)
+                             for name, column in zip(table.column_names, table.columns,
+                                                     strict=True)})
+
+
+def python_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """A column's values as Python objects; dates and timestamps beyond Python's range
+    (DuckDB's infinities) as the strings "infinity" and "-infinity"."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):  # out of Python's date range: value by value
+        return [_python(v) for v in column]
+
+
+def _python(scalar: pa.Scalar) -> Any:
+    if not scalar.is_valid:
+        return None
+    kind = scalar.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        try:
+            return scalar.as_py()
+        except (OverflowError, ValueError):
+            return "infinity" if scalar.value > 0 else "-infinity"
+    if isinstance(scalar, (pa.ListScalar, pa.LargeListScalar, pa.FixedSizeListScalar)):
+        return [_python(v) for v in scalar.values]
+    if isinstance(scalar, pa.StructScalar):
+        return {k: _python(scalar[k]) for k in scalar.keys()}
+    return scalar.as_py()
+
+
 def _no_fractions(values: list[Any]) -> None:
     """Arrow silently truncates 1.5 to 1 in an integer column; ralf refuses instead."""
     for value in values:

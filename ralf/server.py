@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import math
 import re
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,14 +17,14 @@ import pandas as pd
 import pyarrow as pa
 
 from ralf.clock import Clock, SystemClock
-from ralf.engine.ingest import resume_source
+from ralf.engine.failures import WHOLE
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError, TableNotFound
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.operators import instantiate
-from ralf.schema import Record, Schema, python_type, quote
+from ralf.schema import Record, Schema, as_frame, python_type, quote
 from ralf.sources.csv import CsvSource
 from ralf.storage import is_postgres_url, open_storage
 from ralf.storage.base import FEATURE, SOURCE, TableInfo
@@ -61,17 +63,23 @@ class Ralf:
     ``shard``/``num_shards``: this process is one of ``num_shards`` workers sharing a
     PostgreSQL database; it ingests and refreshes only the keys its shard owns (a stable
     hash of the routing key), and together the shards produce the one-process result.
+    ``query_timeout``: seconds a client SQL query may run (None: no limit).
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
                  clock: Clock | None = None, history_retention: float | None = None,
                  memory_limit: str | None = None, executor: str = "local",
-                 num_replicas: int = 1, shard: int = 0, num_shards: int = 1) -> None:
+                 num_replicas: int = 1, shard: int = 0, num_shards: int = 1,
+                 query_timeout: float | None = 30.0) -> None:
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         if num_replicas < 1:
             raise ValueError(f"num_replicas must be at least 1, got {num_replicas!r}")
+        if query_timeout is not None and not query_timeout > 0:
+            raise ValueError(f"query_timeout must be a positive number of seconds or None, "
+                             f"got {query_timeout!r}")
         self.executor, self.num_replicas = executor, num_replicas
+        self.query_timeout = query_timeout
         self.partition = KeyPartition.of(shard, num_shards)
         if self.partition is not None and not is_postgres_url(path):
             raise ValueError("shards share one PostgreSQL database: "
@@ -98,13 +106,14 @@ class Ralf:
     def create_source(self, source: Any, args: tuple = (), kwargs: dict | None = None, *,
                       schema: Schema | None = None, name: str | None = None) -> Table:
         """A source table fed by a :class:`SourceOperator` (a class with args, or an instance)."""
-        instance, schema = instantiate(source, args, kwargs or {}, schema,
-                                       f"create_source({_default_name(source)})")
+        what = f"create_source({_default_name(source)})"
+        instance, schema = instantiate(source, args, kwargs or {}, schema, what)
         name = self._new_name(name, source)
         info = self._define(TableInfo(name, SOURCE, schema))
         node = SourceNode(info, self.storage, instance)
+        node.remake = _remaker(source, instance, args, kwargs or {}, schema, what)
         node.partition = self.partition
-        resume_source(node)
+        node.resume()
         with self._scheduler.lock:
             self._scheduler.sources.append(node)
             self._nodes[name] = node
@@ -137,13 +146,14 @@ class Ralf:
         if lookup is not None and self.partition is not None:
             raise ValueError("lookup joins are not supported with shards: a shard holds only "
                              "its own keys of the other table")
-        instance, schema = instantiate(operator, args, kwargs, schema,
-                                       f"map({_default_name(operator)})")
+        what = f"map({_default_name(operator)})"
+        instance, schema = instantiate(operator, args, kwargs, schema, what)
         name = self._new_name(name, operator)
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name,
             lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy))
         node = FeatureNode(info, self.storage, parent, instance, lookup, budget)
+        node.remake = _remaker(operator, instance, args, kwargs, schema, what)
         if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
             from ralf.engine.ray_executor import Replicas
 
@@ -280,24 +290,30 @@ class Ralf:
         return sorted(getattr(node, "quarantined", ()), key=repr)
 
     def release(self, table: str, key: Any = None) -> int:
-        """Give quarantined keys (one, or all with ``key=None``) — or a source that was
-        given up on — another chance; returns how many were released."""
+        """Give quarantined keys (one, or all with ``key=None``) — or a source or table that
+        was given up on — another chance; returns how many were released."""
         node = self._node(table)
         with self._scheduler.lock:
-            if isinstance(node, SourceNode):
-                released = int(node.failures > 0)
-                node.failures = node.retry_tick = 0
-                return released
-            if not isinstance(node, FeatureNode):
-                return 0
-            keys = list(node.quarantined) if key is None else [node.schema.parse_key(key)]
-            return sum(node.release(k) for k in keys)
+            released = int(node.failures.release(WHOLE))
+            if key is None and isinstance(node, FeatureNode):
+                keys = list(node.quarantined)
+            elif key is not None:
+                keys = [node.schema.parse_key(key)]
+            else:
+                keys = []
+            return released + sum(node.failures.release(k) for k in keys)
 
     def snapshot(self, directory: str | None = None) -> str:
         """A consistent copy of the database file (for ``ralf shell`` while serving). On
         PostgreSQL, which gives every session a consistent view itself, the database's URL
         (without its password)."""
         return self.storage.snapshot(directory)
+
+    def drop_snapshot(self, path: str) -> bool:
+        """Delete a snapshot :meth:`snapshot` made (any other path is left alone); True if
+        there was one. Snapshots older than ten minutes go when a newer one is made, and
+        all of them when the instance closes."""
+        return self.storage.drop_snapshot(path)
 
     # ---- processing ---------------------------------------------------------------------
     def step(self) -> bool:
@@ -335,10 +351,10 @@ class Ralf:
 
     def _loop(self, interval: float) -> None:
         while not self._stop.is_set():
-            try:
+            try:  # the scheduler resumes whatever failed; errors are logged where met
                 worked, errors = self._scheduler.tick()
                 self._note(errors)
-            except Exception:  # keep serving; the error is in the log
+            except Exception:  # between nodes (the tick's end): nothing in flight
                 log.exception("tick failed")
                 worked = False
             with self._ticked:
@@ -404,7 +420,7 @@ class Ralf:
         if isinstance(node, FeatureNode):
             if node.priority is not None:
                 with self._scheduler.lock:
-                    node.priority.on_query(key, self.clock.now())
+                    self._tell_policy(node, "on_query", key, self.clock.now())
             self._refresh_for_query(node, key)
         entry = None if node.cache is None else node.cache.get(key)
         if entry is None and (node.cache is None or self.partition is not None):
@@ -435,7 +451,16 @@ class Ralf:
         node.metrics.squared_error += error * error
         if isinstance(node, FeatureNode) and node.priority is not None:
             with self._scheduler.lock:
-                node.priority.on_error(key, error, self.clock.now())
+                self._tell_policy(node, "on_error", key, error, self.clock.now())
+
+    def _tell_policy(self, node: FeatureNode, hook: str, *args: Any) -> None:
+        """A query's news for the policy; if the policy raises, the query is still
+        answered and the failure is reported like the table's other errors."""
+        try:
+            node.tell_policy(hook, *args)
+        except OperatorError as exc:
+            log.error("%s", exc)
+            self._note([exc])
 
     def _point_as_of(self, node: Node, table: str, key: Any, at: dt.datetime,
                      with_metadata: bool) -> Record:
@@ -522,11 +547,26 @@ class Ralf:
         return self.storage.bulk(node.info, with_metadata=with_metadata)
 
     def sql(self, query: str) -> pd.DataFrame:
-        """One read-only SQL query over the database (tables are named as in the pipeline)."""
-        return self.sql_arrow(query).to_pandas()
+        """One read-only SQL query over the database (tables are named as in the pipeline;
+        what may be read and run: docs/serving.md). Stopped after ``query_timeout``."""
+        return as_frame(self.sql_arrow(query))
 
-    def sql_arrow(self, query: str) -> pa.Table:
-        return self.storage.sql(query)
+    def sql_arrow(self, query: str, *, max_rows: int | None = None,
+                  cancel: threading.Event | None = None) -> pa.Table:
+        """:meth:`sql` as Arrow; refused past ``max_rows`` rows (checked while fetching),
+        interrupted when ``cancel`` is set."""
+        return self.storage.sql(query, max_rows=max_rows, timeout=self.query_timeout,
+                                cancel=cancel)
+
+    def rejected(self, table: str | None = None, limit: int = 1000) -> pd.DataFrame:
+        """Records refused at the door of a table (or of any table): the newest ``limit``,
+        newest first, with the reason, the column and the raw record as JSON. (Kept out
+        of :meth:`sql`, which reads no bookkeeping but the catalog.)"""
+        if table is not None:
+            self._node(table)  # TableNotFound for a table that does not exist
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        return self.storage.rejected(table, limit).to_pandas()
 
     def metrics(self) -> dict[str, Any]:
         """Per-table counters and staleness (seconds since each stale key's oldest pending
@@ -536,13 +576,18 @@ class Ralf:
             now = self.clock.now()
             for name, node in self._nodes.items():
                 m: dict[str, Any] = {"kind": node.info.kind, **vars(node.metrics)}
+                failing = node.failures.count.get(WHOLE, 0)
+                m["last_error"] = node.failures.last_error.get(WHOLE)
                 if isinstance(node, FeatureNode):
                     m.update(_staleness(node, now))
                     m["quarantined_keys"] = len(node.quarantined)
-                    m["retrying_keys"] = len(node.retry_tick)
+                    m["retrying_keys"] = len(node.failures.retry_tick) - (
+                        WHOLE in node.failures.retry_tick)
+                    m["table_failures"] = failing
+                    m["table_failed"] = self._scheduler.failed(node)
                 elif isinstance(node, SourceNode):
-                    m["source_failures"] = node.failures
-                    m["source_failed"] = node.failures >= self._scheduler.max_failures
+                    m["source_failures"] = failing
+                    m["source_failed"] = self._scheduler.failed(node)
                     m["exhausted"] = node.exhausted
                 tables[name] = m
         return {"ticks": self._scheduler.ticks, "tables": tables}
@@ -578,6 +623,20 @@ class Ralf:
 
     def __repr__(self) -> str:
         return f"Ralf({self.path!r}, tables={list(self._nodes)})"
+
+
+def _remaker(given: Any, instance: Any, args: tuple, kwargs: dict, schema: Schema,
+             what: str) -> Callable[[], Any] | None:
+    """How to make the user's source or operator again as the definition made it (for a
+    resume that must start it over): from its class, or from a copy of the instance taken
+    before it ran; None if neither is possible."""
+    if isinstance(given, type):
+        return lambda: instantiate(given, args, kwargs, schema, what)[0]
+    try:
+        pristine = copy.deepcopy(instance)
+    except Exception:  # e.g. it holds a generator or a connection
+        return None
+    return lambda: copy.deepcopy(pristine)
 
 
 def _check_budget(budget: int | None) -> None:

@@ -77,7 +77,7 @@ def test_schema_violations_name_table_and_column_and_spare_other_records(server)
         server.run()
     assert info.value.table == "src" and info.value.column in ("value",)
     assert RalfClient(server).bulk_query("t")["id"].tolist() == [1, 4]
-    rejected = server.sql("SELECT table_name, column_name, reason FROM ralf.rejected ORDER BY id")
+    rejected = server.rejected().sort_values("id", ignore_index=True)
     assert rejected["table_name"].tolist() == ["src", "src"]
     assert "missing column 'value'" in " ".join(rejected["reason"])
 

@@ -201,8 +201,9 @@ def _not_behaviour(tree: ast.AST) -> set[int]:
 def coverage_map(targets: list[Path], work: Path) -> dict[str, dict[int, set[str]]]:
     """file -> line -> pytest node ids of the tests that execute it."""
     rc = work / "coveragerc"
-    rc.write_text("[run]\ndynamic_context = test_function\nsource =\n"
-                  + "".join(f"    {t}\n" for t in targets) + f"data_file = {work}/.coverage\n")
+    rc.write_text("[run]\ndynamic_context = test_function\nsource = ralf\ninclude =\n"
+                  + "".join(f"    {ROOT / t}\n" for t in targets)
+                  + f"data_file = {work}/.coverage\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RALF_REQUIRE_SERVICES", None)
     print("mutate: mapping lines to tests (one coverage run of the fast tests) ...",

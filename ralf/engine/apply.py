@@ -43,7 +43,8 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
                   keep: Callable[[Record, Any, dict], bool] | None = None,
                   skip: set[Any] | frozenset = frozenset()) -> Applied:
     """``on_record`` for each record in order (with its lookup row when ``others`` is
-    given); a key that fails is skipped from then on. ``keep`` is load shedding.
+    given); a key that fails (its operator or its load-shedding policy raised) is skipped
+    from then on. ``keep`` is load shedding.
 
     The loop runs once per record, so it does as little as it can: a Record output (the
     common case) is filed without the general path's checks."""
@@ -55,13 +56,13 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
         key = record.__dict__[pk]
         if key in blocked:
             continue
-        if keep is not None and not keep(record, key, outputs):
-            result.shed += 1
-            continue
         crashpoint("refresh.in_operator")
-        try:
+        try:  # user code: the load-shedding policy, then the operator
+            if keep is not None and not keep(record, key, outputs):
+                result.shed += 1
+                continue
             out = on_record(record) if others is None else on_record(record, others[i])
-        except Exception as exc:  # user code
+        except Exception as exc:
             failed[key] = exc
             blocked.add(key)
             continue

@@ -37,61 +37,30 @@ def drop_head(batch: Any, n: int) -> Any:
     return list(batch)[n:]
 
 
-def resume_source(node: SourceNode) -> None:
-    saved = node.storage.load_source_state(node.name)
-    if saved is None:
-        return
-    state, emitted, exhausted = saved
-    node.emitted = emitted
-    node.exhausted = exhausted
-    restore = getattr(node.source, "restore", None)
-    if state is not None and callable(restore):
-        restore(pickle.loads(state))
-    elif not exhausted:
-        node.skip = emitted
-
-
-def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime, tick: int) -> bool:
-    """Ingest one batch; returns whether anything was appended."""
+def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
+    """Ingest one batch; returns whether anything was appended. A ``next()`` that raises
+    raises :class:`OperatorError` (user code); anything else that raises is the engine's
+    or the database's (the scheduler resumes the source from the database either way)."""
     if node.exhausted:
         return False
     crashpoint("ingest.before_next")
-    try:
-        batch = node.source.next()
-    except StopIteration:
-        batch = None
-    except Exception as exc:  # user code: report, keep the source, retry with backoff
-        node.failures += 1
-        node.retry_tick = tick + 2 ** (node.failures - 1)
-        if isinstance(exc, RalfError):
-            errors.append(exc)
-        else:
-            error = OperatorError(
-                f"source {node.name!r}: next() raised {type(exc).__name__}: {exc}",
-                table=node.name)
-            error.__cause__ = exc
-            errors.append(error)
-        return False
+    node.touched = True
+    batch, n = _next(node)
+    while node.skip and n:  # replaying what was appended before: drop it, read on
+        dropped = min(node.skip, n)
+        node.skip -= dropped
+        batch = drop_head(batch, dropped)
+        n -= dropped
+        if n == 0:
+            batch, n = _next(node)
     if batch is None:
         node.exhausted = True
         if node.skip == 0:
             _commit(node, node.schema.arrow.empty_table(), [], 0, now)
         return False
     crashpoint("ingest.after_next")
-    node.failures = 0
-    try:
-        n = batch_length(batch)
-    except TypeError:
-        n = 1  # not a batch at all: to_arrow below rejects it
     if n == 0:
         return False
-    if node.skip:
-        dropped = min(node.skip, n)
-        node.skip -= dropped
-        batch = drop_head(batch, dropped)
-        n -= dropped
-        if n == 0:
-            return False
     try:
         rows, rejected = node.schema.to_arrow(batch, node.name)
     except SchemaError as exc:  # the whole batch is garbage: file it, count it as read
@@ -101,7 +70,11 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime, tick: int)
         return False
     take_rejected = getattr(node.source, "take_rejected", None)
     if callable(take_rejected):
-        for rejection in take_rejected():
+        try:
+            taken = take_rejected()
+        except Exception as exc:  # user code
+            raise _user_error(node, "take_rejected()", exc) from exc
+        for rejection in taken:
             rejection.table = node.name
             rejected.append(rejection)
     rows = node.storable(rows, rejected)
@@ -118,10 +91,35 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime, tick: int)
     return rows.num_rows > 0
 
 
+def _next(node: SourceNode) -> tuple[Any, int]:
+    """The source's next batch (None: exhausted) and its length."""
+    try:
+        batch = node.source.next()
+    except StopIteration:
+        return None, 0
+    except Exception as exc:  # user code
+        raise _user_error(node, "next()", exc) from exc
+    if batch is None:
+        return None, 0
+    try:
+        return batch, batch_length(batch)
+    except TypeError:
+        return batch, 1  # not a batch at all: to_arrow rejects it
+
+
+def _user_error(node: SourceNode, call: str, exc: Exception) -> RalfError:
+    if isinstance(exc, RalfError):
+        return exc
+    return OperatorError(f"source {node.name!r}: {call} raised {type(exc).__name__}: {exc}",
+                         table=node.name)
+
+
 def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
             now: dt.datetime) -> None:
-    checkpoint = getattr(node.source, "checkpoint", None)
-    state = pickle.dumps(checkpoint()) if callable(checkpoint) else None
+    try:
+        state = pickle.dumps(node.source.checkpoint()) if node.checkpointed else None
+    except Exception as exc:  # user code
+        raise _user_error(node, "checkpoint()", exc) from exc
     first_seq = node.seq + 1
     node.storage.append(Append(
         node.info, rows, first_seq, now, state, node.emitted + emitted, node.exhausted, rejected))

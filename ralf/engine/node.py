@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from ralf.engine.cache import ServingCache
+from ralf.engine.failures import WHOLE, Failures
 from ralf.engine.progress import PendingIndex, Watermarks
 from ralf.engine.routing import KeyPartition
+from ralf.errors import OperatorError, RalfError
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import KeyRecompute
 from ralf.policies.base import (
@@ -55,6 +58,15 @@ class Node:
         # The serving cache (key -> (values, updated_at)), kept for feature tables and for
         # sources used in lookup joins; a Record is made when one is asked for.
         self.cache: ServingCache | None = None
+        # Failures per unit: the whole table or source (WHOLE), and a feature table's keys
+        self.failures = Failures()
+        # Set when a failure could not be followed by a resume (the database was down):
+        # the node is resumed before it is used again.
+        self.broken = False
+        # Makes a fresh copy of the user's object (source or operator) as the pipeline
+        # definition made it, for a resume that must start it over; None if it cannot.
+        self.remake: Callable[[], Any] | None = None
+        self.touched = False  # the user's object has run since the last resume
 
     @property
     def name(self) -> str:
@@ -104,8 +116,36 @@ class SourceNode(Node):
         self.emitted = 0
         self.exhausted = False
         self.skip = 0  # records to drop on replay after a reopen (count-based resume)
-        self.failures = 0  # consecutive failed next() calls
-        self.retry_tick = 0  # next() is not called again before this tick (backoff)
+        # where a source with checkpoint()/restore() starts, for a resume before its first
+        # committed batch (a copy through pickle: the source may mutate what it returned)
+        self.initial = pickle.loads(pickle.dumps(source.checkpoint())) if self.checkpointed \
+            else None
+
+    @property
+    def checkpointed(self) -> bool:
+        """The source tells its own position (``checkpoint``/``restore``); otherwise it is
+        resumed by replaying it from the start and skipping what was appended."""
+        return callable(getattr(self.source, "checkpoint", None)) and callable(
+            getattr(self.source, "restore", None))
+
+    def resume(self) -> None:
+        """Put the source where the database says it stopped: at open, and after any
+        failure (a restart in miniature, by the same steps). An exhausted source is polled
+        again: a file may have grown, a list may have got more rows."""
+        saved = self.storage.load_source_state(self.name)
+        state, emitted = (saved[0], saved[1]) if saved is not None else (None, 0)
+        if self.checkpointed:
+            self.source.restore(pickle.loads(state) if state is not None else self.initial)
+            self.skip = 0
+        else:
+            if self.touched:
+                self.source = _remade(self)
+            self.skip = emitted
+        self.seq = self.storage.max_seq(self.info)
+        self.emitted, self.exhausted, self.touched = emitted, False, False
+        if self.cache is not None:
+            self.load_cache()
+        self.broken = False
 
 
 class FeatureNode(Node):
@@ -122,13 +162,16 @@ class FeatureNode(Node):
         self.default_priority = FIFO()
         self.marks = Watermarks()
         self.pending: PendingIndex | None = None
-        self.failures: dict[Any, int] = {}  # consecutive failures per key
-        self.retry_tick: dict[Any, int] = {}  # failed keys wait until this tick (backoff)
-        self.quarantined: set[Any] = set()  # failed max_failures times: held until released
         self.tick = 0  # the scheduler's current tick, for backoff
         self.state: bytes | None = None  # last committed operator checkpoint
         self.replicas: Any = None  # a ralf.engine.ray_executor.Replicas when on Ray
         self.cache = ServingCache(info.schema)
+        self.initial: bytes | None = None  # the operator's state as created (see resume)
+
+    @property
+    def quarantined(self) -> set[Any]:
+        """Keys that failed ``max_failures`` times: held until released."""
+        return self.failures.quarantined - {WHOLE}
 
     @property
     def lazy(self) -> bool:
@@ -171,12 +214,23 @@ class FeatureNode(Node):
         if self.pending is None:
             self.rebuild_pending()
         else:
-            policy.on_pending(self.pending.by_newest())
+            self.tell_policy("on_pending", self.pending.by_newest())
 
     def add_pending(self, summary: pa.Table) -> None:
         touched = self.pending.add(summary)
-        if self.priority is not None:
-            self.priority.on_pending(touched)
+        self.tell_policy("on_pending", touched)
+
+    def tell_policy(self, hook: str, *args: Any) -> None:
+        """Call a hook of the prioritization policy (user code: what it raises becomes an
+        OperatorError naming the table)."""
+        if self.priority is None:
+            return
+        try:
+            getattr(self.priority, hook)(*args)
+        except Exception as exc:
+            raise OperatorError(f"table {self.name!r}: prioritization policy "
+                                f"{type(self.priority).__name__}.{hook} raised "
+                                f"{type(exc).__name__}: {exc}", table=self.name) from exc
 
     # ---- checkpoints ------------------------------------------------------------------------
     def snapshot(self) -> bytes | None:
@@ -213,7 +267,14 @@ class FeatureNode(Node):
 
     # ---- recovery ---------------------------------------------------------------------------
     def resume(self) -> None:
-        """Pick up where the database says this table stopped (a no-op for a new table)."""
+        """Put this table where the database says it stopped: watermarks, operator state,
+        serving cache, index of stale keys. Opening does this, and so does every failure
+        in a tick (a restart in miniature, by the same steps), so memory never keeps
+        anything the database does not hold."""
+        if self.initial is None and not self.touched:  # a new node: the state it starts from
+            self.initial = self.snapshot()
+        self.info.watermark = self.storage.load_floor(self.name)
+        self.seq = self.storage.max_seq(self.info)
         if not self.is_view:  # a SQL table's state is the table itself
             self._resume_state()
         overrides = {
@@ -224,11 +285,12 @@ class FeatureNode(Node):
         self.load_cache()
         if self.keyed:
             self.rebuild_pending()
+        self.touched = self.broken = False
 
     def _resume_state(self) -> None:
         found, state = self.storage.load_operator_state(self.name)
-        if not found:
-            self.state = self.snapshot()  # the point to roll back to if the first refresh fails
+        if not found:  # nothing committed yet: the state the operator was created with
+            self._restart_operator()
             return
         try:
             if state is None:
@@ -238,11 +300,26 @@ class FeatureNode(Node):
             log.warning("table %r: %s; rebuilding it from the append log", self.name, exc)
             self.storage.reset_progress(self.name)
             self.info.watermark = 0
-            self.state = self.snapshot()
+            self.initial = None  # rebuilt from a fresh operator: nothing to restore
+            self._restart_operator()
+
+    def _restart_operator(self) -> None:
+        """The operator as created: its initial checkpoint restored, or (unpicklable) a
+        fresh instance if this one has run."""
+        if self.initial is not None:
+            self.restore(self.initial)
+            return
+        if self.touched:
+            if self.replicas is not None:
+                raise RalfError(f"table {self.name!r}: Ray replicas whose state cannot be "
+                                "pickled cannot be restarted in process; reopen the database")
+            self.operator = _remade(self)
+        self.state = self.initial = self.snapshot()
 
     def rebuild_pending(self) -> None:
+        summary = self.storage.pending_summary(self.read_all())  # may fail: index kept
         self.pending = PendingIndex()
-        self.add_pending(self.storage.pending_summary(self.read_all()))
+        self.add_pending(summary)
 
     def read_all(self) -> LogRead:
         key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type
@@ -257,8 +334,7 @@ class FeatureNode(Node):
     @property
     def held(self) -> set[Any]:
         """Keys not to refresh now: quarantined, or waiting out a retry backoff."""
-        waiting = {k for k, t in self.retry_tick.items() if t > self.tick}
-        return self.quarantined | waiting if waiting else self.quarantined
+        return self.failures.held(self.tick)
 
     def stale_keys(self) -> list[Any]:
         if self.pending is None:
@@ -269,6 +345,12 @@ class FeatureNode(Node):
     def has_work(self, now_only: bool = True) -> bool:
         """Whether an eager refresh would find anything to apply (``now_only=False``: also
         keys that are only waiting out a backoff)."""
+        whole = self.failures.is_held(WHOLE, self.tick) if now_only else (
+            WHOLE in self.failures.quarantined)
+        if whole:
+            return False
+        if self.broken:  # not resumed yet: what it has to do is not known until it is
+            return True
         held = self.held if now_only else self.quarantined
         if self.pending is not None:
             return any(k not in held for k in self.pending.keys)
@@ -277,10 +359,12 @@ class FeatureNode(Node):
         return any(k not in held and wm < self.parent.seq
                    for k, wm in self.marks.overrides.items())
 
-    def release(self, key: Any) -> bool:
-        """Give a quarantined (or backing-off) key another chance; True if it was held."""
-        held = key in self.quarantined or key in self.retry_tick
-        self.quarantined.discard(key)
-        self.failures.pop(key, None)
-        self.retry_tick.pop(key, None)
-        return held
+
+
+def _remade(node: Node) -> Any:
+    """A fresh copy of the node's user object, as the pipeline definition made it."""
+    if node.remake is None:
+        raise RalfError(f"table {node.name!r}: its {type(node).__name__[:-4].lower()} must "
+                        "start over but cannot be made again in this process (pass a class "
+                        "with args, or give it checkpoint()/restore()); reopen the database")
+    return node.remake()

@@ -72,6 +72,7 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
     read = node.read_all() if keys is None else node.read_keys(keys)
     data = node.storage.read_log(read)
     crashpoint("refresh.after_read")
+    node.touched = True  # from here on the operator (and its policies) may move
     pk = node.parent.schema.primary_key
     batch = callable(getattr(node.operator, "on_batch", None))
     data, shed = _shed(node, data, pk, per_record=batch or node.replicas is not None)
@@ -107,17 +108,21 @@ def _shed(node: FeatureNode, data: pa.Table, pk: str, per_record: bool
     for i, record in enumerate(records):
         record._ralf_row = i
     kept = records
-    for policy in node.selectors:
-        kept = policy.select(kept, pk)
-    if per_record:  # on_batch: the kept record stands in for the row it will produce
-        latest: dict[Any, Any] = {}
-        survivors = []
-        for record in kept:
-            key = getattr(record, pk)
-            if _keep(node, record, key, latest):
-                survivors.append(record)
-                latest[key] = record
-        kept = survivors
+    try:  # user code, over the refresh's records as a whole: a failure fails the table
+        for policy in node.selectors:
+            kept = policy.select(kept, pk)
+        if per_record:  # on_batch: the kept record stands in for the row it will produce
+            latest: dict[Any, Any] = {}
+            survivors = []
+            for record in kept:
+                key = getattr(record, pk)
+                if _keep(node, record, key, latest):
+                    survivors.append(record)
+                    latest[key] = record
+            kept = survivors
+    except Exception as exc:
+        raise OperatorError(f"table {node.name!r}: load shedding raised "
+                            f"{type(exc).__name__}: {exc}", table=node.name) from exc
     rows = [r.__dict__.pop("_ralf_row") for r in kept]
     return data.take(pa.array(rows, pa.int64())), data.num_rows - len(rows)
 
@@ -148,14 +153,7 @@ def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfEr
         table=node.info, read=read, plan=node.operator, version=node.seq + 1,
         updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),
         clear_watermarks=advance.clear)
-    try:
-        rows, deleted = node.storage.refresh_view(unit)
-    except RalfError as exc:
-        error = OperatorError(f"table {node.name!r}: SQL maintenance failed: {exc}",
-                              table=node.name)
-        errors.append(error)
-        log.error("%s", error)
-        return 0
+    rows, deleted = node.storage.refresh_view(unit)
     crashpoint("view.after_commit")
     _move_marks(node, advance)
     node.put_rows(rows, now)
@@ -258,15 +256,11 @@ def _without(rows: pa.Table, run: Applied, pk: str, skip: set[Any]) -> pa.Table:
 def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
                      errors: list[RalfError], max_failures: int) -> None:
     for key, exc in failed.items():
-        count = node.failures.get(key, 0) + 1
-        node.failures[key] = count
-        node.metrics.failures += 1
-        quarantined = count >= max_failures
-        if quarantined:
-            node.quarantined.add(key)
-        else:  # exponential backoff, in ticks: 1, 2, 4, ...
-            node.retry_tick[key] = node.tick + 2 ** (count - 1)
         detail = exc if isinstance(exc, RalfError) else f"{type(exc).__name__}: {exc}"
+        node.metrics.failures += 1
+        # exponential backoff, in ticks: 1, 2, 4, ...; quarantined after max_failures
+        quarantined = node.failures.record(key, node.tick, max_failures, str(detail))
+        count = node.failures.count[key]
         message = (f"table {node.name!r}, key {key!r}: operator failed ({detail})"
                    + (f"; key quarantined after {count} failures" if quarantined else ""))
         if isinstance(exc, SchemaError):
@@ -325,19 +319,13 @@ def _move_marks(node: FeatureNode, advance: Advance) -> None:
 
 def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, now: dt.datetime
                    ) -> None:
-    """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log.
-    (The per-key loops run only when there is something to clear: they would otherwise
-    cost a refresh of 10,000 keys a few milliseconds for nothing.)"""
-    for bookkeeping in (node.failures, node.retry_tick):
-        if bookkeeping:
-            for k in refreshed:
-                bookkeeping.pop(k, None)
+    """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log."""
+    node.failures.succeeded(refreshed)
     if node.pending is not None:
         for k in refreshed:
             node.pending.pop(k)
     node.metrics.refreshes += len(refreshed)
-    if node.priority is not None:
-        node.priority.on_refresh(refreshed, now)
+    node.tell_policy("on_refresh", refreshed, now)
     if written:
         node.seq += 1
         notify_children(node, node.seq - 1)

@@ -8,19 +8,23 @@ tables read the serving cache without taking it.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ralf.clock import Clock, SystemClock
+from ralf.engine.failures import WHOLE
 from ralf.engine.ingest import pull
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.progress import StaleKeys
 from ralf.engine.refresh import refresh
-from ralf.errors import RalfError
+from ralf.errors import OperatorError, RalfError, SchemaError, TableError
 from ralf.faults import crashpoint
+
+log = logging.getLogger("ralf")
 
 
 class Scheduler:
@@ -38,25 +42,88 @@ class Scheduler:
 
     # ---- one tick -------------------------------------------------------------------------
     def tick(self) -> tuple[bool, list[RalfError]]:
-        """Run one tick; returns (whether anything happened, errors met on the way)."""
+        """Run one tick; returns (whether anything happened, errors met on the way).
+
+        Each source and each table is one guarded piece of work: whatever it raises is
+        reported, counted against it, and the node is resumed from the database before
+        the tick goes on (see :meth:`guarded`)."""
         errors: list[RalfError] = []
         worked = False
         with self.lock:
             now = self.clock.now()
             for source in self.sources:
-                if not self._failed(source) and source.retry_tick <= self.ticks:
-                    worked |= pull(source, errors, now, self.ticks)
+                if self._due(source):
+                    worked |= bool(self.guarded(source, errors, pull, source, errors, now))
             for node in self.features:
                 node.tick = self.ticks
-                if not node.lazy:
-                    worked |= self._refresh_eager(node, errors, now) > 0
+                if not node.lazy and self._due(node):
+                    worked |= self.guarded(node, errors, self._refresh_eager, node, errors,
+                                           now) > 0
             self.ticks += 1
-            self._compact(now)
+            self._compact(now, errors)
             crashpoint("tick.end")
         return worked, errors
 
-    def _failed(self, source: SourceNode) -> bool:
-        return source.failures >= self.max_failures
+    def _due(self, node: Node) -> bool:
+        """Not given up on, and not waiting out a backoff."""
+        node.tick = self.ticks
+        return not node.failures.is_held(WHOLE, self.ticks)
+
+    def failed(self, node: Node) -> bool:
+        """Given up on after ``max_failures`` failures of its user code, until released."""
+        return WHOLE in node.failures.quarantined
+
+    def guarded(self, node: Node, errors: list[RalfError], work: Callable[..., Any],
+                *args: Any) -> Any:
+        """Do one piece of a node's work. If it raises, memory may hold what the database
+        does not (a source moved past a batch that was never appended, an operator that
+        applied records whose watermarks were not written): report the failure, back the
+        node off, and resume it from the database exactly as opening it would — the node,
+        and the stale-key index of each child it may not have told. A node that cannot be
+        resumed now (the database is down) is resumed before its next use."""
+        try:
+            if node.broken:
+                self._resume(node)
+            done = work(*args)
+            node.failures.succeeded([WHOLE])
+            return done
+        except Exception as exc:
+            user = isinstance(exc, (OperatorError, SchemaError))  # the user's code or data
+            detail = str(exc) if isinstance(exc, RalfError) else f"{type(exc).__name__}: {exc}"
+            gave_up = node.failures.record(WHOLE, self.ticks, self.max_failures, detail,
+                                           user_code=user)
+            node.metrics.failures += 1
+            if isinstance(exc, RalfError):  # ralf's own errors keep their class
+                error: RalfError = exc
+                if getattr(error, "table", None) is None:
+                    error.table = node.name
+            else:
+                error = TableError(f"{node.info.kind} {node.name!r}: {detail}", table=node.name)
+                error.__cause__ = exc
+            if gave_up:
+                error.args = (f"{error.args[0]}; given up after {self.max_failures} "
+                              "failures (release() lets it try again)", *error.args[1:])
+            errors.append(error)
+            log.error("%s", error)
+            node.broken = True
+            try:
+                self._resume(node)
+            except Exception as again:  # still failing: resumed before its next use
+                log.error("%s %r could not be resumed yet: %s", node.info.kind, node.name,
+                          again)
+            return 0
+
+    @staticmethod
+    def _resume(node: Node) -> None:
+        """Resume a node, then the stale-key index of each child it may not have told of
+        its appends. Whatever fails meanwhile stays marked broken: resumed before use."""
+        told = [child for child in node.children if child.pending is not None]
+        for child in told:
+            child.broken = True
+        node.resume()
+        for child in told:
+            child.rebuild_pending()
+            child.broken = False
 
     def _refresh_eager(self, node: FeatureNode, errors: list[RalfError], now: dt.datetime
                        ) -> int:
@@ -67,15 +134,21 @@ class Scheduler:
         return refresh(node, self.choose(node, now), errors, self.max_failures, now)
 
     def choose(self, node: FeatureNode, now: dt.datetime) -> list[Any]:
-        """The stale keys to refresh this tick: all of them, or the policy's pick within budget."""
+        """The stale keys to refresh this tick: all of them, or the policy's pick within
+        budget. A policy that raises fails the table's tick (it is user code)."""
         stale = StaleKeys(node.pending, node.held, node.cache, now)
         if node.budget is None or len(stale) <= node.budget:
             return list(stale)
         policy = node.priority or node.default_priority
         policy.view = stale
-        return policy.choose_many(stale, node.budget)
+        try:
+            return policy.choose_many(stale, node.budget)
+        except Exception as exc:
+            raise OperatorError(f"table {node.name!r}: prioritization policy "
+                                f"{type(policy).__name__} raised {type(exc).__name__}: {exc}",
+                                table=node.name) from exc
 
-    def _compact(self, now: dt.datetime) -> None:
+    def _compact(self, now: dt.datetime, errors: list[RalfError]) -> None:
         """Apply the history retention, at most once a minute (or once per retention)."""
         if self.history_retention is None:
             return
@@ -87,7 +160,12 @@ class Scheduler:
         for node in self.features:
             marks = [min([c.marks.floor, *c.marks.overrides.values()]) for c in node.children]
             keep_from = min(marks) + 1 if marks else node.seq + 1
-            node.storage.compact_history(node.info, cutoff, keep_from)
+            try:  # only the database changes: nothing in memory to put back on failure
+                node.storage.compact_history(node.info, cutoff, keep_from)
+            except Exception as exc:
+                errors.append(TableError(f"table {node.name!r}: history retention failed: "
+                                         f"{exc}", table=node.name))
+                self._compacted_at = None  # try again next tick
 
     # ---- lazy refresh -----------------------------------------------------------------------
     def ensure_fresh(self, node: Node, key: Any = None) -> list[RalfError]:
@@ -119,22 +197,27 @@ class Scheduler:
         if not node.aligned:
             key = None
         self._ensure_fresh(node.parent, key, errors, now)
-        if node.pending is None:  # an eager table below a lazy one: refreshed in full
-            if node.has_work():
-                refresh(node, None, errors, self.max_failures, now)
+        if not self._due(node):
             return
+        self.guarded(node, errors, self._refresh_lazy, node, key, errors, now)
+
+    def _refresh_lazy(self, node: FeatureNode, key: Any, errors: list[RalfError],
+                      now: dt.datetime) -> int:
+        if node.pending is None:  # an eager table below a lazy one: refreshed in full
+            return refresh(node, None, errors, self.max_failures, now) if node.has_work() else 0
         if key is None:
             keys = node.stale_keys()
         else:
             keys = [key] if key in node.pending and key not in node.held else []
-        if keys:
-            crashpoint("lazy.before_refresh")
-            refresh(node, keys, errors, self.max_failures, now)
+        if not keys:
+            return 0
+        crashpoint("lazy.before_refresh")
+        return refresh(node, keys, errors, self.max_failures, now)
 
     # ---- whole runs -------------------------------------------------------------------------
     def drained(self) -> bool:
         """Every source exhausted (or given up on), every eager table without pending work."""
-        return all(s.exhausted or self._failed(s) for s in self.sources) and not any(
+        return all(s.exhausted or self.failed(s) for s in self.sources) and not any(
             node.has_work(now_only=False) for node in self.features if not node.lazy
         )
 

@@ -8,9 +8,11 @@ thread pool, where each thread has its own DuckDB cursor.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hmac
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -89,11 +91,55 @@ class _MetricsCollector:
         yield from families.values()
 
 
+def _body_limit(path: str) -> int:
+    return MAX_ENTITY_BODY if path == "/historical" else MAX_BODY
+
+
+class BodyLimit:
+    """Refuses (413) a request whose body passes its route's limit, counting the bytes as
+    they arrive — a chunked body has no Content-Length to trust — and holding no more
+    than the limit in memory. The app then reads the counted body as usual."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = _body_limit(scope["path"])
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            size += len(message.get("body", b""))
+            if size > limit:
+                await error(413, "PayloadTooLarge",
+                            f"request bodies are limited to {limit} bytes")(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: a disconnect, when it comes
+
+        await self.app(scope, replay, send)
+
+
 def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     """The ASGI app serving ``server``; with a token, every route wants ``Bearer <token>``."""
     token = token or os.environ.get("RALF_TOKEN") or None
     app = FastAPI(title="ralf", version="0.1.0",
                   description="Feature tables kept incrementally up to date in DuckDB.")
+    app.state.queries = set()  # cancel events of the SQL queries running now
+    app.add_middleware(BodyLimit)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MetricsCollector(server))
 
@@ -111,7 +157,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
                 return error(401, "Unauthorized", "missing or wrong bearer token")
         length = request.headers.get("content-length")
-        limit = MAX_ENTITY_BODY if request.url.path == "/historical" else MAX_BODY
+        limit = _body_limit(request.url.path)
         if length is not None and (not length.isdigit() or int(length) > limit):
             return error(413, "PayloadTooLarge", f"request bodies are limited to {limit} bytes")
         try:
@@ -155,11 +201,22 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         return _rows(data, request)
 
     @app.post("/sql", summary="One read-only SQL query")
-    def sql(request: Request, body: SqlRequest) -> Response:
+    async def sql(request: Request, body: SqlRequest) -> Response:
+        # cancelled when the client goes away or the server stops (see HttpServer.stop)
+        cancel = threading.Event()
+        app.state.queries.add(cancel)
         try:
-            data = server.sql_arrow(body.query)
+            running = asyncio.ensure_future(run_in_threadpool(
+                server.sql_arrow, body.query, max_rows=MAX_RESULT_ROWS, cancel=cancel))
+            while not running.done():
+                await asyncio.wait({running}, timeout=0.1)
+                if not running.done() and await request.is_disconnected():
+                    cancel.set()
+            data = running.result()
         except RalfError as exc:
             return _error_for(exc)
+        finally:
+            app.state.queries.discard(cancel)
         return _rows(data, request)
 
     @app.post("/feedback", status_code=204,
@@ -175,6 +232,12 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     def snapshot() -> Response:
         return Response(codec.dumps({"path": server.snapshot()}), media_type=JSON)
 
+    @app.delete("/snapshot", status_code=204, summary="Delete a snapshot made by this server")
+    def drop_snapshot(path: str) -> Response:
+        if not server.drop_snapshot(path):
+            return error(404, "NotFound", f"no snapshot of this server at {path!r}")
+        return Response(status_code=204)
+
     @app.post("/historical", summary="Point-in-time features for entity rows (Arrow IPC in)")
     async def historical(request: Request, features: str,
                          timestamp_column: str = "event_timestamp") -> Response:
@@ -189,6 +252,17 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         except RalfError as exc:
             return _error_for(exc)
         return _rows(data, request)
+
+    @app.get("/rejected", summary="Records refused at the door of a table, newest first")
+    def rejected(table: str | None = None, limit: int = 100) -> Response:
+        if limit < 0 or limit > MAX_RESULT_ROWS:
+            return error(400, "QueryError", f"limit must be 0..{MAX_RESULT_ROWS}")
+        try:
+            data = server.rejected(table, limit)
+        except RalfError as exc:
+            return _error_for(exc)
+        return Response(codec.rows_json(pa.Table.from_pandas(data, preserve_index=False)),
+                        media_type=JSON)
 
     @app.get("/status", summary="Per-table metrics as JSON")
     def status() -> Response:
@@ -208,4 +282,4 @@ def _rows(data: Any, request: Request) -> Response:
                                         f"{MAX_RESULT_ROWS} (add a LIMIT or filter)")
     if _wants_arrow(request):
         return Response(codec.arrow_bytes(data), media_type=codec.ARROW)
-    return Response(codec.dumps(data.to_pylist()), media_type=JSON)
+    return Response(codec.rows_json(data), media_type=JSON)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import decimal
 import json
 import math
+import uuid
 from typing import Any
 
 import pyarrow as pa
 
-from ralf.schema import Record, Schema
+from ralf.schema import Record, Schema, python_values
 
 ARROW = "application/vnd.apache.arrow.stream"
 _META_TYPES = {"_ralf_updated_at": dt.datetime, "_ralf_pending": int, "_ralf_stale": bool,
@@ -23,15 +25,37 @@ _META_TYPES = {"_ralf_updated_at": dt.datetime, "_ralf_pending": int, "_ralf_sta
 
 
 def encode_value(value: Any) -> Any:
+    """One value as JSON can carry it: non-finite floats, times and dates as strings,
+    bytes as base64, exact decimals as integers or decimal strings, intervals as their
+    parts, containers element by element."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, dt.datetime):
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, list):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else str(value)
+    if isinstance(value, pa.MonthDayNano):
+        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (list, tuple)):
         return [encode_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): encode_value(v) for k, v in value.items()}
     return value
+
+
+def rows_json(table: pa.Table) -> bytes:
+    """A result's rows as a JSON list of objects, whatever the column types (DuckDB's
+    infinite dates and timestamps as "infinity" and "-infinity")."""
+    columns = [python_values(column) for column in table.columns]
+    names = table.column_names
+    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    return dumps(rows)
 
 
 def dumps(data: Any) -> bytes:

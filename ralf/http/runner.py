@@ -17,8 +17,12 @@ if TYPE_CHECKING:
 
 class HttpServer:
     def __init__(self, server: Ralf, host: str, port: int, token: str | None) -> None:
-        config = uvicorn.Config(create_app(server, token), host=host, port=port,
-                                log_level="warning", access_log=False, lifespan="off")
+        self._app = create_app(server, token)
+        # graceful shutdown waits for requests in flight, but not for long: SQL queries are
+        # cancelled at stop() and anything else gets this many seconds
+        config = uvicorn.Config(self._app, host=host, port=port, log_level="warning",
+                                access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._uvicorn.run, name="ralf-http",
                                         daemon=True)
@@ -35,5 +39,7 @@ class HttpServer:
         return self.url
 
     def stop(self) -> None:
+        for cancel in list(self._app.state.queries):  # running SQL stops at once
+            cancel.set()
         self._uvicorn.should_exit = True
         self._thread.join()

@@ -8,9 +8,11 @@ ingestion. New files are written in a storage format the PyPI ``duckdb`` shell c
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +27,7 @@ from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
-from ralf.storage import migrate
+from ralf.storage import migrate, readonly
 from ralf.storage.base import (
     SOURCE,
     Append,
@@ -34,10 +36,12 @@ from ralf.storage.base import (
     Storage,
     TableInfo,
     ViewRefresh,
+    Watchdog,
+    fetch_limited,
+    log_table,
 )
 from ralf.storage.sql import (
     current_query,
-    log_table,
     pending_rows,
     pending_summary,
     point_as_of_query,
@@ -48,7 +52,8 @@ from ralf.storage.sql import (
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
-_READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
+_FETCH_ROWS = 65_536  # rows per batch a client query's result is read in
+SNAPSHOT_TTL = 600.0  # seconds a snapshot is kept once a newer one is made
 _UPDATE_BY_COLUMN = 30_000  # rows; see DuckDBStorage._upsert
 
 
@@ -62,21 +67,45 @@ def _first(result: duckdb.DuckDBPyConnection) -> tuple | None:
 class DuckDBStorage(Storage):
     def __init__(self, path: str | None = None, memory_limit: str | None = None) -> None:
         self.path = path or ":memory:"
-        config = {"storage_compatibility_version": STORAGE_VERSION,
-                  "enable_external_access": False, "lock_configuration": True}
-        if memory_limit:
-            config["memory_limit"] = memory_limit
-        try:
-            self._con = duckdb.connect(self.path, config=config)
-        except duckdb.Error as exc:
-            raise RalfError(f"cannot open DuckDB database {self.path!r}: {exc}") from exc
+        self.memory_limit = memory_limit
+        # Snapshots are written here, the only place the database may write files to
+        # (never a copy of the live file by ordinary file APIs: closing any descriptor of
+        # it would drop this process's lock on it).
+        self._snapshots = (None if self.path == ":memory:"
+                           else Path(tempfile.mkdtemp(prefix="ralf-snapshots-")))
+        self._made = 0  # snapshots made
         self._lock = threading.RLock()
         self._local = threading.local()
         self._cursors: list[duckdb.DuckDBPyConnection] = []
+        self._generation = 0  # connections opened; a reader of an older one is stale
         self._stored: dict[str, list[str]] = {}  # table -> its stored (not computed) columns
+        self._con = self._connect()
         self.migrate()
 
     # ---- plumbing ---------------------------------------------------------------------------
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        config = {"storage_compatibility_version": STORAGE_VERSION}
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        try:
+            con = duckdb.connect(self.path, config=config)
+        except duckdb.Error as exc:
+            raise RalfError(f"cannot open DuckDB database {self.path!r}: {exc}") from exc
+        if self._snapshots is not None:
+            con.execute(f"SET allowed_directories = [{_literal(str(self._snapshots) + '/')}]")
+        # no files for client SQL to read, and no setting it can change back
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        self._generation += 1
+        return con
+
+    def _reopen(self) -> None:
+        """Open the file again after DuckDB invalidated the database (it does after some
+        fatal I/O errors): what a restart would do, for the in-process recovery."""
+        with self._lock:
+            self._close_connections()
+            self._con = self._connect()
+
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
@@ -84,18 +113,29 @@ class DuckDBStorage(Storage):
             con.begin()
             try:
                 yield con
-            except BaseException:
-                con.rollback()
+            except BaseException as exc:
+                try:
+                    con.rollback()
+                except duckdb.Error:
+                    if not _invalidated(exc):
+                        raise
+                if _invalidated(exc):
+                    self._reopen()
                 raise
-            con.commit()
+            try:
+                con.commit()
+            except duckdb.Error as exc:
+                if _invalidated(exc):
+                    self._reopen()
+                raise
 
     def _reader(self) -> duckdb.DuckDBPyConnection:
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._con.cursor()
-            self._local.cursor = cursor
+        generation, cursor = getattr(self._local, "cursor", (0, None))
+        if cursor is None or generation != self._generation:
             with self._lock:
+                cursor = self._con.cursor()
                 self._cursors.append(cursor)
+            self._local.cursor = (self._generation, cursor)
         return cursor
 
     def migrate(self) -> list[int]:
@@ -427,6 +467,11 @@ class DuckDBStorage(Storage):
         with self._lock:
             return self._con.sql(current_query(table, "_ralf_updated_at")).to_arrow_table()
 
+    def load_floor(self, table: str) -> int:
+        with self._lock:
+            return _first(self._con.execute("SELECT watermark FROM ralf.tables WHERE name = ?",
+                                            [table]))[0]
+
     def load_watermarks(self, table: str) -> dict[str, int]:
         with self._lock:
             rows = self._con.execute(
@@ -497,47 +542,97 @@ class DuckDBStorage(Storage):
         return self._reader().sql(f"{current_query(table, *meta)} ORDER BY {key}"
                                   ).to_arrow_table()
 
-    def sql(self, query: str) -> pa.Table:
+    def sql(self, query: str, *, max_rows: int | None = None, timeout: float | None = None,
+            cancel: threading.Event | None = None) -> pa.Table:
         cur = self._reader()
         try:
-            statements = cur.extract_statements(query)
+            serialized = cur.execute("SELECT json_serialize_sql(?)", [query]).fetchall()
         except duckdb.Error as exc:
             raise QueryError(f"invalid SQL: {exc}") from None
-        if len(statements) != 1:
-            raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
-        kind = statements[0].type
-        if kind not in _READ_ONLY_STATEMENTS:
-            raise QueryError(f"only read-only SELECT queries are allowed, not {kind.name}")
-        cur.begin()
-        try:
-            return cur.sql(query).to_arrow_table()
-        except duckdb.Error as exc:
-            raise QueryError(str(exc)) from None
-        finally:
-            cur.rollback()
+        readonly.check_duckdb(json.loads(serialized[0][0]))
+        with Watchdog(cur.interrupt, timeout, cancel) as watchdog:
+            cur.begin()
+            reader = None
+            try:
+                reader = cur.sql(query).to_arrow_reader(_FETCH_ROWS)
+                return fetch_limited(reader, reader.schema, max_rows)
+            except duckdb.InterruptException:
+                raise QueryError(watchdog.why()) from None
+            except duckdb.Error as exc:
+                raise QueryError(str(exc)) from None
+            finally:
+                if reader is not None:
+                    reader.close()  # the cursor refuses new work while a result is open
+                cur.rollback()
+
+    def _read(self, query: str, params: list[Any]) -> pa.Table:
+        return self._reader().sql(query, params=params).to_arrow_table()
 
     def count_rows(self, table: TableInfo) -> int:
         return self._reader().execute(f"SELECT count(*) FROM {quote(table.name)}").fetchall()[0][0]
 
     def snapshot(self, directory: str | None) -> str:
-        """A copy of the database file, consistent: writes wait while it is checkpointed and
-        copied."""
-        if self.path == ":memory:":
+        """A consistent copy of the database, made by DuckDB itself (``COPY FROM DATABASE``
+        into a new file, in a transaction of its own, so ingestion goes on meanwhile).
+        Snapshots live in a folder of this process's and are deleted when they are older
+        than ``SNAPSHOT_TTL`` seconds and a newer one is made, or with :meth:`drop_snapshot`,
+        and all of them at close."""
+        if self._snapshots is None:
             raise RalfError("an in-memory database has no file to snapshot")
-        target = Path(directory or tempfile.mkdtemp(prefix="ralf-snapshot-")) / "snapshot.duckdb"
         with self._lock:
-            self._con.execute("CHECKPOINT").fetchall()
-            shutil.copyfile(self.path, target)
-        return str(target)
+            self._made += 1
+            made, database = self._made, _first(self._con.execute("SELECT current_database()"))[0]
+        path = self._snapshots / f"snapshot-{made}.duckdb"
+        alias = f"__ralf_snapshot_{made}"
+        cursor = self._reader()
+        cursor.execute(f"ATTACH {_literal(str(path))} AS {alias} "
+                       f"(STORAGE_VERSION '{STORAGE_VERSION}')")
+        try:
+            cursor.execute(f"COPY FROM DATABASE {quote(database)} TO {alias}")
+        finally:
+            cursor.execute(f"DETACH {alias}")
+        self._expire_snapshots(path)
+        if directory is not None:
+            path = Path(shutil.move(path, Path(directory) / path.name))
+        return str(path)
+
+    def _expire_snapshots(self, newest: Path) -> None:
+        cutoff = time.time() - SNAPSHOT_TTL
+        for old in self._snapshots.glob("snapshot-*.duckdb"):
+            if old != newest and old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+
+    def drop_snapshot(self, path: str) -> bool:
+        if self._snapshots is None:
+            return False
+        target = Path(path).resolve()
+        if target.parent != self._snapshots.resolve() or not target.name.startswith(
+                "snapshot-"):
+            return False
+        existed = target.exists()
+        target.unlink(missing_ok=True)
+        return existed
+
+    def _close_connections(self) -> None:
+        for cursor in self._cursors:
+            try:
+                cursor.close()
+            except duckdb.Error:  # already closed with its thread: nothing to release
+                continue
+        self._cursors.clear()
+        self._con.close()
 
     def close(self) -> None:
         with self._lock:
-            for cursor in self._cursors:
-                try:
-                    cursor.close()
-                except duckdb.Error:  # already closed with its thread: nothing to release
-                    continue
-            self._cursors.clear()
-            self._con.close()
+            self._close_connections()
+        if self._snapshots is not None:
+            shutil.rmtree(self._snapshots, ignore_errors=True)
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _invalidated(exc: BaseException) -> bool:
+    """DuckDB gave up on the database after a fatal error: only reopening helps."""
+    return isinstance(exc, duckdb.FatalException) or "invalidated" in str(exc)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
-from ralf.storage import migrate
+from ralf.storage import migrate, readonly
 from ralf.storage.base import (
     SOURCE,
     Append,
@@ -41,10 +43,12 @@ from ralf.storage.base import (
     Storage,
     TableInfo,
     ViewRefresh,
+    Watchdog,
+    fetch_limited,
+    log_table,
 )
 from ralf.storage.sql import (
     current_query,
-    log_table,
     pending_rows,
     pending_summary,
     point_as_of_query,
@@ -54,6 +58,10 @@ from ralf.storage.sql import (
 )
 
 _ADVISORY_LOCK = 0x7261_6C66  # "ralf": serialises migrations and table creation
+SQL_ROLE = "ralf_sql"  # client SQL runs as this role: SELECT on the readable tables only
+_FETCH_ROWS = 10_000  # rows per batch a client query's result is read in
+
+log = logging.getLogger("ralf")
 
 # DuckDB type names (ralf's lingua franca) -> PostgreSQL
 _PG_TYPES = {
@@ -156,24 +164,45 @@ def catalog_columns(catalog: dict[str, TableInfo]) -> dict[str, dict[str, str]]:
     return schema
 
 
+def _lost(con: psycopg.Connection) -> bool:
+    """The session is gone (closed, or broken by a lost server connection)."""
+    return con.closed or con.broken
+
+
 def _plain(value: Any) -> Any:
     return float(value) if isinstance(value, decimal.Decimal) else value
 
 
 def _to_arrow(cur: psycopg.Cursor, types: dict[str, pa.DataType] | None = None) -> pa.Table:
     """A result as Arrow: the named columns typed as given, others by their PostgreSQL type."""
-    names = [d.name for d in cur.description]
-    rows = cur.fetchall()
+    if not cur.description:
+        return pa.table({})
+    return pa.Table.from_batches([_batch(cur.description, cur.fetchall(), types)])
+
+
+def _batch(description: Any, rows: list[tuple], types: dict[str, pa.DataType] | None
+           ) -> pa.RecordBatch:
+    """Rows of a result as one Arrow batch. NUMERIC values become what the query meant:
+    integers (exact; beyond BIGINT as DECIMAL(38, 0), like DuckDB's HUGEINT) or
+    doubles."""
+    names = [d.name for d in description]
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     arrays = []
-    for name, desc, values in zip(names, cur.description, columns, strict=True):
+    for name, desc, values in zip(names, description, columns, strict=True):
         wanted = (types or {}).get(name) or _OID_ARROW.get(desc.type_code)
         if any(isinstance(v, decimal.Decimal) for v in values):
-            values = [None if v is None else (int(v) if wanted is not None and
-                                              pa.types.is_integer(wanted) else float(v))
-                      for v in values]
+            integral = all(v is None or v == v.to_integral_value() for v in values)
+            if wanted is not None and pa.types.is_integer(wanted) or types is None and integral:
+                values = [None if v is None else int(v) for v in values]
+                if types is None and any(v is not None and not -2**63 <= v < 2**63
+                                         for v in values):
+                    wanted = pa.decimal128(38, 0)
+                elif wanted is None or pa.types.is_floating(wanted):
+                    wanted = pa.int64()
+            else:
+                values = [None if v is None else float(v) for v in values]
         arrays.append(pa.array(values, type=wanted))
-    return pa.table(arrays, names=names) if names else pa.table({})
+    return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
 def _typed(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:
@@ -195,8 +224,11 @@ class PostgresStorage(Storage):
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         self.url = url
-        self._engine = sqlalchemy.create_engine(parsed, pool_size=8, max_overflow=8,
-                                                pool_pre_ping=False)
+        # search_path pinned: a role named like ralf's schema would otherwise make
+        # unqualified names (user tables) resolve to the bookkeeping schema "$user" first
+        self._engine = sqlalchemy.create_engine(
+            parsed, pool_size=8, max_overflow=8, pool_pre_ping=False,
+            connect_args={"options": "-c search_path=public"})
         try:
             self._writer = self._connect()
         except sqlalchemy.exc.SQLAlchemyError as exc:
@@ -214,6 +246,7 @@ class PostgresStorage(Storage):
         self.migrate()
         if self.sharded:
             self._check_shard_count()
+        self._sql_role = self._prepare_sql_role()
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -223,11 +256,21 @@ class PostgresStorage(Storage):
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor]:
-        with self._lock, self._con.transaction(), self._con.cursor() as cur:
-            yield cur
+        with self._lock:
+            if _lost(self._con):  # e.g. its backend was terminated: a new session
+                self._writer.invalidate()
+                self._writer = self._connect()
+                self._con = self._writer.driver_connection
+            with self._con.transaction(), self._con.cursor() as cur:
+                yield cur
 
     def _reader(self) -> psycopg.Connection:
         raw = getattr(self._local, "raw", None)
+        if raw is not None and _lost(raw.driver_connection):
+            raw.invalidate()
+            with self._lock:
+                self._readers.remove(raw)
+            raw = None
         if raw is None:
             raw = self._connect()
             self._local.raw = raw
@@ -245,6 +288,73 @@ class PostgresStorage(Storage):
         with cur.copy(f"COPY {quote(name)} ({names}) FROM STDIN") as copy:
             for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
                 copy.write_row(row)
+
+    def _sql_reader(self) -> psycopg.Connection:
+        """This thread's session for client SQL, switched to the ``ralf_sql`` role (when
+        there is one): it reads the readable tables and nothing else, holds no privilege
+        over the engine's sessions and cannot read the server's files."""
+        raw = getattr(self._local, "sql_raw", None)
+        if raw is not None and _lost(raw.driver_connection):
+            raw.invalidate()
+            with self._lock:
+                self._readers.remove(raw)
+            raw = None
+        if raw is None:
+            raw = self._connect()
+            if self._sql_role:
+                raw.driver_connection.execute(f"SET ROLE {SQL_ROLE}")
+            self._local.sql_raw = raw
+            with self._lock:
+                self._readers.append(raw)
+        return raw.driver_connection
+
+    def _prepare_sql_role(self) -> bool:
+        """Make sure the ``ralf_sql`` role exists and may read the readable tables; True
+        if this session can switch to it. Creating it needs CREATEROLE (docs/serving.md
+        gives the commands for an administrator); without it, client SQL runs as the
+        engine's role, still parsed, read-only and time-limited."""
+        for _ in range(2):  # another database on the server may create it concurrently
+            try:
+                with self._transaction() as cur:
+                    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [SQL_ROLE])
+                    if cur.fetchone() is None:
+                        cur.execute(f"CREATE ROLE {SQL_ROLE} NOLOGIN NOINHERIT")
+                break
+            except psycopg.errors.DuplicateObject:
+                continue
+            except psycopg.errors.InsufficientPrivilege as exc:
+                log.warning("PostgreSQL: cannot create the role %s for client SQL (%s); "
+                            "see docs/serving.md", SQL_ROLE, str(exc).strip())
+                break
+        with self._transaction() as cur:
+            cur.execute("SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles "
+                        "WHERE rolname = %s", [SQL_ROLE])
+            row = cur.fetchone()
+            if row is None:
+                return False
+            if not row[0]:
+                try:
+                    with self._con.transaction():
+                        cur.execute(f"GRANT {SQL_ROLE} TO CURRENT_USER")
+                except psycopg.errors.InsufficientPrivilege:
+                    log.warning("PostgreSQL: this role may not switch to %s; client SQL "
+                                "runs as the engine's role (see docs/serving.md)", SQL_ROLE)
+                    return False
+            cur.execute(f"GRANT USAGE ON SCHEMA public, ralf TO {SQL_ROLE}")
+            readable = [quote(name) for name in self.catalog()] + ["ralf.tables"] + [
+                log_table(info) for info in self.catalog().values() if info.kind != SOURCE]
+            cur.execute(f"GRANT SELECT ON {', '.join(readable)} TO {SQL_ROLE}")
+            cur.execute("SELECT table_name FROM information_schema.views "
+                        "WHERE table_schema = 'public'")
+            views = [quote(v) for (v,) in cur.fetchall()]
+            if views:
+                cur.execute(f"GRANT SELECT ON {', '.join(views)} TO {SQL_ROLE}")
+        return True
+
+    def _grant_reading(self, cur: psycopg.Cursor, *tables: str) -> None:
+        """Let client SQL read new tables (by their quoted names)."""
+        if getattr(self, "_sql_role", False):
+            cur.execute(f"GRANT SELECT ON {', '.join(tables)} TO {SQL_ROLE}")
 
     def _stage_read(self, cur: psycopg.Cursor, read: LogRead) -> None:
         for name, table in registered(read).items():
@@ -321,6 +431,7 @@ class PostgresStorage(Storage):
                             "_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL)")
                 cur.execute(f"CREATE INDEX ON {name} (_ralf_seq)")
                 cur.execute(f"CREATE INDEX ON {name} ({key}, _ralf_seq)")
+                self._grant_reading(cur, name)
             else:
                 hidden = [f"{quote(n)} {pg_type(t)}" for n, t in info.hidden]
                 cur.execute(f"CREATE TABLE {name} ({', '.join(user_cols + hidden)}, "
@@ -331,6 +442,7 @@ class PostgresStorage(Storage):
                             "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL)")
                 cur.execute(f"CREATE INDEX ON {log} (_ralf_seq)")
                 cur.execute(f"CREATE INDEX ON {log} ({key}, _ralf_seq)")
+                self._grant_reading(cur, name, log)
             cur.execute(
                 "INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, lookup, "
                 "lookup_on, lazy, watermark) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 0)",
@@ -345,6 +457,7 @@ class PostgresStorage(Storage):
     def create_alias(self, alias: str, table: str) -> None:
         with self._transaction() as cur:
             cur.execute(f"CREATE OR REPLACE VIEW {quote(alias)} AS SELECT * FROM {quote(table)}")
+            self._grant_reading(cur, quote(alias))
 
     @staticmethod
     def unstorable(rows: pa.Table) -> dict[int, tuple[str, str]]:
@@ -564,6 +677,16 @@ class PostgresStorage(Storage):
                         f"AS c WHERE {self._own()}")
             return _to_arrow(cur, _typed(table, "_ralf_updated_at"))
 
+    def load_floor(self, table: str) -> int:
+        with self._transaction() as cur:
+            if self.sharded:
+                cur.execute("SELECT watermark FROM ralf.shard_floors WHERE name = %s",
+                            [self._state(table)])
+                row = cur.fetchone()
+                return self.seq_base if row is None else row[0]
+            cur.execute("SELECT watermark FROM ralf.tables WHERE name = %s", [table])
+            return cur.fetchone()[0]
+
     def load_watermarks(self, table: str) -> dict[str, int]:
         with self._transaction() as cur:
             cur.execute("SELECT key, seq FROM ralf.watermarks WHERE table_name = %s",
@@ -649,24 +772,49 @@ class PostgresStorage(Storage):
             cur.execute(f"{current_query(table, *meta)} ORDER BY {key}")
             return _to_arrow(cur, _typed(table, *meta))
 
-    def sql(self, query: str) -> pa.Table:
-        statements = self._translate.parse(query)
-        if len(statements) != 1:
-            raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
-        if not isinstance(statements[0], exp.Query):
-            raise QueryError(f"only read-only SELECT queries are allowed, not "
-                             f"{statements[0].key.upper()}")
-        translated = self._translate(query, statements[0])
-        con = self._reader()
+    def sql(self, query: str, *, max_rows: int | None = None, timeout: float | None = None,
+            cancel: threading.Event | None = None) -> pa.Table:
+        tree = readonly.check_sqlglot(self._translate.parse(query))
+        translated = self._translate(query, tree)
+        con = self._sql_reader()
         try:
-            with con.transaction(), con.cursor() as cur:
-                cur.execute("SET TRANSACTION READ ONLY")
-                cur.execute(translated)
-                result = _to_arrow(cur)
-                raise psycopg.Rollback()
+            with Watchdog(con.cancel, timeout, cancel) as watchdog:
+                try:
+                    return self._read_only(con, translated, max_rows, timeout)
+                except psycopg.errors.QueryCanceled:
+                    raise QueryError(watchdog.why()) from None
         except psycopg.Error as exc:
             raise QueryError(str(exc).strip()) from None
-        return result
+        finally:
+            if not _lost(con):  # nothing a query did outlives it (belt and braces)
+                con.execute("SELECT pg_advisory_unlock_all()")
+
+    @staticmethod
+    def _read_only(con: psycopg.Connection, query: str, max_rows: int | None,
+                   timeout: float | None) -> pa.Table:
+        """Run ``query`` in a READ ONLY transaction that is rolled back, fetching through a
+        server-side cursor batch by batch (a result over ``max_rows`` is refused before
+        the rest is sent)."""
+        with con.transaction(force_rollback=True):
+            con.execute("SET TRANSACTION READ ONLY")
+            if timeout is not None:
+                con.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
+            with con.cursor(name="ralf_sql") as cur:
+                cur.execute(query)
+                first = cur.fetchmany(_FETCH_ROWS)
+                description = cur.description
+                batches = iter(lambda: cur.fetchmany(_FETCH_ROWS), [])
+                chunks = (_batch(description, rows, None)
+                          for rows in itertools.chain([first], batches))
+                table = fetch_limited(chunks, None, max_rows)
+        return table
+
+    placeholder = "%s"
+
+    def _read(self, query: str, params: list[Any]) -> pa.Table:
+        with self._reader().cursor() as cur:
+            cur.execute(query, params)
+            return _to_arrow(cur)
 
     def count_rows(self, table: TableInfo) -> int:
         with self._reader().cursor() as cur:
@@ -682,7 +830,7 @@ class PostgresStorage(Storage):
     def close(self) -> None:
         with self._lock:
             for raw in self._readers:
-                raw.close()
+                raw.invalidate()  # not back to the pool: a client session has another role
             self._readers.clear()
             self._writer.close()
             self._engine.dispose()

@@ -9,14 +9,7 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from ralf.schema import quote
-from ralf.storage.base import FEATURE, SOURCE, LogRead, TableInfo
-
-
-def log_table(table: TableInfo) -> str:
-    """What children replay: a source's append table, a feature table's history."""
-    if table.kind == SOURCE:
-        return quote(table.name)
-    return f"ralf.{quote(table.name + '__history')}"
+from ralf.storage.base import FEATURE, SOURCE, LogRead, TableInfo, log_table
 
 
 def time_column(table: TableInfo) -> str:

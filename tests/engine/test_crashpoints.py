@@ -16,14 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from ralf import Ralf, RalfClient
+from ralf import Ralf
 from ralf.faults import POINTS
-from ralf.testing import new_postgres_database, recompute
-from tests.engine.kill_pipeline import build, events
-from tests.pipelines import AVERAGE, AverageRating
+from ralf.testing import new_postgres_database
+from tests.engine.kill_pipeline import assert_equals_oracle, build
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 1500
@@ -61,23 +59,7 @@ def check_against_oracle(db: str) -> None:
     with Ralf(db) as server:
         build(server, N)
         server.run()
-        client = RalfClient(server)
-        stored = server.sql("SELECT id FROM events ORDER BY _ralf_seq")
-        assert stored["id"].tolist() == list(range(N))  # none lost, none twice, in order
-        df = pd.DataFrame(events(N))
-        truth = df["user"].value_counts().to_dict()
-        for table in ("counts", "budgeted_counts", "lazy_counts"):
-            got = client.bulk_query(table).set_index("user")["count"].to_dict()
-            assert got == truth, table
-        agg = client.bulk_query("agg").set_index("user")
-        assert agg["n"].to_dict() == truth
-        means = df.groupby("user")["rating"].mean()
-        assert (abs(agg["mean"] - means) < 1e-9).all()
-        medians = client.bulk_query("medians").set_index("user")["med"]
-        assert (abs(medians - df.groupby("user")["rating"].median()) < 1e-9).all()
-        expected = recompute(server, "events", AverageRating(AVERAGE), "user")
-        got = client.bulk_query("average").sort_values("user").reset_index(drop=True)
-        pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+        assert_equals_oracle(server, N)
 
 
 @pytest.mark.parametrize("point", POINTS)

@@ -7,7 +7,6 @@ the same after each request as before the first).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from urllib.parse import quote, unquote, urlsplit
@@ -37,20 +36,6 @@ bodies = st.one_of(
         lambda v: json.dumps(v).encode()))
 
 
-def digest(server: Ralf) -> dict[str, str]:
-    """Per table of the database (user tables and the ralf schema): a hash of its rows,
-    in any order."""
-    listed = server.sql("SELECT table_schema AS s, table_name AS t FROM "
-                        "information_schema.tables WHERE table_schema IN "
-                        "('main', 'public', 'ralf') AND table_type = 'BASE TABLE'")
-    sums = {}
-    for schema, table in zip(listed["s"], listed["t"], strict=True):
-        name = f'{schema}."{table}"'
-        rows = sorted(map(repr, server.sql_arrow(f"SELECT * FROM {name}").to_pylist()))
-        sums[name] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
-    return sums
-
-
 @pytest.fixture(scope="module")
 def served(shared_database):
     with Ralf(shared_database) as server:
@@ -58,7 +43,7 @@ def served(shared_database):
         source.map(CountPerKey, args=(COUNT,), name="counts", lazy=True)
         server.run()
         server.bulk_query("counts")  # the lazy table caught up: reads change nothing now
-        yield server, server.serve(port=0), digest(server)
+        yield server, server.serve(port=0), server.storage.digest()
 
 
 def _columns(server: Ralf, table: str) -> set[str]:
@@ -119,4 +104,4 @@ def test_requests_get_no_5xx_well_formed_2xx_and_change_nothing(
     assert response.status < 500, (method, path, query, body, response.data[:300])
     if response.status < 300:
         check_well_formed(server, method, urlsplit(url + path).path, response)
-    assert digest(server) == before, (method, path, query, body)
+    assert server.storage.digest() == before, (method, path, query, body)

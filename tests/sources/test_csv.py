@@ -32,8 +32,7 @@ def test_bad_lines_go_to_the_dead_letter_table_and_the_rest_loads(server, tmp_pa
         server.run()
     assert RalfClient(server).sql("SELECT user FROM ratings ORDER BY user")["user"].tolist() \
         == [1, 3]
-    rejected = server.sql("SELECT table_name, column_name, reason, record FROM ralf.rejected "
-                          "ORDER BY id")
+    rejected = server.rejected().sort_values("id", ignore_index=True)
     assert rejected["table_name"].tolist() == ["ratings", "ratings"]
     assert set(rejected["column_name"]) == {"rating", "user"}
     assert any("2,1,abc" in r for r in rejected["record"])

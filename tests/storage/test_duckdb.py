@@ -172,8 +172,14 @@ def test_the_duckdb_shell_opens_our_files(tmp_path):
                                    "SELECT * FROM read_text('/etc/hostname')",
                                    "SELECT * FROM glob('/*')"])
 def test_sql_cannot_read_the_servers_files(storage, sql):
-    with pytest.raises(QueryError, match="disabled"):
+    with pytest.raises(QueryError, match="not allowed"):  # refused by the parse tree
         query(storage, sql)
+    # and behind that check, the database itself would refuse: no external access,
+    # and the setting cannot be changed
+    settings = query(storage, "SELECT name, value FROM duckdb_settings() WHERE name IN "
+                              "('enable_external_access', 'lock_configuration')")
+    assert dict(zip(settings["name"], settings["value"], strict=True)) == {
+        "enable_external_access": "false", "lock_configuration": "true"}
 
 
 def _aggregate_run(path: str, rows: list[dict], ticks: int | None = None) -> dict:
