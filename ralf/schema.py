@@ -8,12 +8,15 @@ column, good ones continue as one Arrow table (never row-by-row SQL).
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -152,8 +155,12 @@ class Schema:
         for name, typ in columns.items():
             if not isinstance(name, str) or not name:
                 raise SchemaError(f"column names must be non-empty strings, got {name!r}")
-            if name.startswith("_ralf_"):
-                raise SchemaError(f"column {name!r}: the _ralf_ prefix is reserved", column=name)
+            if "\x00" in name:
+                raise SchemaError(f"column {name!r}: a name cannot contain a NUL character",
+                                  column=name)
+            if name.lower().startswith("_ralf_"):  # SQL names are case-insensitive
+                raise SchemaError(f"column {name!r}: the _ralf_ prefix is reserved (in any "
+                                  "letter case)", column=name)
             if typ not in _BY_PYTHON:
                 supported = ", ".join(_type_name(t.python) for t in _TYPES)
                 raise SchemaError(
@@ -208,6 +215,10 @@ class Schema:
     def parse_key(self, key: Any) -> Any:
         """Convert a key given by a user or a URL to the primary key's type."""
         typ = self.key_type
+        if typ is float and isinstance(key, (float, int, str)) and str(key).lower() in (
+                "nan", "+nan", "-nan"):
+            raise SchemaError(f"key {key!r}: a NaN key equals no key (primary key "
+                              f"{self.primary_key!r})", column=self.primary_key)
         if isinstance(key, typ) and not (typ is int and isinstance(key, bool)):
             return key
         try:
@@ -293,6 +304,9 @@ class Schema:
             reason = f"table {table!r}: {what} {column!r}"
             rejected = [Rejection(table, reason, column, row) for row in data.to_pylist()]
             return self.arrow.empty_table(), rejected
+        numeric = [n for n in self.names if self.columns[n] in (int, float)]
+        if any(pa.types.is_boolean(data.schema.field(n).type) for n in numeric):
+            return self._rows(data.to_pylist(), table)  # True is not 1: named row by row
         try:
             columns = [data.column(n).cast(self.arrow.field(n).type) for n in self.names]
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
@@ -302,10 +316,13 @@ class Schema:
 
     def _drop_null_keys(self, data: pa.Table, table: str) -> tuple[pa.Table, list[Rejection]]:
         key = data.column(self.primary_key)
-        if key.null_count == 0:
+        nan = self.key_type is float and pc.any(pc.is_nan(key)).as_py()
+        if key.null_count == 0 and not nan:
             return data, []
-        mask = key.is_null()
-        reason = f"table {table!r}: column {self.primary_key!r}: the primary key is null"
+        mask = pc.or_(key.is_null(), pc.is_nan(key)) if self.key_type is float else key.is_null()
+        mask = mask.fill_null(True)
+        reason = (f"table {table!r}: column {self.primary_key!r}: the primary key is null "
+                  "or NaN (it would equal no key, not even itself)")
         bad = data.filter(mask).to_pylist()
         rejected = [Rejection(table, reason, self.primary_key, row) for row in bad]
         return data.filter(pc.invert(mask)), rejected
@@ -334,8 +351,9 @@ class Schema:
             values = [(v,) for v in values]
         transposed = zip(*values, strict=True) if values else ([] for _ in self.names)
         columns = dict(zip(self.names, map(list, transposed), strict=True))
-        if None in columns[self.primary_key]:
-            return None
+        if None in columns[self.primary_key] or (
+                self.key_type is float and any(k != k for k in columns[self.primary_key])):
+            return None  # a null or NaN key: the row-by-row path names it
         arrays, bad_column = self._columns_of(columns)
         return None if bad_column is not None else arrays
 
@@ -353,8 +371,10 @@ class Schema:
             if fields.keys() != names:
                 rejected.append(self._shape_rejection(fields, row, table))
                 continue
-            if fields[pk] is None:
-                reason = f"table {table!r}: column {self.primary_key!r}: the primary key is null"
+            key = fields[pk]
+            if key is None or (isinstance(key, float) and key != key):
+                reason = (f"table {table!r}: column {self.primary_key!r}: the primary key is "
+                          f"{'null' if key is None else 'NaN'}")
                 rejected.append(Rejection(table, reason, self.primary_key, row))
                 continue
             good.append(fields)
@@ -371,8 +391,7 @@ class Schema:
         arrays = []
         for name, values in columns.items():
             try:
-                if self.columns[name] is int:
-                    _no_fractions(values)
+                _exact(self.columns[name], values)
                 arrays.append(pa.array(values, type=self.arrow.field(name).type))
             except _CONVERSION_ERRORS:
                 return arrays, name
@@ -385,8 +404,7 @@ class Schema:
         keep = []
         for fields in rows:
             try:
-                if self.columns[name] is int:
-                    _no_fractions([fields[name]])
+                _exact(self.columns[name], [fields[name]])
                 pa.array([fields[name]], type=typ)
                 keep.append(fields)
             except _CONVERSION_ERRORS as exc:
@@ -457,11 +475,31 @@ def _python(scalar: pa.Scalar) -> Any:
     return scalar.as_py()
 
 
-def _no_fractions(values: list[Any]) -> None:
-    """Arrow silently truncates 1.5 to 1 in an integer column; ralf refuses instead."""
-    for value in values:
-        if value.__class__ is float and not value.is_integer():
-            raise ValueError(f"{value!r} is not an integer")
+def _exact(typ: Any, values: list[Any]) -> None:
+    """Refuse what Arrow would convert silently into a different number: a fraction in an
+    integer column (2.5 -> 2, whether a float, a numpy float, a Decimal or a Fraction)
+    and a boolean in a number column (True -> 1). Integral values of any numeric type are
+    exact and pass."""
+    if typ is int:
+        for value in values:
+            cls = value.__class__
+            if cls is int or value is None:
+                continue
+            if cls is bool or isinstance(value, np.bool_):
+                raise ValueError(f"{value!r} is a boolean, not an integer")
+            if isinstance(value, numbers.Integral):
+                continue
+            if isinstance(value, (numbers.Real, decimal.Decimal)):
+                try:
+                    integral = value == int(value)
+                except (ValueError, OverflowError):  # NaN, infinities
+                    integral = False
+                if not integral:
+                    raise ValueError(f"{value!r} is not an integer")
+    elif typ is float:
+        kinds = set(map(type, values))
+        if bool in kinds or np.bool_ in kinds:
+            raise ValueError("a boolean is not a number")
 
 
 def _fields_of(row: Any) -> Mapping[str, Any] | None:

@@ -224,7 +224,7 @@ class Ralf:
             raise ValueError(f"a table name must be a non-empty string, got {name!r}")
         if name in self._nodes or name in self._aliases:
             raise ValueError(f"a table named {name!r} is already defined")
-        if name.startswith("_ralf") or name.lower() == "ralf":
+        if name.lower().startswith("_ralf") or name.lower() == "ralf":
             raise ValueError(f"table name {name!r} is reserved")
         return name
 
@@ -500,11 +500,11 @@ class Ralf:
             wanted.append((node, column))
         columns = [c for _, c in wanted]
         out_names = [c if columns.count(c) == 1 else f"{n.name}__{c}" for n, c in wanted]
-        ts = entities.column(timestamp_column)
-        if pa.types.is_timestamp(ts.type) and ts.type.tz is not None:
-            entities = entities.set_column(
-                entities.column_names.index(timestamp_column), timestamp_column,
-                ts.cast(pa.timestamp(ts.type.unit, tz="UTC")).cast(pa.timestamp(ts.type.unit)))
+        entities = _entity_column(entities, timestamp_column, pa.timestamp("us"), "timestamp")
+        for node, _ in wanted:
+            key = node.schema.primary_key
+            entities = _entity_column(entities, key, node.schema.arrow.field(key).type,
+                                      f"key of {node.name!r}")
         entities = entities.append_column(
             "__ralf_row", pa.array(np.arange(entities.num_rows, dtype=np.int64)))
         for node, _ in wanted:
@@ -637,6 +637,28 @@ def _remaker(given: Any, instance: Any, args: tuple, kwargs: dict, schema: Schem
     except Exception:  # e.g. it holds a generator or a connection
         return None
     return lambda: copy.deepcopy(pristine)
+
+
+def _entity_column(entities: pa.Table, name: str, typ: pa.DataType, what: str) -> pa.Table:
+    """The entity rows with column ``name`` as ``typ`` (timestamps: UTC, without a zone);
+    a column that does not convert exactly is refused, naming it."""
+    column = entities.column(name)
+    try:
+        if pa.types.is_timestamp(typ):
+            if pa.types.is_timestamp(column.type) and column.type.tz is not None:
+                column = column.cast(pa.timestamp(column.type.unit, tz="UTC"))
+                column = column.cast(pa.timestamp(column.type.unit))
+            elif not (pa.types.is_timestamp(column.type) or pa.types.is_date(column.type)
+                      or pa.types.is_string(column.type)
+                      or pa.types.is_large_string(column.type)):
+                raise pa.ArrowInvalid(f"a {column.type} column holds no times")
+        if pa.types.is_integer(typ) and not pa.types.is_integer(column.type):
+            raise pa.ArrowInvalid(f"a {column.type} column holds no integers")
+        converted = column.cast(typ)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise SchemaError(f"historical_query: entity column {name!r} (the {what}) cannot be "
+                          f"read as {typ}: {exc}", column=name) from None
+    return entities.set_column(entities.column_names.index(name), name, converted)
 
 
 def _check_budget(budget: int | None) -> None:

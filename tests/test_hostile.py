@@ -3,8 +3,12 @@ accepted is lost."""
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from ralf import (
@@ -222,3 +226,65 @@ def test_nul_characters_in_text_where_the_backend_cannot_hold_them(served):
         assert stored == features == {"ok", "nul", "bad", "k\x00"}
         assert client.point_query("nul_features", "bad").note == "a\x00b"
     assert client.point_query("nul_features", "ok").raw == b"\x00"
+
+
+INEXACT = [np.float64(2.5), np.float32(0.5), decimal.Decimal("2.5"), fractions.Fraction(5, 2),
+           np.bool_(True), True, float("nan"), float("inf")]
+EXACT = [np.float64(3.0), decimal.Decimal("4"), fractions.Fraction(10, 2), np.int32(6), 7]
+
+
+@pytest.mark.parametrize("as_frame", [False, True])
+def test_numbers_that_an_integer_column_would_truncate_are_refused(server, as_frame):
+    """2.5 as a numpy float, a Decimal or a Fraction is not the integer 2, and True is not
+    1: refused by name, like a Python float; integral values of any type land exactly."""
+    rows = [{"id": i, "value": v} for i, v in enumerate(INEXACT + EXACT)]
+    batch = pd.DataFrame(rows) if as_frame else rows
+    server.create_source(ListSource, args=(SINK, batch, 100), name="numbers")
+    with pytest.raises(SchemaError, match="column 'value'"):
+        server.step()
+    landed = server.sql("SELECT id, value FROM numbers ORDER BY id")
+    expected = {len(INEXACT) + i: int(v) for i, v in enumerate(EXACT)}
+    assert dict(zip(landed["id"], landed["value"], strict=True)) == expected
+    assert len(server.rejected("numbers")) == len(INEXACT)
+
+
+def test_operator_outputs_that_would_truncate_fail_their_key(server):
+    class Halves(Operator):
+        def on_record(self, record):
+            value = np.float64(record.value / 2) if record.id == 1 else record.value
+            return Record(id=record.id, value=value)
+
+    rows = [{"id": 1, "value": 5}, {"id": 2, "value": 4}]
+    source = server.create_source(ListSource, args=(SINK, rows), name="src")
+    source.map(Halves, args=(SINK,), name="halves")
+    with pytest.raises(OperatorError, match="not an integer"):
+        server.run()
+    assert server.bulk_query("halves").to_dict("records") == [{"id": 2, "value": 4}]
+
+
+def test_a_nan_key_is_refused_at_the_door_and_in_queries(server):
+    keyed = Schema("k", {"k": float, "v": int})
+    rows = [{"k": float("nan"), "v": 1}, {"k": 1.5, "v": 2}]
+    source = server.create_source(ListSource, args=(keyed, rows), name="src")
+    source.map(Identity, args=(keyed,), name="same")
+    with pytest.raises(SchemaError, match="NaN"):
+        server.run()
+    assert server.bulk_query("same")["k"].tolist() == [1.5]
+    with pytest.raises(SchemaError, match="NaN"):
+        server.point_query("same", "nan")
+
+
+@pytest.mark.parametrize("columns, fragment", [
+    ({"id": int, "_RALF_SEQ": int}, "reserved"),
+    ({"id": int, "_Ralf_x": int}, "reserved"),
+    ({"id": int, "a\x00b": int}, "NUL"),
+])
+def test_reserved_and_nul_column_names_are_refused_at_definition(columns, fragment):
+    with pytest.raises(SchemaError, match=fragment):
+        Schema("id", columns)
+
+
+def test_reserved_table_names_in_any_case_are_refused(server):
+    for name in ("_RALF_tables", "RALF", "_Ralf"):
+        with pytest.raises(ValueError, match="reserved"):
+            server.create_source(ListSource, args=(SINK, []), name=name)

@@ -137,12 +137,16 @@ def _apply(node: ast.AST, kind: str, how: object) -> None:
             match.end():]
 
 
-class _Delete(ast.NodeTransformer):
+class _Replace(ast.NodeTransformer):
+    """Replaces one node: a deleted call statement by ``pass``, ``not x`` by ``x``."""
+
     def __init__(self, target: ast.AST) -> None:
         self.target = target
 
-    def visit_Expr(self, node: ast.Expr) -> ast.AST:
-        return ast.Pass() if node is self.target else node
+    def visit(self, node: ast.AST) -> ast.AST:
+        if node is self.target:
+            return ast.Pass() if isinstance(node, ast.Expr) else node.operand
+        return self.generic_visit(node)
 
 
 def mutants_of(path: Path) -> list[tuple[Mutant, str]]:
@@ -156,6 +160,7 @@ def mutants_of(path: Path) -> list[tuple[Mutant, str]]:
                   and n.body and isinstance(n.body[0], ast.Expr)
                   and isinstance(n.body[0].value, ast.Constant)}
     skipped = docstrings | _not_behaviour(tree)
+    unmutated = ast.unparse(tree)
     position = {id(n): i for i, n in enumerate(ast.walk(tree))}
     found = []
     for index, (node, kind, how) in enumerate(list(_sites(tree))):
@@ -163,17 +168,20 @@ def mutants_of(path: Path) -> list[tuple[Mutant, str]]:
             continue
         copy_tree = copy.deepcopy(tree)
         twin = list(ast.walk(copy_tree))[position[id(node)]]
-        if kind == "delete call":
-            copy_tree = _Delete(twin).visit(copy_tree)
+        if kind in ("delete call", "drop not"):
+            after = "pass" if kind == "delete call" else ast.unparse(twin.operand)
+            copy_tree = _Replace(twin).visit(copy_tree)
         else:
             _apply(twin, kind, how)
+            after = ast.unparse(twin)
         try:
             mutated_source = ast.unparse(copy_tree)
             compile(mutated_source, str(path), "exec")
         except (SyntaxError, ValueError):
             continue
+        if mutated_source == unmutated:  # the same program: nothing to catch
+            continue
         start, end = node.lineno, getattr(node, "end_lineno", node.lineno) or node.lineno
-        after = "pass" if kind == "delete call" else ast.unparse(twin)
         found.append((Mutant(str(path.relative_to(ROOT)), start, end, kind,
                              "\n".join(lines[start - 1:end]).strip(), after, index),
                       mutated_source))
@@ -194,6 +202,9 @@ def _not_behaviour(tree: ast.AST) -> set[int]:
             roots.append(node)
         elif isinstance(node, ast.Raise) and node.exc is not None:
             roots.append(node.exc)
+        elif (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+              and isinstance(node.value.func, ast.Name) and node.value.func.id == "crashpoint"):
+            roots.append(node)  # fault injection: the crash tests run it in subprocesses
     return {id(n) for root in roots for n in ast.walk(root)}
 
 
@@ -280,7 +291,9 @@ def run_mutant(workers: Workers, mutant: Mutant, source: str, tests: list[str],
                                "no:cacheprovider", "-k", "not postgres", *sorted(tests)],
                               cwd=tree, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, timeout=timeout)
-        mutant.status = "survived" if done.returncode == 0 else "killed"
+        # pytest: 0 all passed, 1 some failed; anything else is a broken run, not a kill
+        mutant.status = {0: "survived", 1: "killed"}.get(done.returncode,
+                                                          f"error {done.returncode}")
     except subprocess.TimeoutExpired:
         mutant.status = "timeout"  # an endless loop: caught, in effect
     finally:
@@ -339,6 +352,7 @@ def _summary(results: list[Mutant]) -> None:
     for m in results:
         by_file[m.file][m.status] += 1
     statuses = ["killed", "timeout", "survived", "not covered"]
+    statuses += sorted({m.status for m in results} - set(statuses))
     print(f"\n{'file':<32}" + "".join(f"{s:>13}" for s in statuses) + f"{'survival':>10}")
     total: Counter = Counter()
     for file, counts in sorted(by_file.items()):

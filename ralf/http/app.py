@@ -95,19 +95,33 @@ def _body_limit(path: str) -> int:
     return MAX_ENTITY_BODY if path == "/historical" else MAX_BODY
 
 
-class BodyLimit:
-    """Refuses (413) a request whose body passes its route's limit, counting the bytes as
-    they arrive — a chunked body has no Content-Length to trust — and holding no more
-    than the limit in memory. The app then reads the counted body as usual."""
+class Guard:
+    """In front of every route (a plain ASGI middleware, so a route still hears its
+    client go away): the bearer token; the body limit, by Content-Length when given and by
+    counting the bytes as they arrive (a chunked body has no length to trust), holding no
+    more than the limit; and ralf errors a route let through, as 4xx answers."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app, self.token = app, token
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        if self.token is not None:
+            given = headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                await error(401, "Unauthorized", "missing or wrong bearer token")(
+                    scope, receive, send)
+                return
         limit = _body_limit(scope["path"])
+        length = headers.get("content-length")
+        too_large = error(413, "PayloadTooLarge", f"request bodies are limited to {limit} bytes")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await too_large(scope, receive, send)
+            return
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -115,13 +129,12 @@ class BodyLimit:
                 return
             size += len(message.get("body", b""))
             if size > limit:
-                await error(413, "PayloadTooLarge",
-                            f"request bodies are limited to {limit} bytes")(scope, receive, send)
+                await too_large(scope, receive, send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
-        body, replayed = b"".join(chunks), False
+        body, replayed, started = b"".join(chunks), False, False
 
         async def replay() -> dict:
             nonlocal replayed
@@ -130,7 +143,17 @@ class BodyLimit:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()  # after the body: a disconnect, when it comes
 
-        await self.app(scope, replay, send)
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay, sending)
+        except RalfError as exc:
+            if started:
+                raise
+            await _error_for(exc)(scope, receive, send)
 
 
 def create_app(server: Ralf, token: str | None = None) -> FastAPI:
@@ -139,7 +162,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     app = FastAPI(title="ralf", version="0.1.0",
                   description="Feature tables kept incrementally up to date in DuckDB.")
     app.state.queries = set()  # cancel events of the SQL queries running now
-    app.add_middleware(BodyLimit)
+    app.add_middleware(Guard, token=token)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MetricsCollector(server))
 
@@ -149,21 +172,6 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
                            for e in exc.errors())
         return error(422, "ValidationError", detail or "invalid request")
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        if token is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error(401, "Unauthorized", "missing or wrong bearer token")
-        length = request.headers.get("content-length")
-        limit = _body_limit(request.url.path)
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return error(413, "PayloadTooLarge", f"request bodies are limited to {limit} bytes")
-        try:
-            return await call_next(request)
-        except RalfError as exc:
-            return _error_for(exc)
 
     @app.get("/health", summary="Liveness")
     async def health() -> Response:
@@ -266,7 +274,9 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
 
     @app.get("/status", summary="Per-table metrics as JSON")
     def status() -> Response:
-        return Response(codec.dumps(server.metrics()), media_type=JSON)
+        metrics = server.metrics()
+        metrics["sql_running"] = len(app.state.queries)  # client SQL queries running now
+        return Response(codec.dumps(metrics), media_type=JSON)
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics() -> Response:

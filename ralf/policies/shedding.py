@@ -52,15 +52,19 @@ class KeyWeightedSampling(LoadSheddingPolicy):
 
 class NewerThanCurrent(LoadSheddingPolicy):
     """Process a record only if its ``field`` is newer than the key's current feature row's
-    (out-of-order or replayed events are dropped)."""
+    (out-of-order or replayed events are dropped). NULLs: a current row without the field
+    is older than any record; a record without it cannot be shown newer and is dropped
+    (as SQL's ``>`` would)."""
 
     def __init__(self, field: str) -> None:
         self.field = field
 
     def process(self, record: Record, current: Record | None) -> bool:
-        if current is None:
+        mine = getattr(record, self.field)
+        theirs = None if current is None else getattr(current, self.field)
+        if theirs is None:
             return True
-        return getattr(record, self.field) > getattr(current, self.field)
+        return mine is not None and mine > theirs
 
 
 class LatestOnly(LoadSheddingPolicy):

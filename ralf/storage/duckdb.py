@@ -554,7 +554,7 @@ class DuckDBStorage(Storage):
             cur.begin()
             reader = None
             try:
-                reader = cur.sql(query).to_arrow_reader(_FETCH_ROWS)
+                reader = _exact_in_arrow(cur.sql(query)).to_arrow_reader(_FETCH_ROWS)
                 return fetch_limited(reader, reader.schema, max_rows)
             except duckdb.InterruptException:
                 raise QueryError(watchdog.why()) from None
@@ -627,6 +627,21 @@ class DuckDBStorage(Storage):
             self._close_connections()
         if self._snapshots is not None:
             shutil.rmtree(self._snapshots, ignore_errors=True)
+
+
+# Types Arrow cannot carry exactly: DuckDB's own conversion wraps UHUGEINT values above
+# 2^127 into negatives, and BIGNUM has no Arrow type at all. They travel as decimal text.
+_AS_TEXT = ("UHUGEINT", "BIGNUM", "VARINT")
+
+
+def _exact_in_arrow(relation: duckdb.DuckDBPyRelation) -> duckdb.DuckDBPyRelation:
+    """The result with every column Arrow would carry wrongly cast to text."""
+    types = [str(t) for t in relation.types]
+    if not any(name in t for t in types for name in _AS_TEXT):
+        return relation
+    return relation.project(", ".join(
+        f"CAST({quote(c)} AS VARCHAR) AS {quote(c)}" if any(n in t for n in _AS_TEXT)
+        else quote(c) for c, t in zip(relation.columns, types, strict=True)))
 
 
 def _literal(text: str) -> str:

@@ -14,6 +14,7 @@ import datetime as dt
 import decimal
 import itertools
 import logging
+import math
 import re
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from typing import Any
 
 import duckdb
 import psycopg
+import psycopg.types.datetime as pg_datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy
@@ -141,6 +143,9 @@ class Translator:
         for call in tree.find_all(exp.Round):  # PostgreSQL rounds only NUMERIC to places
             if call.args.get("decimals") is not None:
                 call.set("this", exp.cast(call.this, "DECIMAL"))
+        for kind in tree.find_all(exp.DataType):  # 128-bit integers: PostgreSQL's NUMERIC
+            if kind.this in (exp.DataType.Type.INT128, exp.DataType.Type.UINT128):
+                kind.set("this", exp.DataType.Type.DECIMAL)
         for identifier in tree.find_all(exp.Identifier):
             if not identifier.quoted:
                 identifier.set("this", spelling.get(identifier.name.lower(), identifier.name))
@@ -164,6 +169,29 @@ def catalog_columns(catalog: dict[str, TableInfo]) -> dict[str, dict[str, str]]:
     return schema
 
 
+def _infinite(base: type) -> type:
+    """A loader of ``base``'s type that reads PostgreSQL's infinite dates and timestamps
+    as ±inf (psycopg refuses them: no Python date holds them)."""
+
+    class Loader(base):
+        def load(self, data: Any) -> Any:
+            text = bytes(data)
+            if text == b"infinity":
+                return math.inf
+            if text == b"-infinity":
+                return -math.inf
+            return super().load(data)
+
+    return Loader
+
+
+def _allow_infinities(con: psycopg.Connection) -> None:
+    for name, loader in (("timestamp", pg_datetime.TimestampLoader),
+                         ("timestamptz", pg_datetime.TimestamptzLoader),
+                         ("date", pg_datetime.DateLoader)):
+        con.adapters.register_loader(name, _infinite(loader))
+
+
 def _lost(con: psycopg.Connection) -> bool:
     """The session is gone (closed, or broken by a lost server connection)."""
     return con.closed or con.broken
@@ -182,27 +210,66 @@ def _to_arrow(cur: psycopg.Cursor, types: dict[str, pa.DataType] | None = None) 
 
 def _batch(description: Any, rows: list[tuple], types: dict[str, pa.DataType] | None
            ) -> pa.RecordBatch:
-    """Rows of a result as one Arrow batch. NUMERIC values become what the query meant:
-    integers (exact; beyond BIGINT as DECIMAL(38, 0), like DuckDB's HUGEINT) or
-    doubles."""
+    """Rows of a result as one Arrow batch: the named columns typed as ``types`` says (the
+    engine's reads), the others by their PostgreSQL type (client SQL: exact, as DuckDB
+    would give them, and as decimal text where Arrow has no type for a value)."""
     names = [d.name for d in description]
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     arrays = []
     for name, desc, values in zip(names, description, columns, strict=True):
-        wanted = (types or {}).get(name) or _OID_ARROW.get(desc.type_code)
-        if any(isinstance(v, decimal.Decimal) for v in values):
-            integral = all(v is None or v == v.to_integral_value() for v in values)
-            if wanted is not None and pa.types.is_integer(wanted) or types is None and integral:
-                values = [None if v is None else int(v) for v in values]
-                if types is None and any(v is not None and not -2**63 <= v < 2**63
-                                         for v in values):
-                    wanted = pa.decimal128(38, 0)
-                elif wanted is None or pa.types.is_floating(wanted):
-                    wanted = pa.int64()
-            else:
-                values = [None if v is None else float(v) for v in values]
-        arrays.append(pa.array(values, type=wanted))
+        wanted = (types or {}).get(name)
+        if wanted is not None:
+            arrays.append(_typed_column(values, wanted))
+            continue
+        try:
+            arrays.append(_client_column(desc, values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values]))
     return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _typed_column(values: tuple, wanted: pa.DataType) -> pa.Array:
+    if any(isinstance(v, decimal.Decimal) for v in values):
+        convert = int if pa.types.is_integer(wanted) else float
+        values = [None if v is None else convert(v) for v in values]
+    return pa.array(values, type=wanted)
+
+
+def _client_column(desc: Any, values: tuple) -> pa.Array:
+    """A client query's column. NUMERIC(p, s) exactly, as DuckDB's DECIMAL(p, s);
+    unconstrained NUMERIC as integers (beyond BIGINT as DECIMAL, like DuckDB's HUGEINT) or
+    as doubles (like DuckDB's avg); infinite dates and timestamps as DuckDB holds them."""
+    wanted = _OID_ARROW.get(desc.type_code)
+    if wanted is not None and (pa.types.is_timestamp(wanted) or pa.types.is_date(wanted)) \
+            and any(isinstance(v, float) for v in values):
+        return _with_infinities(values, wanted)
+    if desc.type_code != 1700:
+        return pa.array(values, type=wanted)
+    if desc.scale is not None:
+        precision = desc.precision or 38
+        return pa.array(values, (pa.decimal128 if precision <= 38 else pa.decimal256)(
+            precision, desc.scale))
+    if all(v is None or v == v.to_integral_value() for v in values):
+        integers = [None if v is None else int(v) for v in values]
+        digits = max((len(str(abs(v))) for v in integers if v is not None), default=0)
+        if all(v is None or -2**63 <= v < 2**63 for v in integers):
+            return pa.array(integers, pa.int64())
+        return pa.array(values, pa.decimal128(38, 0) if digits <= 38 else pa.decimal256(76, 0))
+    return pa.array([None if v is None else float(v) for v in values], pa.float64())
+
+
+def _with_infinities(values: tuple, typ: pa.DataType) -> pa.Array:
+    """Dates or timestamps with ±inf among them, as DuckDB holds infinities: the extreme
+    values of the storage integer."""
+    if pa.types.is_date(typ):
+        epoch, unit, top = dt.date(1970, 1, 1), dt.timedelta(days=1), 2**31 - 1
+        as_int = pa.int32()
+    else:
+        epoch, unit, top = dt.datetime(1970, 1, 1), dt.timedelta(microseconds=1), 2**63 - 1
+        as_int = pa.int64()
+    stored = [None if v is None else (top if v == math.inf else -top) if isinstance(v, float)
+              else (v.replace(tzinfo=None) - epoch) // unit for v in values]
+    return pa.array(stored, as_int).cast(typ)
 
 
 def _typed(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:
@@ -303,6 +370,7 @@ class PostgresStorage(Storage):
             raw = self._connect()
             if self._sql_role:
                 raw.driver_connection.execute(f"SET ROLE {SQL_ROLE}")
+            _allow_infinities(raw.driver_connection)
             self._local.sql_raw = raw
             with self._lock:
                 self._readers.append(raw)

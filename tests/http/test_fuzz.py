@@ -105,3 +105,43 @@ def test_requests_get_no_5xx_well_formed_2xx_and_change_nothing(
     if response.status < 300:
         check_well_formed(server, method, urlsplit(url + path).path, response)
     assert server.storage.digest() == before, (method, path, query, body)
+
+
+LITERALS = {
+    "DATE": st.dates().map(lambda d: f"'{d.isoformat()}'") | st.sampled_from(
+        ["'infinity'", "'-infinity'"]),
+    "TIMESTAMP": st.datetimes().map(lambda d: f"'{d.isoformat()}'") | st.sampled_from(
+        ["'infinity'", "'-infinity'"]),
+    "TIME": st.times().map(lambda t: f"'{t.isoformat()}'"),
+    "DECIMAL(18, 4)": st.decimals(-10**13, 10**13, places=4, allow_nan=False).map(str),
+    "HUGEINT": st.integers(-2**127, 2**127 - 1).map(str),
+    "BIGINT": st.integers(-2**63, 2**63 - 1).map(str),
+    "DOUBLE": st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    "VARCHAR": st.text(max_size=20).map(lambda t: "'" + t.replace("'", "''") + "'"),
+    "BOOLEAN": st.sampled_from(["true", "false"]),
+    "INTERVAL": st.integers(0, 10**6).map(lambda n: f"'{n} seconds'"),
+}
+typed_values = st.sampled_from(sorted(LITERALS)).flatmap(
+    lambda t: (LITERALS[t] | st.just("NULL")).map(lambda v: f"CAST({v} AS {t})"))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=st.lists(typed_values, min_size=1, max_size=5),
+       arrow=st.booleans())
+def test_results_of_every_type_are_answered_well_formed(served, values, arrow):
+    """Typed results (dates and timestamps to infinity, decimals, HUGEINT, intervals,
+    NULLs ...) as JSON and Arrow: never a 5xx, and a 2xx has exactly the asked columns."""
+    _, url, _ = served
+    query = "SELECT " + ", ".join(f"{v} AS c{i}" for i, v in enumerate(values))
+    accept = "application/vnd.apache.arrow.stream" if arrow else "application/json"
+    response = urllib3.request("POST", url + "/sql", body=json.dumps({"query": query}),
+                               headers={"Content-Type": "application/json", "Accept": accept},
+                               retries=False)
+    assert response.status < 500, (query, response.data[:300])
+    if response.status < 300:
+        names = [f"c{i}" for i in range(len(values))]
+        if arrow:
+            assert pa.ipc.open_stream(response.data).read_all().column_names == names
+        else:
+            (row,) = json.loads(response.data)
+            assert list(row) == names, query

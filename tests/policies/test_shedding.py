@@ -97,3 +97,18 @@ def test_latest_only_processes_only_each_keys_newest_pending_append(make_ralf):
         server.run()
         assert sorted(seen) == [(1, 5), (2, 5)]
         assert server.metrics()["tables"]["counts"]["shed"] == 8
+
+
+def test_newer_than_current_with_nulls_in_its_field(make_ralf):
+    """A NULL in the field never raises: a current row without it is older than any
+    record; a record without it cannot be shown newer and is shed."""
+    stamped = Schema("id", {"id": int, "value": int})
+    rows = [{"id": 1, "value": None}, {"id": 1, "value": 4}, {"id": 1, "value": None},
+            {"id": 1, "value": 6}]
+    with make_ralf() as server:
+        source = server.create_source(ListSource, args=(stamped, rows, 1), name="events")
+        source.map(Identity, args=(SINK,), name="latest").add_load_shedding(
+            NewerThanCurrent, args=("value",))
+        server.run()
+        assert RalfClient(server).point_query("latest", 1).value == 6
+        assert server.metrics()["tables"]["latest"]["shed"] == 1  # the second NULL
