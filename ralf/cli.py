@@ -122,6 +122,11 @@ def status(args: argparse.Namespace) -> int:
               f"{_n(m.get('stale_keys')):>8}{m['processed']:>11,}{m['shed']:>9,}"
               f"{m['rejected']:>9,}{_s(m.get('staleness_p50')):>9}"
               f"{_s(m.get('staleness_p99')):>9}{_n(m.get('quarantined_keys')):>9}")
+    problems = client.problems()
+    for problem in problems:
+        count = f" ({problem['keys']:,})" if "keys" in problem else ""
+        print(f"problem: {problem['kind']} {problem['table']!r} {problem['problem']}{count}: "
+              f"{problem.get('reason') or '-'}")
     return 0
 
 

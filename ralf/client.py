@@ -91,6 +91,13 @@ class RalfClient:
             return self._server.tables()
         return self._http.get_json("/tables")
 
+    def problems(self) -> list[dict[str, Any]]:
+        """What keeps the server from serving fresh features (empty when all is well)."""
+        if self._server is not None:
+            return self._server.problems()
+        response = self._http.request("GET", "/ready", also_ok=(503,))  # 503: degraded
+        return json.loads(response.data)["problems"]
+
     def metrics(self) -> dict[str, Any]:
         if self._server is not None:
             return self._server.metrics()
@@ -135,8 +142,8 @@ class _Http:
         self._schemas: dict[str, Schema] = {}
 
     def request(self, method: str, path: str, *, accept: str = "application/json",
-                body: bytes | None = None, content_type: str = "application/json"
-                ) -> urllib3.BaseHTTPResponse:
+                body: bytes | None = None, content_type: str = "application/json",
+                also_ok: tuple[int, ...] = ()) -> urllib3.BaseHTTPResponse:
         headers = {**self.headers, "Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -144,7 +151,7 @@ class _Http:
             response = self.pool.request(method, self.url + path, body=body, headers=headers)
         except urllib3.exceptions.HTTPError as exc:
             raise errors.RalfError(f"no ralf server answers at {self.url}: {exc}") from None
-        if response.status >= 400:
+        if response.status >= 400 and response.status not in also_ok:
             _raise(response)
         return response
 

@@ -558,6 +558,29 @@ class Ralf:
         return self.storage.sql(query, max_rows=max_rows, timeout=self.query_timeout,
                                 cancel=cancel)
 
+    def problems(self) -> list[dict[str, Any]]:
+        """What keeps this instance from serving fresh features, worst first: sources and
+        tables given up on or failing now (with the last reason), quarantined keys. Empty
+        when all is well (``GET /ready`` answers 503 otherwise)."""
+        found = []
+        with self._scheduler.turn():
+            for name, node in self._nodes.items():
+                failures = node.failures
+                reason = failures.last_error.get(WHOLE)
+                if self._scheduler.failed(node):
+                    found.append({"table": name, "kind": node.info.kind, "problem": "given up",
+                                  "reason": reason})
+                elif WHOLE in failures.count or node.broken:
+                    found.append({"table": name, "kind": node.info.kind, "problem": "failing",
+                                  "reason": reason, "failures": failures.count.get(WHOLE, 0)})
+                quarantined = getattr(node, "quarantined", ())
+                if quarantined:
+                    found.append({"table": name, "kind": node.info.kind,
+                                  "problem": "quarantined keys", "keys": len(quarantined),
+                                  "reason": next(iter(failures.last_error.values()), None)})
+        order = {"given up": 0, "failing": 1, "quarantined keys": 2}
+        return sorted(found, key=lambda p: order[p["problem"]])
+
     def rejected(self, table: str | None = None, limit: int = 1000) -> pd.DataFrame:
         """Records refused at the door of a table (or of any table): the newest ``limit``,
         newest first, with the reason, the column and the raw record as JSON. (Kept out

@@ -177,6 +177,13 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     async def health() -> Response:
         return Response(codec.dumps({"status": "ok"}), media_type=JSON)
 
+    @app.get("/ready", summary="Readiness: 503 with the problems when degraded")
+    def ready() -> Response:
+        problems = server.problems()
+        status = "degraded" if problems else "ready"
+        return Response(codec.dumps({"status": status, "problems": problems}),
+                        503 if problems else 200, media_type=JSON)
+
     @app.get("/tables", summary="Names, kinds, row counts and schemas of the tables")
     def tables() -> Response:
         listed = server.tables()

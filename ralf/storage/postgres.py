@@ -311,8 +311,7 @@ class PostgresStorage(Storage):
         self.seq_base = shard << SHARD_BITS if self.sharded else 0
         self._seq_top = (shard + 1) << SHARD_BITS if self.sharded else 1 << 62
         self.migrate()
-        if self.sharded:
-            self._check_shard_count()
+        self._check_shard_count()
         self._sql_role = self._prepare_sql_role()
 
     # ---- plumbing ---------------------------------------------------------------------------
@@ -394,7 +393,17 @@ class PostgresStorage(Storage):
                 log.warning("PostgreSQL: cannot create the role %s for client SQL (%s); "
                             "see docs/serving.md", SQL_ROLE, str(exc).strip())
                 break
+        for attempt in range(3):  # catalog rows two sessions update at once: try again
+            try:
+                return self._grant_sql_role()
+            except psycopg.errors.InternalError_:
+                if attempt == 2:
+                    raise
+        return False
+
+    def _grant_sql_role(self) -> bool:
         with self._transaction() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
             cur.execute("SELECT pg_has_role(current_user, oid, 'MEMBER') FROM pg_roles "
                         "WHERE rolname = %s", [SQL_ROLE])
             row = cur.fetchone()
@@ -450,13 +459,29 @@ class PostgresStorage(Storage):
         return applied
 
     def _check_shard_count(self) -> None:
+        """Refuse to open the database with another number of shards than the one that
+        wrote it (keys would go to shards that do not hold their state: records applied
+        twice). A database is stamped with its count when first opened; one from before
+        the stamp is judged by what it holds."""
         with self._transaction() as cur:
-            cur.execute("SELECT DISTINCT num_shards FROM ralf.shard_floors")
-            counts = {n for (n,) in cur.fetchall()} - {self.num_shards}
-        if counts:
-            raise RalfError(f"this database was written by {sorted(counts)} shards; "
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
+            cur.execute("SELECT value FROM ralf.settings WHERE name = 'num_shards'")
+            row = cur.fetchone()
+            if row is not None:
+                written = {int(row[0])}
+            else:
+                cur.execute("SELECT DISTINCT num_shards FROM ralf.shard_floors")
+                written = {n for (n,) in cur.fetchall()}
+                cur.execute("SELECT count(*) FROM ralf.source_state")
+                if not written and cur.fetchone()[0]:
+                    written = {1}  # ingested by one unsharded process
+                cur.execute("INSERT INTO ralf.settings VALUES ('num_shards', %s)",
+                            [str(self.num_shards if not written else min(written))])
+        if written - {self.num_shards}:
+            raise RalfError(f"this database was written by {sorted(written)[0]} shard(s); "
                             f"reopening it with num_shards={self.num_shards} would give keys "
-                            "to other shards than the ones holding their state")
+                            "to other shards than the ones holding their state "
+                            f"(use num_shards={sorted(written)[0]}, e.g. --num-shards)")
 
     def _state(self, table: str) -> str:
         """Where this process's progress on ``table`` is kept (a shard's own name)."""

@@ -120,6 +120,19 @@ def test_two_worker_processes_on_two_shards_equal_one_process(postgres_url, one_
     _check_equal_to_one_process(database, one_process)
     with pytest.raises(RalfError, match="num_shards=3"):
         Ralf(database, shard=0, num_shards=3)
+    with pytest.raises(RalfError, match="num_shards=1"):  # the default: one process
+        Ralf(database)
+
+
+def test_a_database_written_by_one_process_is_refused_to_shards(postgres_url):
+    database = new_postgres_database(postgres_url)
+    with Ralf(database) as alone:
+        build(alone, 50)
+        alone.run()
+    with pytest.raises(RalfError, match="num_shards=2"):
+        Ralf(database, shard=0, num_shards=2)
+    with Ralf(database) as again:  # the count it was written with still opens it
+        assert again.sql("SELECT count(*) AS n FROM events")["n"][0] == 50
 
 
 @pytest.mark.parametrize("point", ["append.before_commit@4", "refresh.before_commit@5",

@@ -74,3 +74,52 @@ def test_a_csv_source_is_read_once_across_restarts(tmp_path):
                 CountPerKey, args=(COUNT,), name="counts")
             server.run()
             assert RalfClient(server).point_query("counts", 1).count == 2
+
+
+def test_ragged_lines_are_rejected_with_their_line_numbers_and_the_rest_loads(server,
+                                                                               tmp_path):
+    path = _write(tmp_path / "r.csv", "user,movie,rating\n1,1,4.5\n2,2,3.0,9\n3,3\n4,4,1.0\n")
+    server.create_csv_source(path, RATINGS, name="ratings")
+    with pytest.raises(SchemaError):
+        server.run()
+    assert server.sql("SELECT user FROM ratings ORDER BY user")["user"].tolist() == [1, 4]
+    reasons = server.rejected("ratings").sort_values("id")["reason"].tolist()
+    assert len(reasons) == 2
+    assert "line 3" in reasons[0] and "Found: 4" in reasons[0]
+    assert "line 4" in reasons[1] and "Found: 2" in reasons[1]
+
+
+def test_a_csv_that_has_grown_is_read_on_after_a_reopen(database, tmp_path):
+    """Reopened, an exhausted source is polled again: the lines appended since are read,
+    the ones read before are not read twice, and their line numbers are the file's."""
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text("user,movie,rating\n1,1,1.0\n2,2,2.0\n")
+    with Ralf(database) as server:
+        server.create_csv_source(str(csv_path), RATINGS, name="ratings").map(
+            CountPerKey, args=(COUNT,), name="counts")
+        server.run()
+    with csv_path.open("a") as more:
+        more.write("1,3,3.0\n3,4,x\n3,5,5.0\n")
+    with Ralf(database) as server:
+        server.create_csv_source(str(csv_path), RATINGS, name="ratings").map(
+            CountPerKey, args=(COUNT,), name="counts")
+        with pytest.raises(SchemaError, match="line 5"):
+            server.run()
+        assert server.sql("SELECT movie FROM ratings ORDER BY _ralf_seq")["movie"].tolist() \
+            == [1, 2, 3, 5]
+        counts = server.bulk_query("counts").set_index("user")["count"].to_dict()
+        assert counts == {1: 2, 2: 1, 3: 1}
+
+
+def test_a_list_source_given_more_rows_is_read_on_after_a_reopen(database):
+    from ralf.testing import ListSource
+    from tests.pipelines import ratings
+
+    rows = ratings(300)
+    with Ralf(database) as server:
+        server.create_source(ListSource, args=(RATINGS, rows[:200], 50), name="ratings")
+        server.run()
+    with Ralf(database) as server:
+        server.create_source(ListSource, args=(RATINGS, rows, 50), name="ratings")
+        server.run()
+        assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 300

@@ -74,3 +74,31 @@ def test_a_sql_table_has_the_same_schema_on_both_backends(postgres_url):
     finally:
         drop_postgres_database(url)
     assert schemas[0] == schemas[1]
+
+
+def test_a_role_named_like_ralfs_schema_keeps_user_tables_in_public(postgres_url):
+    """Its default search_path ("$user", public) would put user tables into ralf's
+    bookkeeping schema; ralf pins public, and SQL tables recompute from there."""
+    import psycopg
+
+    database = new_postgres_database(postgres_url)
+    name = database.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = 'ralf'").fetchone() is None:
+            admin.execute("CREATE ROLE ralf LOGIN")
+        admin.execute(f"ALTER DATABASE {name} OWNER TO ralf")
+    as_ralf = database.replace("://postgres@", "://ralf@")
+    try:
+        with Ralf(as_ralf) as server:
+            source = server.create_source(ListSource, args=(RATINGS, ratings(60)),
+                                          name="ratings")
+            source.sql("SELECT user, median(rating) AS med FROM ratings GROUP BY user",
+                       name="medians")
+            server.run()
+            assert len(server.bulk_query("medians")) > 0
+            where = server.sql("SELECT table_schema AS s FROM information_schema.tables "
+                               "WHERE table_name IN ('ratings', 'medians')")["s"].tolist()
+            assert where == ["public", "public"]
+    finally:
+        drop_postgres_database(database)
+
