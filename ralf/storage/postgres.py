@@ -294,7 +294,7 @@ class PostgresStorage(Storage):
         # search_path pinned: a role named like ralf's schema would otherwise make
         # unqualified names (user tables) resolve to the bookkeeping schema "$user" first
         self._engine = sqlalchemy.create_engine(
-            parsed, pool_size=8, max_overflow=8, pool_pre_ping=False,
+            parsed, pool_size=8, max_overflow=40, pool_pre_ping=False,
             connect_args={"options": "-c search_path=public"})
         try:
             self._writer = self._connect()
@@ -339,6 +339,7 @@ class PostgresStorage(Storage):
             raw = None
         if raw is None:
             raw = self._connect()
+            _allow_infinities(raw.driver_connection)
             self._local.raw = raw
             with self._lock:
                 self._readers.append(raw)
@@ -354,26 +355,6 @@ class PostgresStorage(Storage):
         with cur.copy(f"COPY {quote(name)} ({names}) FROM STDIN") as copy:
             for row in zip(*(c.to_pylist() for c in table.columns), strict=True):
                 copy.write_row(row)
-
-    def _sql_reader(self) -> psycopg.Connection:
-        """This thread's session for client SQL, switched to the ``ralf_sql`` role (when
-        there is one): it reads the readable tables and nothing else, holds no privilege
-        over the engine's sessions and cannot read the server's files."""
-        raw = getattr(self._local, "sql_raw", None)
-        if raw is not None and _lost(raw.driver_connection):
-            raw.invalidate()
-            with self._lock:
-                self._readers.remove(raw)
-            raw = None
-        if raw is None:
-            raw = self._connect()
-            if self._sql_role:
-                raw.driver_connection.execute(f"SET ROLE {SQL_ROLE}")
-            _allow_infinities(raw.driver_connection)
-            self._local.sql_raw = raw
-            with self._lock:
-                self._readers.append(raw)
-        return raw.driver_connection
 
     def _prepare_sql_role(self) -> bool:
         """Make sure the ``ralf_sql`` role exists and may read the readable tables; True
@@ -869,11 +850,12 @@ class PostgresStorage(Storage):
             cancel: threading.Event | None = None) -> pa.Table:
         tree = readonly.check_sqlglot(self._translate.parse(query))
         translated = self._translate(query, tree)
-        con = self._sql_reader()
+        con = self._reader()
         try:
             with Watchdog(con.cancel, timeout, cancel) as watchdog:
                 try:
-                    return self._read_only(con, translated, max_rows, timeout)
+                    return self._read_only(con, translated, max_rows, timeout,
+                                           self._sql_role)
                 except psycopg.errors.QueryCanceled:
                     raise QueryError(watchdog.why()) from None
         except psycopg.Error as exc:
@@ -884,12 +866,16 @@ class PostgresStorage(Storage):
 
     @staticmethod
     def _read_only(con: psycopg.Connection, query: str, max_rows: int | None,
-                   timeout: float | None) -> pa.Table:
-        """Run ``query`` in a READ ONLY transaction that is rolled back, fetching through a
-        server-side cursor batch by batch (a result over ``max_rows`` is refused before
+                   timeout: float | None, as_sql_role: bool) -> pa.Table:
+        """Run ``query`` in a READ ONLY transaction that is rolled back, as the role
+        ``ralf_sql`` (it reads the readable tables and nothing else, holds no privilege
+        over the engine's sessions and cannot read the server's files), fetching through
+        a server-side cursor batch by batch (a result over ``max_rows`` is refused before
         the rest is sent)."""
         with con.transaction(force_rollback=True):
             con.execute("SET TRANSACTION READ ONLY")
+            if as_sql_role:
+                con.execute(f"SET LOCAL ROLE {SQL_ROLE}")  # until the rollback
             if timeout is not None:
                 con.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
             with con.cursor(name="ralf_sql") as cur:
@@ -923,7 +909,7 @@ class PostgresStorage(Storage):
     def close(self) -> None:
         with self._lock:
             for raw in self._readers:
-                raw.invalidate()  # not back to the pool: a client session has another role
+                raw.close()
             self._readers.clear()
             self._writer.close()
             self._engine.dispose()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from ralf import Ralf
 from ralf.testing import ListSource
+from tests.fuzz import examples
 from tests.pipelines import COUNT, RATINGS, CountPerKey, ratings
 
 ROUTES = ["/tables", "/table/{t}", "/table/{t}/{k}", "/sql", "/health", "/metrics",
@@ -86,7 +87,7 @@ def check_well_formed(server: Ralf, method: str, path: str, response) -> None:
         raise AssertionError(f"a 2xx answer from a path no route serves: {method} {path}")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(400), deadline=None, suppress_health_check=list(HealthCheck))
 @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]), route=st.sampled_from(ROUTES),
        table=st.sampled_from(["counts", "ratings", "nope"]) | text,
        key=st.sampled_from(["1", "-1", "1e3", "9" * 30]) | text,
@@ -125,7 +126,7 @@ typed_values = st.sampled_from(sorted(LITERALS)).flatmap(
     lambda t: (LITERALS[t] | st.just("NULL")).map(lambda v: f"CAST({v} AS {t})"))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck))
 @given(values=st.lists(typed_values, min_size=1, max_size=5),
        arrow=st.booleans())
 def test_results_of_every_type_are_answered_well_formed(served, values, arrow):

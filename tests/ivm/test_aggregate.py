@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from ralf import KeyNotFound, Ralf
 from ralf.testing import ListSource
+from tests.fuzz import examples
 from tests.pipelines import RATINGS
 
 AGG = {"n": ("*", "count"), "s": ("rating", "sum"), "a": ("rating", "avg"),
@@ -66,7 +67,7 @@ def _mismatches(server: Ralf, table: str, oracle: str, fresh: list[int]) -> int:
     return int(server.sql(query)["n"][0])
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                    HealthCheck.function_scoped_fixture])
 @given(data=rows, batch=st.integers(1, 12), budgets=st.lists(
     st.one_of(st.none(), st.integers(1, 4)), min_size=3, max_size=3),
