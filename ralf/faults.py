@@ -41,10 +41,10 @@ WINDOWS: dict[str, str] = {
                             "memory not yet moved",
     "refresh.after_cache": "the cache and watermarks moved; the pending index and the "
                            "children not yet told",
-    # refresh of a SQL-maintained table
-    "view.before_commit": "the plan's rows, history and watermarks written in an open "
+    # refresh of a SQL table (aggregate() / sql())
+    "sql.before_commit": "the plan's rows, history and watermarks written in an open "
                           "transaction",
-    "view.after_commit": "the refresh committed; nothing in memory moved yet",
+    "sql.after_commit": "the refresh committed; nothing in memory moved yet",
     # lazy refresh on query, and the tick boundary
     "lazy.before_refresh": "a query about to refresh a lazy table's key",
     "tick.end": "a tick done (history compacted)",

@@ -27,7 +27,7 @@ from ralf.operators import instantiate
 from ralf.schema import Record, Schema, as_frame, python_type, quote
 from ralf.sources.csv import CsvSource
 from ralf.storage import is_postgres_url, open_storage
-from ralf.storage.base import FEATURE, SOURCE, TableInfo
+from ralf.storage.units import FEATURE, SOURCE, TableInfo
 from ralf.table import Table
 
 log = logging.getLogger("ralf")

@@ -9,7 +9,7 @@ from ralf.errors import SchemaError
 from ralf.ivm import views
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
 from ralf.schema import Schema
-from ralf.storage.base import FEATURE, SOURCE
+from ralf.storage.units import FEATURE, SOURCE
 
 if TYPE_CHECKING:
     from ralf.server import Ralf

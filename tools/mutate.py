@@ -232,19 +232,37 @@ def coverage_map(targets: list[Path], work: Path) -> dict[str, dict[int, set[str
         relative = str(Path(measured).resolve().relative_to(ROOT))
         by_line: dict[int, set[str]] = defaultdict(set)
         for line, contexts in data.contexts_by_lineno(measured).items():
-            by_line[line].update(_node_id(c) for c in contexts if c)
+            for context in contexts:
+                if context:
+                    by_line[line].update(_node_ids(context))
         covered[relative] = by_line
     return covered
 
 
-def _node_id(context: str) -> str:
-    """'tests.engine.test_refresh.test_x' (coverage's context) -> a pytest node id."""
+def _node_ids(context: str) -> list[str]:
+    """'tests.engine.test_refresh.test_x' (coverage's context) -> its pytest node id.
+    Inside a hypothesis test the innermost function named test_* is hypothesis's own
+    (ConjectureRunner.test_function): such lines map to every hypothesis test."""
     parts = context.split(".")
     for cut in range(len(parts), 0, -1):
         module = ROOT.joinpath(*parts[:cut]).with_suffix(".py")
-        if module.is_file():
-            return f"{module.relative_to(ROOT)}::{'::'.join(parts[cut:])}"
-    return context
+        if module.is_file() and module.is_relative_to(ROOT / "tests"):
+            return [f"{module.relative_to(ROOT)}::{'::'.join(parts[cut:])}"]
+    return _hypothesis_tests()
+
+
+def _hypothesis_tests() -> list[str]:
+    """Node ids of the fast tests that hypothesis drives (``@given``)."""
+    found = []
+    for folder in FAST_TESTS:
+        for path in sorted((ROOT / folder).rglob("test_*.py")) if (ROOT / folder).is_dir() \
+                else [ROOT / folder]:
+            tree = ast.parse(path.read_text())
+            found += [f"{path.relative_to(ROOT)}::{f.name}" for f in tree.body
+                      if isinstance(f, ast.FunctionDef) and any(
+                          isinstance(d, ast.Call) and getattr(d.func, "id", "") == "given"
+                          for d in f.decorator_list)]
+    return found
 
 
 # ---- running mutants --------------------------------------------------------------------

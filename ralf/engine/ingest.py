@@ -13,7 +13,7 @@ from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.errors import OperatorError, RalfError, SchemaError
 from ralf.faults import crashpoint
 from ralf.schema import Record, Rejection
-from ralf.storage.base import Append, LogRead
+from ralf.storage.units import Append, LogRead
 
 log = logging.getLogger("ralf")
 

@@ -26,7 +26,8 @@ from ralf.policies.base import (
 )
 from ralf.policies.priority import FIFO
 from ralf.schema import Record, Rejection
-from ralf.storage.base import LogRead, Storage, TableInfo
+from ralf.storage.base import Storage
+from ralf.storage.units import LogRead, TableInfo
 
 log = logging.getLogger("ralf")
 
@@ -299,7 +300,7 @@ class FeatureNode(Node):
         except ValueError as exc:  # unpicklable, or another number of Ray replicas
             log.warning("table %r: %s; rebuilding it from the append log", self.name, exc)
             self.storage.reset_progress(self.name)
-            self.info.watermark = 0
+            self.info.watermark = self.storage.load_floor(self.name)
             self.initial = None  # rebuilt from a fresh operator: nothing to restore
             self._restart_operator()
 

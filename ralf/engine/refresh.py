@@ -28,7 +28,7 @@ from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError
 from ralf.faults import crashpoint
 from ralf.schema import Record
-from ralf.storage.base import Refresh, ViewRefresh
+from ralf.storage.units import Refresh, SqlRefresh
 
 log = logging.getLogger("ralf")
 
@@ -43,7 +43,7 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     start = time.perf_counter()
     try:
         if node.is_view:
-            return _refresh_view(node, keys, errors, now)
+            return _refresh_sql_table(node, keys, errors, now)
         with _cyclic_gc_paused():
             return _refresh_python(node, keys, errors, max_failures, now)
     finally:
@@ -143,18 +143,18 @@ def _keep(node: FeatureNode, record: Record, key: Any, outputs: dict[Any, Any]) 
     return True
 
 
-def _refresh_view(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
+def _refresh_sql_table(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
                   now: dt.datetime) -> int:
     """A SQL-maintained table: the plan runs inside the database, in one transaction."""
     read = node.read_all() if keys is None else node.read_keys(keys)
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
     advance = node.marks.advance(keys or [], list(node.held) if full else None, read.high)
-    unit = ViewRefresh(
+    unit = SqlRefresh(
         table=node.info, read=read, plan=node.operator, version=node.seq + 1,
         updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),
         clear_watermarks=advance.clear)
-    rows, deleted = node.storage.refresh_view(unit)
-    crashpoint("view.after_commit")
+    rows, deleted = node.storage.refresh_sql_table(unit)
+    crashpoint("sql.after_commit")
     _move_marks(node, advance)
     node.put_rows(rows, now)
     for k in deleted:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from ralf.schema import quote
-from ralf.storage.base import FEATURE, SOURCE, LogRead, TableInfo, log_table
+from ralf.storage.units import FEATURE, SOURCE, LogRead, TableInfo, log_table
 
 
 def time_column(table: TableInfo) -> str:

@@ -136,7 +136,7 @@ def test_a_database_written_by_one_process_is_refused_to_shards(postgres_url):
 
 
 @pytest.mark.parametrize("point", ["append.before_commit@4", "refresh.before_commit@5",
-                                   "view.before_commit@3", "refresh.after_commit@7"])
+                                   "sql.before_commit@3", "refresh.after_commit@7"])
 def test_a_shard_killed_mid_run_and_restarted_still_equals_one_process(postgres_url,
                                                                        one_process, point):
     """SIGKILL one shard while the other runs on; restarted, it picks up its own progress

@@ -12,8 +12,8 @@ import pytest
 
 from ralf import QueryError, Ralf
 from ralf.schema import Schema
-from ralf.storage.base import FEATURE, SOURCE, Append, LogRead, Refresh, TableInfo
 from ralf.storage.duckdb import DuckDBStorage
+from ralf.storage.units import FEATURE, SOURCE, Append, LogRead, Refresh, TableInfo
 from ralf.testing import ListSource
 from tests.pipelines import AVERAGE, RATINGS, AverageRating, ratings
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from ralf import Ralf, Schema, SchemaError
-from ralf.storage.base import FEATURE, SOURCE, TableInfo
 from ralf.storage.postgres import PostgresStorage, Translator, pg_type
+from ralf.storage.units import FEATURE, SOURCE, TableInfo
 from ralf.testing import ListSource, drop_postgres_database, new_postgres_database
 from tests.pipelines import RATINGS, ratings
 

@@ -1,0 +1,107 @@
+"""Units of work and reads the engine hands to storage, and the catalog row of a table.
+
+The engine hands over whole units (:class:`Append`, :class:`Refresh`, :class:`SqlRefresh`)
+and the storage applies each in one transaction, so atomicity lives in storage and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from ralf.schema import Rejection, Schema, quote
+
+SOURCE = "source"
+FEATURE = "feature"
+# ralf's own tables in the ralf schema (migrations/)
+BOOKKEEPING_TABLES = ("tables", "watermarks", "operator_state", "source_state", "rejected",
+                      "schema_migrations", "shard_floors")
+
+
+
+@dataclass
+class TableInfo:
+    """A catalog row: what the storage needs to know about a table."""
+
+    name: str
+    kind: str
+    schema: Schema
+    parent: str | None = None
+    lookup: str | None = None
+    lookup_on: str | None = None
+    lazy: bool = False
+    watermark: int = 0
+    hidden: list[tuple[str, str]] = field(default_factory=list)  # (name, SQL type) helpers
+    # output column -> SQL expression over the helpers, for a backend that computes
+    # outputs rather than storing them (DuckDB: fewer columns for each refresh to update)
+    derived: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Append:
+    """New records of a source: appended with their checkpoint, atomically."""
+
+    table: TableInfo
+    rows: pa.Table  # user columns, validated
+    first_seq: int
+    ingested_at: dt.datetime
+    source_state: bytes | None
+    emitted: int
+    exhausted: bool
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass
+class Refresh:
+    """A feature table's progress: outputs, watermarks and state, atomically."""
+
+    table: TableInfo
+    rows: pa.Table  # user columns, one row per key (last write wins already applied)
+    version: int  # the _ralf_seq every row written by this refresh carries
+    updated_at: dt.datetime
+    watermark: int  # new floor
+    set_watermarks: dict[str, int]  # key text -> seq
+    clear_watermarks: bool  # drop every override first
+    state: bytes | None
+    write_state: bool
+
+
+@dataclass
+class SqlRefresh:
+    """A SQL table's progress (``aggregate()``/``sql()``): the plan runs over the pending
+    appends inside the database; outputs, history and watermarks commit together."""
+
+    table: TableInfo
+    read: LogRead
+    plan: Any  # ralf.ivm DeltaAggregate | KeyRecompute
+    version: int
+    updated_at: dt.datetime
+    watermark: int
+    set_watermarks: dict[str, int]
+    clear_watermarks: bool
+
+
+@dataclass
+class LogRead:
+    """Which parent appends to read: ``floor < seq <= high`` per key, overrides aside.
+
+    ``keys`` restricts the read to some keys; ``watermarks`` holds per-key watermarks
+    (columns ``key`` and ``wm``) that replace the floor for those keys.
+    """
+
+    table: TableInfo
+    floor: int
+    high: int
+    watermarks: pa.Table | None
+    keys: pa.Table | None = None
+
+
+def log_table(table: TableInfo) -> str:
+    """What children replay: a source's append table, a feature table's history."""
+    if table.kind == SOURCE:
+        return quote(table.name)
+    return f"ralf.{quote(table.name + '__history')}"
