@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import urllib3
 
-from ralf import errors
+import ralf.errors as errors
 from ralf.http import codec
 from ralf.schema import Record, Schema, as_frame
 from ralf.server import Ralf

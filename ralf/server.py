@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 import math
 import re
 import threading
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,24 +16,17 @@ import pyarrow as pa
 
 from ralf.clock import Clock, SystemClock
 from ralf.engine.failures import WHOLE
-from ralf.engine.node import FeatureNode, Node, SourceNode
+from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
-from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError, TableNotFound
-from ralf.ivm.aggregate import DeltaAggregate
-from ralf.operators import instantiate
-from ralf.schema import Record, Schema, as_frame, python_type, quote
+from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError
+from ralf.pipeline import Pipeline
+from ralf.schema import Record, Schema, as_frame
 from ralf.sources.csv import CsvSource
 from ralf.storage import is_postgres_url, open_storage
-from ralf.storage.units import FEATURE, SOURCE, TableInfo
 from ralf.table import Table
 
 log = logging.getLogger("ralf")
-
-
-def _default_name(obj: Any) -> str:
-    cls = obj if isinstance(obj, type) else type(obj)
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
 
 def _raise_first(errors: list[RalfError]) -> None:
@@ -87,13 +78,12 @@ class Ralf:
         self.path = path
         self.storage = open_storage(path, memory_limit=memory_limit, shard=shard,
                                     num_shards=num_shards)
-        self._catalog = self.storage.catalog()
         self._scheduler = Scheduler(max_failures=max_failures, clock=clock,
                                     history_retention=history_retention)
         self.clock = self._scheduler.clock
-        self._nodes: dict[str, Node] = {}
-        self._aliases: dict[str, Node] = {}
-        self._stored: dict[str, Node] = {}  # catalog tables this run did not define
+        self.pipeline = Pipeline(self.storage, self._scheduler, path=path,
+                                 partition=self.partition, executor=executor,
+                                 num_replicas=num_replicas)
         self.errors: deque[RalfError] = deque(maxlen=1000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -106,21 +96,12 @@ class Ralf:
     def create_source(self, source: Any, args: tuple = (), kwargs: dict | None = None, *,
                       schema: Schema | None = None, name: str | None = None) -> Table:
         """A source table fed by a :class:`SourceOperator` (a class with args, or an instance)."""
-        what = f"create_source({_default_name(source)})"
-        instance, schema = instantiate(source, args, kwargs or {}, schema, what)
-        name = self._new_name(name, source)
-        info = self._define(TableInfo(name, SOURCE, schema))
-        node = SourceNode(info, self.storage, instance)
-        node.remake = _remaker(source, instance, args, kwargs or {}, schema, what)
-        node.partition = self.partition
-        node.resume()
-        with self._scheduler.lock:
-            self._scheduler.sources.append(node)
-            self._nodes[name] = node
-        return Table(self, node)
+        node = self.pipeline.add_source(source, args, kwargs or {}, schema=schema, name=name)
+        return Table(self.pipeline, node)
 
     def create_csv_source(self, path: str, schema: Schema, *, name: str | None = None) -> Table:
-        """A batch source: the whole CSV file, read by DuckDB's CSV reader, in one append."""
+        """A batch source: the CSV file as it is, read by DuckDB's CSV reader in one append
+        (and, after a reopen, what was appended to it since)."""
         return self.create_source(CsvSource, args=(path, schema), schema=schema,
                                   name=name or _csv_name(path))
 
@@ -139,144 +120,47 @@ class Ralf:
                     "format": format, **options},
             schema=schema, name=name or re.sub(r"\W+", "_", topic))
 
-    def _add_feature(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
-                     schema: Schema | None, name: str | None, lazy: bool, budget: int | None,
-                     lookup: Node | None = None, on: str | None = None) -> Table:
-        _check_budget(budget)
-        if lookup is not None and self.partition is not None:
-            raise ValueError("lookup joins are not supported with shards: a shard holds only "
-                             "its own keys of the other table")
-        what = f"map({_default_name(operator)})"
-        instance, schema = instantiate(operator, args, kwargs, schema, what)
-        name = self._new_name(name, operator)
-        info = self._define(TableInfo(
-            name, FEATURE, schema, parent=parent.name,
-            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy))
-        node = FeatureNode(info, self.storage, parent, instance, lookup, budget)
-        node.remake = _remaker(operator, instance, args, kwargs, schema, what)
-        if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
-            from ralf.engine.ray_executor import Replicas
-
-            node.replicas = Replicas(instance, schema, parent.schema, self.num_replicas)
-        if lookup is not None and lookup.cache is None:
-            lookup.load_cache()
-        return self._register(node)
-
-    def _register(self, node: FeatureNode) -> Table:
-        """Resume a new feature table's progress and put it into the graph."""
-        with self._scheduler.lock:
-            node.resume()
-            node.parent.children.append(node)
-            self._scheduler.features.append(node)
-            self._nodes[node.name] = node
-        return Table(self, node)
-
-    def _add_view(self, parent: Node, plan: Any, *, name: str, lazy: bool,
-                  budget: int | None) -> Table:
-        """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
-        _check_budget(budget)
-        name = self._new_name(name, plan)
-        source = f"main.{quote(parent.name)}"
-        delta = isinstance(plan, DeltaAggregate)
-        if delta:
-            described = self.storage.describe(plan.query(source))
-            helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
-        else:
-            described = self.storage.describe(plan.query)
-            helpers = []
-        columns = {column: python_type(sql) for column, sql in described}
-        schema = Schema(plan.key, columns)
-        derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
-        info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
-                                      hidden=helpers, derived=derived))
-        return self._register(FeatureNode(info, self.storage, parent, plan, None, budget))
-
-    def _define(self, info: TableInfo) -> TableInfo:
-        """Create the table, or check that the stored one has the same definition."""
-        existing = self._catalog.get(info.name)
-        if existing is None:
-            info.watermark = self.storage.seq_base
-            self.storage.create_table(info)
-            self._catalog[info.name] = info
-            return info
-        if existing.kind != info.kind or existing.schema != info.schema or (
-                existing.parent != info.parent):
-            raise SchemaError(
-                f"table {info.name!r} already exists in {self.path!r} with another definition "
-                f"({existing.kind} {existing.schema!r} from {existing.parent!r}); "
-                f"choose another name",
-                table=info.name)
-        info.watermark = existing.watermark
-        if (existing.lazy, existing.lookup, existing.lookup_on) != (
-                info.lazy, info.lookup, info.lookup_on):
-            self.storage.update_definition(info)
-        self._catalog[info.name] = info
-        return info
-
-    def _new_name(self, name: str | None, obj: Any) -> str:
-        if name is None:
-            base = _default_name(obj)
-            name, n = base, 1
-            while name in self._nodes or name in self._aliases:
-                n += 1
-                name = f"{base}_{n}"
-        if not isinstance(name, str) or not name or "\x00" in name:
-            raise ValueError(f"a table name must be a non-empty string, got {name!r}")
-        if name in self._nodes or name in self._aliases:
-            raise ValueError(f"a table named {name!r} is already defined")
-        if name.lower().startswith("_ralf") or name.lower() == "ralf":
-            raise ValueError(f"table name {name!r} is reserved")
-        return name
-
-    def _add_alias(self, alias: str, node: Node) -> None:
-        if alias == node.name:
-            return
-        if alias in self._nodes or (alias in self._aliases and self._aliases[alias] is not node):
-            raise ValueError(f"a table named {alias!r} is already defined")
-        if alias in self._catalog:
-            raise ValueError(f"{alias!r} is a stored table; cannot reuse it as an alias")
-        self.storage.create_alias(alias, node.name)
-        self._aliases[alias] = node
-
     def table(self, name: str) -> Table:
-        return Table(self, self._node(name))
+        """The table (or alias) named ``name``: its schema, kind, and the methods that
+        derive tables from it."""
+        return Table(self.pipeline, self._node(name))
 
     def tables(self) -> list[dict[str, Any]]:
         """Names, kinds and row counts of the defined tables (and aliases)."""
-        out = []
-        for name, node in self._nodes.items():
+        pipeline, out = self.pipeline, []
+        for name, node in pipeline.nodes.items():
             out.append({"name": name, "kind": node.info.kind, "lazy": node.info.lazy,
                         "rows": self.storage.count_rows(node.info)})
-        for alias, node in self._aliases.items():
+        for alias, node in pipeline.aliases.items():
             out.append({"name": alias, "kind": "alias", "of": node.name, "lazy": node.info.lazy,
                         "rows": self.storage.count_rows(node.info)})
-        for name, info in self._catalog.items():
-            if name not in self._nodes:
+        for name, info in pipeline.catalog.items():
+            if name not in pipeline.nodes:
                 out.append({"name": name, "kind": info.kind, "lazy": info.lazy, "stored": True,
                             "rows": self.storage.count_rows(info)})
         return out
 
     def _node(self, name: str) -> Node:
-        node = self._nodes.get(name) or self._aliases.get(name) or self._stored.get(name)
-        if node is not None:
-            return node
-        info = self._catalog.get(name) if isinstance(name, str) else None
-        if info is None:
-            raise TableNotFound(f"no table named {name!r}")
-        # Stored by an earlier run but not defined by this one: answer from the database.
-        node = self._stored[name] = Node(info, self.storage)
-        return node
+        return self.pipeline.node(name)
 
     def stale_keys(self, table: str) -> list[Any]:
         """The parent keys whose appends a feature table has not applied yet (quarantined
         and backing-off keys included); empty for a source."""
+        return self.staleness(table)["key"].tolist()
+
+    def staleness(self, table: str) -> pd.DataFrame:
+        """Per stale key of a feature table (quarantined and backing-off keys included):
+        ``pending`` parent appends, the ingestion time of the oldest (``since``, processing
+        time) and ``staleness``, seconds from then to the server clock's now."""
         node = self._node(table)
-        if not isinstance(node, FeatureNode):
-            return []
+        keys, counts, since = [], [], []
         with self._scheduler.turn():
-            if node.pending is not None:
-                return list(node.pending.keys)
-            return self.storage.pending_summary(node.read_all()).column("key").to_pylist()
+            now = self.clock.now()
+            if isinstance(node, FeatureNode):
+                keys, counts, since = _pending_of(node)
+        return pd.DataFrame({"key": pd.Series(keys, dtype=object), "pending": counts,
+                             "since": pd.Series(since, dtype="datetime64[us]"),
+                             "staleness": [(now - t).total_seconds() for t in since]})
 
     def drained(self) -> bool:
         """Whether every source is exhausted (or given up on) and no eager table has work
@@ -418,7 +302,7 @@ class Ralf:
         if as_of is not None:
             return self._point_as_of(node, table, key, _utc_naive(as_of), with_metadata)
         if isinstance(node, FeatureNode):
-            if node.priority is not None:
+            if node.policies.priority is not None:
                 with self._scheduler.lock:
                     self._tell_policy(node, "on_query", key, self.clock.now())
             self._refresh_for_query(node, key)
@@ -449,7 +333,7 @@ class Ralf:
             raise SchemaError(f"record_error: error must be finite, got {error!r}")
         node.metrics.errors_reported += 1
         node.metrics.squared_error += error * error
-        if isinstance(node, FeatureNode) and node.priority is not None:
+        if isinstance(node, FeatureNode) and node.policies.priority is not None:
             with self._scheduler.lock:
                 self._tell_policy(node, "on_error", key, error, self.clock.now())
 
@@ -564,7 +448,7 @@ class Ralf:
         when all is well (``GET /ready`` answers 503 otherwise)."""
         found = []
         with self._scheduler.turn():
-            for name, node in self._nodes.items():
+            for name, node in self.pipeline.nodes.items():
                 failures = node.failures
                 reason = failures.last_error.get(WHOLE)
                 if self._scheduler.failed(node):
@@ -597,7 +481,7 @@ class Ralf:
         tables = {}
         with self._scheduler.turn():
             now = self.clock.now()
-            for name, node in self._nodes.items():
+            for name, node in self.pipeline.nodes.items():
                 m: dict[str, Any] = {"kind": node.info.kind, **vars(node.metrics)}
                 failing = node.failures.count.get(WHOLE, 0)
                 m["last_error"] = node.failures.last_error.get(WHOLE)
@@ -632,7 +516,7 @@ class Ralf:
             if callable(close):
                 close()  # e.g. a Kafka consumer
         for node in self._scheduler.features:
-            if node.replicas is not None:
+            if isinstance(node, OperatorNode) and node.replicas is not None:
                 node.replicas.close()
         with self._scheduler.lock:
             self._closed = True
@@ -645,21 +529,7 @@ class Ralf:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Ralf({self.path!r}, tables={list(self._nodes)})"
-
-
-def _remaker(given: Any, instance: Any, args: tuple, kwargs: dict, schema: Schema,
-             what: str) -> Callable[[], Any] | None:
-    """How to make the user's source or operator again as the definition made it (for a
-    resume that must start it over): from its class, or from a copy of the instance taken
-    before it ran; None if neither is possible."""
-    if isinstance(given, type):
-        return lambda: instantiate(given, args, kwargs, schema, what)[0]
-    try:
-        pristine = copy.deepcopy(instance)
-    except Exception:  # e.g. it holds a generator or a connection
-        return None
-    return lambda: copy.deepcopy(pristine)
+        return f"Ralf({self.path!r}, tables={list(self.pipeline.nodes)})"
 
 
 def _entity_column(entities: pa.Table, name: str, typ: pa.DataType, what: str) -> pa.Table:
@@ -684,11 +554,6 @@ def _entity_column(entities: pa.Table, name: str, typ: pa.DataType, what: str) -
     return entities.set_column(entities.column_names.index(name), name, converted)
 
 
-def _check_budget(budget: int | None) -> None:
-    if budget is not None and (not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
-
-
 def _utc_naive(value: Any) -> dt.datetime:
     """A timestamp as stored: UTC without tzinfo (accepts datetimes, pandas and ISO text)."""
     stamp = pd.Timestamp(value)
@@ -697,16 +562,22 @@ def _utc_naive(value: Any) -> dt.datetime:
     return stamp.to_pydatetime()
 
 
-def _staleness(node: FeatureNode, now: Any) -> dict[str, Any]:
+def _pending_of(node: FeatureNode) -> tuple[list[Any], list[int], list[dt.datetime]]:
+    """Each stale key of a feature table (held ones too), its pending appends and the
+    ingestion time of the oldest."""
     if node.pending is not None:
-        entries = [p for k, p in node.pending.keys.items() if k not in node.quarantined]
-        counts = [p.count for p in entries]
-        since = [p.first_at for p in entries]
-    else:  # a table refreshed in full keeps no index: ask the database
-        summary = node.storage.pending_summary(node.read_all()).to_pydict()
-        held = [i for i, k in enumerate(summary["key"]) if k not in node.quarantined]
-        counts = [summary["n"][i] for i in held]
-        since = [summary["first_at"][i] for i in held]
+        keys = list(node.pending.keys)
+        entries = [node.pending.keys[k] for k in keys]
+        return keys, [p.count for p in entries], [p.first_at for p in entries]
+    # a table refreshed in full keeps no index: ask the database
+    summary = node.storage.pending_summary(node.read_all()).to_pydict()
+    return summary["key"], summary["n"], summary["first_at"]
+
+
+def _staleness(node: FeatureNode, now: Any) -> dict[str, Any]:
+    keys, counts, since = _pending_of(node)
+    held = [i for i, k in enumerate(keys) if k not in node.quarantined]
+    counts, since = [counts[i] for i in held], [since[i] for i in held]
     ages = np.array([(now - t).total_seconds() for t in since], dtype=float)
     return {
         "stale_keys": len(counts),

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ralf.engine.node import FeatureNode, Node
+from ralf.engine.node import FeatureNode, Node, SqlTableNode
 from ralf.errors import SchemaError
 from ralf.ivm import views
+from ralf.ivm.aggregate import DeltaAggregate
+from ralf.ivm.views import KeyRecompute
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
 from ralf.schema import Schema
 from ralf.storage.units import FEATURE, SOURCE
 
 if TYPE_CHECKING:
-    from ralf.server import Ralf
+    from ralf.pipeline import Pipeline
 
 
 def _build(policy: Any, args: tuple, kwargs: dict | None, base: type, what: str) -> Any:
@@ -23,10 +25,11 @@ def _build(policy: Any, args: tuple, kwargs: dict | None, base: type, what: str)
 
 
 class Table:
-    """A source or feature table of a :class:`ralf.Ralf` pipeline."""
+    """A source or feature table of a :class:`ralf.Ralf` pipeline: what it holds, and the
+    methods that derive new tables from it (through the pipeline graph it belongs to)."""
 
-    def __init__(self, server: Ralf, node: Node) -> None:
-        self._server = server
+    def __init__(self, pipeline: Pipeline, node: Node) -> None:
+        self._pipeline = pipeline
         self._node = node
 
     @property
@@ -49,9 +52,9 @@ class Table:
             schema: Schema | None = None, name: str | None = None, lazy: bool = False,
             budget: int | None = None) -> Table:
         """A feature table whose rows ``operator.on_record(record)`` derives from this one's."""
-        return self._server._add_feature(
+        return self._derived(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
-            budget=budget)
+            budget=budget))
 
     def join(self, other: Table, operator: Any, args: tuple = (), kwargs: dict | None = None,
              *, on: str, schema: Schema | None = None, name: str | None = None,
@@ -63,9 +66,9 @@ class Table:
                               table=self.name, column=on)
         if not isinstance(other, Table):
             raise TypeError(f"join expects a Table to look up into, got {type(other).__name__}")
-        return self._server._add_feature(
+        return self._derived(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
-            budget=budget, lookup=other._node, on=on)
+            budget=budget, lookup=other._node, on=on))
 
     def aggregate(self, by: str, *, name: str | None = None, lazy: bool = False,
                   budget: int | None = None, **outputs: tuple[str, str]) -> Table:
@@ -77,8 +80,8 @@ class Table:
         self._check_key(by, "aggregate(by=...)")
         plan = views.from_aggregate(self.name, self.kind == SOURCE, by,
                                     set(self.schema.columns), outputs)
-        return self._server._add_view(self._node, plan, name=name or f"{self.name}_by_{by}",
-                                      lazy=lazy, budget=budget)
+        return self._derived(self._pipeline.add_sql_table(
+            self._node, plan, name=name or f"{self.name}_by_{by}", lazy=lazy, budget=budget))
 
     def sql(self, query: str, *, name: str, lazy: bool = False, budget: int | None = None
             ) -> Table:
@@ -87,7 +90,8 @@ class Table:
         name="average")``. Decomposable aggregates are maintained by deltas, anything else
         by recomputing the stale keys' groups."""
         plan = views.from_sql(query, self.name, self.kind == SOURCE, self.schema.primary_key)
-        return self._server._add_view(self._node, plan, name=name, lazy=lazy, budget=budget)
+        return self._derived(self._pipeline.add_sql_table(self._node, plan, name=name,
+                                                          lazy=lazy, budget=budget))
 
     def _check_key(self, by: str, what: str) -> None:
         key = self.schema.primary_key
@@ -99,7 +103,7 @@ class Table:
 
     def as_queryable(self, name: str) -> Table:
         """Make the table queryable under another name too (a view in the database)."""
-        self._server._add_alias(name, self._node)
+        self._pipeline.add_alias(name, self._node)
         return self
 
     def add_load_shedding(self, policy: Any, args: tuple = (), kwargs: dict | None = None
@@ -115,9 +119,25 @@ class Table:
         for hook in ("on_pending", "on_refresh", "on_query", "on_error", "choose_many"):
             if not hasattr(instance, hook):  # a duck-typed user policy: give it the defaults
                 setattr(instance, hook, getattr(PrioritizationPolicy, hook).__get__(instance))
-        with self._server._scheduler.lock:
+        with self._pipeline.lock:
             node.set_priority(instance)
         return self
+
+    @property
+    def plan(self) -> DeltaAggregate | KeyRecompute | None:
+        """How a SQL table (``aggregate``/``sql``) is maintained: a :class:`DeltaAggregate`
+        (deltas merged into helper columns) or a :class:`KeyRecompute` (the stale keys'
+        groups recomputed); None for other tables."""
+        return self._node.plan if isinstance(self._node, SqlTableNode) else None
+
+    @property
+    def refreshes_on_query(self) -> bool:
+        """Whether a query of this table may first refresh it (it, or a table it derives
+        from, is lazy)."""
+        return isinstance(self._node, FeatureNode) and self._node.on_lazy_path
+
+    def _derived(self, node: Node) -> Table:
+        return Table(self._pipeline, node)
 
     def _feature(self, what: str) -> FeatureNode:
         if self._node.info.kind != FEATURE:

@@ -108,25 +108,23 @@ def replay_staleness(
             table.add_prioritization_policy(policy)
         if shedding is not None:
             table.add_load_shedding(shedding)
-        node = server._node("features")
-        if node.pending is None:
-            node.rebuild_pending()
+        key = table.schema.primary_key  # the features' key (the stream's, for most operators)
         seen: dict[Any, None] = {}
         for tick in range(1, max_ticks + 1):
             server.step()
-            seen.update(dict.fromkeys(node.pending.keys))
-            seen.update(dict.fromkeys(node.cache))
-            now = clock.now()
-            pending = node.pending.keys
+            stale = server.staleness("features").set_index("key")
+            seen.update(dict.fromkeys(stale.index))
+            seen.update(dict.fromkeys(server.bulk_arrow("features").column(key).to_pylist()))
             keys = list(seen)
             frames.append(pd.DataFrame({
                 "tick": tick,
                 "key": keys,
-                "pending": [pending[k].count if k in pending else 0 for k in keys],
-                "staleness": [(now - pending[k].first_at).total_seconds() if k in pending
-                              else 0.0 for k in keys],
+                "pending": [int(stale.at[k, "pending"]) if k in stale.index else 0
+                            for k in keys],
+                "staleness": [float(stale.at[k, "staleness"]) if k in stale.index else 0.0
+                              for k in keys],
             }))
-            if server._scheduler.drained():
+            if server.drained():
                 break
             clock.advance(tick_seconds)
     return pd.concat(frames, ignore_index=True)

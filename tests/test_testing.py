@@ -60,10 +60,10 @@ def test_queue_source_emits_what_is_queued_and_waits_when_empty(make_ralf):
     from ralf.testing import QueueSource
 
     with make_ralf() as server:
-        table = server.create_source(QueueSource, args=(RATINGS,), name="ratings")
-        queue = table._node.source
+        queue = QueueSource(RATINGS)
+        server.create_source(queue, name="ratings")
         assert server.step() is False  # nothing queued: nothing yet, not exhausted
         queue.queue.append(ratings(5))
         assert server.step() is True
         assert server.sql("SELECT count(*) AS n FROM ratings")["n"][0] == 5
-        assert not server._node("ratings").exhausted
+        assert not server.metrics()["tables"]["ratings"]["exhausted"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,10 +64,6 @@ class Node:
         # Set when a failure could not be followed by a resume (the database was down):
         # the node is resumed before it is used again.
         self.broken = False
-        # Makes a fresh copy of the user's object (source or operator) as the pipeline
-        # definition made it, for a resume that must start it over; None if it cannot.
-        self.remake: Callable[[], Any] | None = None
-        self.touched = False  # the user's object has run since the last resume
 
     @property
     def name(self) -> str:
@@ -109,9 +105,31 @@ class Node:
         return Record.from_dict(dict(zip(self.schema.names, values, strict=True)))
 
 
-class SourceNode(Node):
+class UserCode:
+    """A node that runs an object of the user's (a source, an operator): how to make it
+    again for a resume that must start it over, and whether it ran since the last one."""
+
+    def __init__(self) -> None:
+        # a fresh copy of the user's object as the pipeline definition made it; None if
+        # it cannot be made again in this process
+        self.remake: Callable[[], Any] | None = None
+        self.touched = False  # the user's object has run since the last resume
+
+    def remade(self) -> Any:
+        """A fresh copy of the user's object, as the pipeline definition made it."""
+        if self.remake is None:
+            raise RalfError(f"table {self.name!r}: its user code must start over but cannot "
+                            "be made again in this process (pass a class with args, or give "
+                            "it checkpoint()/restore()); reopen the database")
+        return self.remake()
+
+
+class SourceNode(Node, UserCode):
+    """A source table: the user's SourceOperator, where it stands, and its append log."""
+
     def __init__(self, info: TableInfo, storage: Storage, source: Any) -> None:
-        super().__init__(info, storage)
+        Node.__init__(self, info, storage)
+        UserCode.__init__(self)
         self.source = source
         self.partition: KeyPartition | None = None  # sharded: keep only this shard's keys
         self.emitted = 0
@@ -140,7 +158,7 @@ class SourceNode(Node):
             self.skip = 0
         else:
             if self.touched:
-                self.source = _remade(self)
+                self.source = self.remade()
             self.skip = emitted
         self.seq = self.storage.max_seq(self.info)
         self.emitted, self.exhausted, self.touched = emitted, False, False
@@ -149,25 +167,33 @@ class SourceNode(Node):
         self.broken = False
 
 
+@dataclass
+class Policies:
+    """A feature table's policies: load shedding (per record, or over a refresh's records
+    as a whole) and prioritization under a budget."""
+
+    shedding: list[tuple[LoadSheddingPolicy, bool]] = field(default_factory=list)
+    selectors: list[LoadSheddingPolicy] = field(default_factory=list)
+    priority: PrioritizationPolicy | None = None
+    default: PrioritizationPolicy = field(default_factory=FIFO)  # under a budget, if none
+
+
 class FeatureNode(Node):
-    def __init__(self, info: TableInfo, storage: Storage, parent: Node, operator: Any,
-                 lookup: Node | None, budget: int | None) -> None:
+    """A feature table: its parent, policies and progress. Its two kinds differ in how
+    a refresh applies the parent's appends: :class:`OperatorNode` (Python code) and
+    :class:`SqlTableNode` (a SQL plan run inside the database)."""
+
+    def __init__(self, info: TableInfo, storage: Storage, parent: Node, lookup: Node | None,
+                 budget: int | None) -> None:
         super().__init__(info, storage)
         self.parent = parent
         self.lookup = lookup
-        self.operator = operator
         self.budget = budget
-        self.shedding: list[tuple[LoadSheddingPolicy, bool]] = []
-        self.selectors: list[LoadSheddingPolicy] = []
-        self.priority: PrioritizationPolicy | None = None
-        self.default_priority = FIFO()
+        self.policies = Policies()
         self.marks = Watermarks()
         self.pending: PendingIndex | None = None
         self.tick = 0  # the scheduler's current tick, for backoff
-        self.state: bytes | None = None  # last committed operator checkpoint
-        self.replicas: Any = None  # a ralf.engine.ray_executor.Replicas when on Ray
         self.cache = ServingCache(info.schema)
-        self.initial: bytes | None = None  # the operator's state as created (see resume)
 
     @property
     def quarantined(self) -> set[Any]:
@@ -177,11 +203,6 @@ class FeatureNode(Node):
     @property
     def lazy(self) -> bool:
         return self.info.lazy
-
-    @property
-    def is_view(self) -> bool:
-        """Maintained by SQL inside the database (aggregate / sql tables)."""
-        return isinstance(self.operator, (DeltaAggregate, KeyRecompute))
 
     @property
     def aligned(self) -> bool:
@@ -201,17 +222,17 @@ class FeatureNode(Node):
     @property
     def keyed(self) -> bool:
         """Tables refreshed key by key keep an index of stale keys."""
-        return self.lazy or self.budget is not None or self.priority is not None
+        return self.lazy or self.budget is not None or self.policies.priority is not None
 
     def add_shedding(self, policy: LoadSheddingPolicy) -> None:
         policy.routing_key = self.parent.schema.primary_key
         if selects(policy):
-            self.selectors.append(policy)
+            self.policies.selectors.append(policy)
         else:
-            self.shedding.append((policy, wants_current(policy)))
+            self.policies.shedding.append((policy, wants_current(policy)))
 
     def set_priority(self, policy: PrioritizationPolicy) -> None:
-        self.priority = policy
+        self.policies.priority = policy
         if self.pending is None:
             self.rebuild_pending()
         else:
@@ -224,47 +245,15 @@ class FeatureNode(Node):
     def tell_policy(self, hook: str, *args: Any) -> None:
         """Call a hook of the prioritization policy (user code: what it raises becomes an
         OperatorError naming the table)."""
-        if self.priority is None:
+        priority = self.policies.priority
+        if priority is None:
             return
         try:
-            getattr(self.priority, hook)(*args)
+            getattr(priority, hook)(*args)
         except Exception as exc:
             raise OperatorError(f"table {self.name!r}: prioritization policy "
-                                f"{type(self.priority).__name__}.{hook} raised "
+                                f"{type(priority).__name__}.{hook} raised "
                                 f"{type(exc).__name__}: {exc}", table=self.name) from exc
-
-    # ---- checkpoints ------------------------------------------------------------------------
-    def snapshot(self) -> bytes | None:
-        """Pickled operator state, or None if it cannot be pickled (replay on reopen)."""
-        if self.is_view:
-            return None  # its state is the table itself
-        if self.replicas is not None:
-            return self.replicas.snapshot()
-        op = self.operator
-        try:
-            state = op.__getstate__()
-            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            if self.state is not None or not getattr(self, "_warned", False):
-                log.warning("table %r: operator state cannot be pickled (%s); it will be "
-                            "rebuilt by replaying the append log on reopen", self.name, exc)
-                self._warned = True
-            return None
-
-    def restore(self, state: bytes) -> None:
-        if self.replicas is not None:
-            self.replicas.restore(state)
-            self.state = state
-            return
-        value = pickle.loads(state)
-        if isinstance(value, list):
-            raise ValueError("the checkpoint was written by Ray replicas")
-        op = self.operator
-        if hasattr(type(op), "__setstate__"):
-            op.__setstate__(value)
-        elif isinstance(value, dict):
-            op.__dict__.update(value)
-        self.state = state
 
     # ---- recovery ---------------------------------------------------------------------------
     def resume(self) -> None:
@@ -272,12 +261,9 @@ class FeatureNode(Node):
         serving cache, index of stale keys. Opening does this, and so does every failure
         in a tick (a restart in miniature, by the same steps), so memory never keeps
         anything the database does not hold."""
-        if self.initial is None and not self.touched:  # a new node: the state it starts from
-            self.initial = self.snapshot()
         self.info.watermark = self.storage.load_floor(self.name)
         self.seq = self.storage.max_seq(self.info)
-        if not self.is_view:  # a SQL table's state is the table itself
-            self._resume_state()
+        self._resume_state()
         overrides = {
             self.parent.schema.key_from_text(text): seq
             for text, seq in self.storage.load_watermarks(self.name).items()
@@ -286,36 +272,12 @@ class FeatureNode(Node):
         self.load_cache()
         if self.keyed:
             self.rebuild_pending()
-        self.touched = self.broken = False
+        self.broken = False
 
     def _resume_state(self) -> None:
-        found, state = self.storage.load_operator_state(self.name)
-        if not found:  # nothing committed yet: the state the operator was created with
-            self._restart_operator()
-            return
-        try:
-            if state is None:
-                raise ValueError("its operator state could not be pickled")
-            self.restore(state)
-        except ValueError as exc:  # unpicklable, or another number of Ray replicas
-            log.warning("table %r: %s; rebuilding it from the append log", self.name, exc)
-            self.storage.reset_progress(self.name)
-            self.info.watermark = self.storage.load_floor(self.name)
-            self.initial = None  # rebuilt from a fresh operator: nothing to restore
-            self._restart_operator()
-
-    def _restart_operator(self) -> None:
-        """The operator as created: its initial checkpoint restored, or (unpicklable) a
-        fresh instance if this one has run."""
-        if self.initial is not None:
-            self.restore(self.initial)
-            return
-        if self.touched:
-            if self.replicas is not None:
-                raise RalfError(f"table {self.name!r}: Ray replicas whose state cannot be "
-                                "pickled cannot be restarted in process; reopen the database")
-            self.operator = _remade(self)
-        self.state = self.initial = self.snapshot()
+        """Put back state the table keeps beside its rows (a SQL table keeps none: its state
+        is the table itself)."""
+        return None
 
     def rebuild_pending(self) -> None:
         summary = self.storage.pending_summary(self.read_all())  # may fail: index kept
@@ -361,11 +323,91 @@ class FeatureNode(Node):
                    for k, wm in self.marks.overrides.items())
 
 
+class SqlTableNode(FeatureNode):
+    """A feature table maintained by SQL inside the database (``aggregate`` / ``sql``)."""
 
-def _remade(node: Node) -> Any:
-    """A fresh copy of the node's user object, as the pipeline definition made it."""
-    if node.remake is None:
-        raise RalfError(f"table {node.name!r}: its {type(node).__name__[:-4].lower()} must "
-                        "start over but cannot be made again in this process (pass a class "
-                        "with args, or give it checkpoint()/restore()); reopen the database")
-    return node.remake()
+    def __init__(self, info: TableInfo, storage: Storage, parent: Node,
+                 plan: DeltaAggregate | KeyRecompute, budget: int | None) -> None:
+        super().__init__(info, storage, parent, None, budget)
+        self.plan = plan
+
+
+class OperatorNode(FeatureNode, UserCode):
+    """A feature table a Python operator maintains (``map`` / ``join``): the operator, its
+    committed checkpoint, and its Ray replicas when it runs on Ray."""
+
+    def __init__(self, info: TableInfo, storage: Storage, parent: Node, operator: Any,
+                 lookup: Node | None, budget: int | None) -> None:
+        FeatureNode.__init__(self, info, storage, parent, lookup, budget)
+        UserCode.__init__(self)
+        self.operator = operator
+        self.replicas: Any = None  # a ralf.engine.ray_executor.Replicas when on Ray
+        self.committed_state: bytes | None = None  # the operator's last committed checkpoint
+        self.initial: bytes | None = None  # the operator's state as created (see resume)
+
+    def resume(self) -> None:
+        if self.initial is None and not self.touched:  # a new node: the state it starts from
+            self.initial = self.checkpoint()
+        super().resume()
+        self.touched = False
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def checkpoint(self) -> bytes | None:
+        """Pickled operator state, or None if it cannot be pickled (replay on reopen)."""
+        if self.replicas is not None:
+            return self.replicas.checkpoint()
+        op = self.operator
+        try:
+            state = op.__getstate__()
+            return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            if self.committed_state is not None or not getattr(self, "_warned", False):
+                log.warning("table %r: operator state cannot be pickled (%s); it will be "
+                            "rebuilt by replaying the append log on reopen", self.name, exc)
+                self._warned = True
+            return None
+
+    def restore(self, state: bytes) -> None:
+        """Put the operator back to a checkpoint."""
+        if self.replicas is not None:
+            self.replicas.restore(state)
+            self.committed_state = state
+            return
+        value = pickle.loads(state)
+        if isinstance(value, list):
+            raise ValueError("the checkpoint was written by Ray replicas")
+        op = self.operator
+        if hasattr(type(op), "__setstate__"):
+            op.__setstate__(value)
+        elif isinstance(value, dict):
+            op.__dict__.update(value)
+        self.committed_state = state
+
+    def _resume_state(self) -> None:
+        found, state = self.storage.load_operator_state(self.name)
+        if not found:  # nothing committed yet: the state the operator was created with
+            self._restart_operator()
+            return
+        try:
+            if state is None:
+                raise ValueError("its operator state could not be pickled")
+            self.restore(state)
+        except ValueError as exc:  # unpicklable, or another number of Ray replicas
+            log.warning("table %r: %s; rebuilding it from the append log", self.name, exc)
+            self.storage.reset_progress(self.name)
+            self.info.watermark = self.storage.load_floor(self.name)
+            self.initial = None  # rebuilt from a fresh operator: nothing to restore
+            self._restart_operator()
+
+    def _restart_operator(self) -> None:
+        """The operator as created: its initial checkpoint restored, or (unpicklable) a
+        fresh instance if this one has run."""
+        if self.initial is not None:
+            self.restore(self.initial)
+            return
+        if self.touched:
+            if self.replicas is not None:
+                raise RalfError(f"table {self.name!r}: Ray replicas whose state cannot be "
+                                "pickled cannot be restarted in process; reopen the database")
+            self.operator = self.remade()
+        self.committed_state = self.initial = self.checkpoint()

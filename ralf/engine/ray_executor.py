@@ -37,7 +37,7 @@ class _Replica:
                          for k, e in result.failed.items()}
         return result
 
-    def snapshot(self) -> bytes:
+    def checkpoint(self) -> bytes:
         return pickle.dumps(self.operator.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, state: bytes) -> None:
@@ -89,8 +89,8 @@ class Replicas:
             result.merge(part)
         return result
 
-    def snapshot(self) -> bytes:
-        states = self._ray.get([actor.snapshot.remote() for actor in self.actors])
+    def checkpoint(self) -> bytes:
+        states = self._ray.get([actor.checkpoint.remote() for actor in self.actors])
         return pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, state: bytes) -> None:

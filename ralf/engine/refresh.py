@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from ralf.engine.apply import Applied, apply_records
 from ralf.engine.ingest import notify_children
-from ralf.engine.node import FeatureNode
+from ralf.engine.node import FeatureNode, OperatorNode, SqlTableNode
 from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError
 from ralf.faults import crashpoint
@@ -42,7 +42,7 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
         return 0
     start = time.perf_counter()
     try:
-        if node.is_view:
+        if isinstance(node, SqlTableNode):
             return _refresh_sql_table(node, keys, errors, now)
         with _cyclic_gc_paused():
             return _refresh_python(node, keys, errors, max_failures, now)
@@ -67,7 +67,7 @@ def _cyclic_gc_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
+def _refresh_python(node: OperatorNode, keys: list[Any] | None, errors: list[RalfError],
                     max_failures: int, now: dt.datetime) -> int:
     read = node.read_all() if keys is None else node.read_keys(keys)
     data = node.storage.read_log(read)
@@ -84,10 +84,10 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
             break
         skip |= set(run.failed)
         _record_failures(node, run.failed, errors, max_failures)
-        if node.state is None:  # state cannot be rolled back: keep the other keys' results
+        if node.committed_state is None:  # no rollback possible: keep the others' results
             rows = _without(rows, run, node.schema.primary_key, skip)
             break
-        node.restore(node.state)  # undo what the failed keys did to the state, then replay
+        node.restore(node.committed_state)  # undo what the failed keys did, then replay
     crashpoint("refresh.after_operator")
     run.shed += shed
     refreshed_keys = _refreshed(data.column(pk), keys, skip)
@@ -95,21 +95,21 @@ def _refresh_python(node: FeatureNode, keys: list[Any] | None, errors: list[Ralf
     return len(refreshed_keys)
 
 
-def _shed(node: FeatureNode, data: pa.Table, pk: str, per_record: bool
+def _shed(node: OperatorNode, data: pa.Table, pk: str, per_record: bool
           ) -> tuple[pa.Table, int]:
     """Apply load shedding ahead of the operator: ``select`` policies always, ``process``
     policies too for ``on_batch`` operators (the per-record path asks them as it goes, so a
     two-argument policy sees the row each record produced). Returns the kept rows and how
     many went."""
-    per_record = per_record and bool(node.shedding)
-    if not per_record and not node.selectors:
+    per_record = per_record and bool(node.policies.shedding)
+    if not per_record and not node.policies.selectors:
         return data, 0
     records = node.parent.schema.records(data)
     for i, record in enumerate(records):
         record._ralf_row = i
     kept = records
     try:  # user code, over the refresh's records as a whole: a failure fails the table
-        for policy in node.selectors:
+        for policy in node.policies.selectors:
             kept = policy.select(kept, pk)
         if per_record:  # on_batch: the kept record stands in for the row it will produce
             latest: dict[Any, Any] = {}
@@ -127,8 +127,8 @@ def _shed(node: FeatureNode, data: pa.Table, pk: str, per_record: bool
     return data.take(pa.array(rows, pa.int64())), data.num_rows - len(rows)
 
 
-def _keep(node: FeatureNode, record: Record, key: Any, outputs: dict[Any, Any]) -> bool:
-    for policy, wants_current in node.shedding:
+def _keep(node: OperatorNode, record: Record, key: Any, outputs: dict[Any, Any]) -> bool:
+    for policy, wants_current in node.policies.shedding:
         if wants_current:
             current = outputs.get(key)
             if current is None:
@@ -143,14 +143,14 @@ def _keep(node: FeatureNode, record: Record, key: Any, outputs: dict[Any, Any]) 
     return True
 
 
-def _refresh_sql_table(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
+def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfError],
                   now: dt.datetime) -> int:
     """A SQL-maintained table: the plan runs inside the database, in one transaction."""
     read = node.read_all() if keys is None else node.read_keys(keys)
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
     advance = node.marks.advance(keys or [], list(node.held) if full else None, read.high)
     unit = SqlRefresh(
-        table=node.info, read=read, plan=node.operator, version=node.seq + 1,
+        table=node.info, read=read, plan=node.plan, version=node.seq + 1,
         updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),
         clear_watermarks=advance.clear)
     rows, deleted = node.storage.refresh_sql_table(unit)
@@ -165,7 +165,7 @@ def _refresh_sql_table(node: FeatureNode, keys: list[Any] | None, errors: list[R
     return len(keys)
 
 
-def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[Applied, pa.Table]:
+def _run(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[Applied, pa.Table]:
     """The per-record path: ``on_record`` for each pending append, in arrival order — here,
     or on the table's Ray replicas."""
     records = node.parent.schema.records(data)
@@ -177,13 +177,14 @@ def _run(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[Ap
     if node.replicas is not None:
         result = node.replicas.apply(*args, others=others, skip=skip)
     else:
-        keep = (lambda r, k, outputs: _keep(node, r, k, outputs)) if node.shedding else None
+        keep = ((lambda r, k, outputs: _keep(node, r, k, outputs))
+                if node.policies.shedding else None)
         result = apply_records(node.operator.on_record, *args, others=others, keep=keep,
                                skip=skip)
     return result, _output_rows(node, result, list(result.outputs.values()))
 
 
-def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
+def _run_batch(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]
                ) -> tuple[Applied, pa.Table]:
     """The vectorised path: ``on_batch(df)`` once for all chosen keys; if it raises, once
     per key, to find the keys that fail."""
@@ -194,8 +195,8 @@ def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
     try:
         outputs = [_batch_output(node, frame)]
     except Exception:  # user code: find the failing keys, one call per key
-        if node.state is not None:
-            node.restore(node.state)
+        if node.committed_state is not None:
+            node.restore(node.committed_state)
         outputs = []
         for key, group in frame.groupby(pk, sort=False):
             try:
@@ -212,7 +213,7 @@ def _run_batch(node: FeatureNode, data: pa.Table, pk: str, skip: set[Any]
     return result, _output_rows(node, result, combined)
 
 
-def _batch_output(node: FeatureNode, frame: pd.DataFrame) -> pd.DataFrame:
+def _batch_output(node: OperatorNode, frame: pd.DataFrame) -> pd.DataFrame:
     out = node.operator.on_batch(frame)
     if isinstance(out, pa.Table):
         out = out.to_pandas()
@@ -280,10 +281,10 @@ def _refreshed(read_keys: pa.ChunkedArray, keys: list[Any] | None, skip: set[Any
     return [k for k in keys if k not in skip]
 
 
-def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | None,
+def _commit(node: OperatorNode, rows: pa.Table, run: Applied, keys: list[Any] | None,
             refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
     advance = node.marks.advance(refreshed, _still_stale(node, keys, refreshed, skip), high)
-    state = node.snapshot() if run.processed else node.state
+    state = node.checkpoint() if run.processed else node.committed_state
     node.storage.refresh(Refresh(
         table=node.info,
         rows=rows,
@@ -296,8 +297,8 @@ def _commit(node: FeatureNode, rows: pa.Table, run: Applied, keys: list[Any] | N
         write_state=run.processed > 0,
     ))
     crashpoint("refresh.after_commit")
-    # Committed: now the in-memory view may move.
-    node.state = state
+    # Committed: now memory may move.
+    node.committed_state = state
     _move_marks(node, advance)
     node.put_rows(rows, now)
     crashpoint("refresh.after_cache")

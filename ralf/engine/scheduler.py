@@ -139,8 +139,8 @@ class Scheduler:
         stale = StaleKeys(node.pending, node.held, node.cache, now)
         if node.budget is None or len(stale) <= node.budget:
             return list(stale)
-        policy = node.priority or node.default_priority
-        policy.view = stale
+        policy = node.policies.priority or node.policies.default
+        policy.stale = stale
         try:
             return policy.choose_many(stale, node.budget)
         except Exception as exc:

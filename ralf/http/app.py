@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
-from ralf.engine.node import FeatureNode
 from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
 from ralf.http import codec
 
@@ -188,7 +187,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     def tables() -> Response:
         listed = server.tables()
         for entry in listed:
-            schema = server._node(entry["name"]).schema
+            schema = server.table(entry["name"]).schema
             entry["schema"] = {"primary_key": schema.primary_key,
                                "columns": {n: schema.sql_type(n) for n in schema.names}}
         return Response(codec.dumps(listed), media_type=JSON)
@@ -197,8 +196,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     async def point(table: str, key: str, metadata: bool = False,
                     as_of: dt.datetime | None = None) -> Response:
         try:
-            node = server._node(table)
-            if as_of is not None or (isinstance(node, FeatureNode) and node.on_lazy_path):
+            if as_of is not None or server.table(table).refreshes_on_query:
                 record = await run_in_threadpool(server.point_query, table, key,
                                                  with_metadata=metadata, as_of=as_of)
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ralf.schema import Record
@@ -38,10 +38,10 @@ class PrioritizationPolicy:
 
     ``keys`` is a :class:`ralf.engine.progress.StaleKeys`: a sequence of the stale keys in
     FIFO order that also answers ``pending_count(key)``, ``first_seq(key)``,
-    ``first_at(key)``, ``updated_at(key)``. The same object is bound as ``self.view``.
+    ``first_at(key)``, ``updated_at(key)``. The same object is bound as ``self.stale``.
     """
 
-    view: Any = None
+    stale: Any = None  # the StaleKeys of the current choice
 
     def choose(self, keys: Sequence[Any]) -> Any:
         return next(iter(keys))
@@ -89,3 +89,22 @@ def wants_current(policy: LoadSheddingPolicy) -> bool:
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     return len(params) >= 2
+
+
+def key_weights(source: Any, what: str) -> dict[Any, float]:
+    """A key -> number mapping from a dict, a pandas Series/DataFrame or a CSV path."""
+    import pandas as pd
+
+    if isinstance(source, Mapping):
+        return dict(source)
+    if isinstance(source, str):
+        source = pd.read_csv(source)
+    if isinstance(source, pd.Series):
+        return source.to_dict()
+    if isinstance(source, pd.DataFrame):
+        if source.shape[1] != 2:
+            raise ValueError(f"{what}: a DataFrame needs two columns (key, value), "
+                             f"got {list(source.columns)}")
+        return dict(zip(source.iloc[:, 0].tolist(), source.iloc[:, 1].tolist(), strict=True))
+    raise TypeError(f"{what}: expected a dict, a pandas Series/DataFrame or a CSV path, "
+                    f"got {type(source).__name__}")

@@ -12,13 +12,13 @@ import heapq
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from ralf.policies.base import PrioritizationPolicy
+from ralf.policies.base import PrioritizationPolicy, key_weights
 
 
 def _first_k(order: Any, keys: Sequence[Any], k: int) -> list[Any]:
@@ -146,25 +146,6 @@ class Random(PrioritizationPolicy):
         return self._random.sample(candidates, min(k, len(candidates)))
 
 
-def _weights(source: Any, what: str) -> dict[Any, float]:
-    """A key -> number mapping from a dict, a pandas Series/DataFrame or a CSV path."""
-    import pandas as pd
-
-    if isinstance(source, Mapping):
-        return dict(source)
-    if isinstance(source, str):
-        source = pd.read_csv(source)
-    if isinstance(source, pd.Series):
-        return source.to_dict()
-    if isinstance(source, pd.DataFrame):
-        if source.shape[1] != 2:
-            raise ValueError(f"{what}: a DataFrame needs two columns (key, value), "
-                             f"got {list(source.columns)}")
-        return dict(zip(source.iloc[:, 0].tolist(), source.iloc[:, 1].tolist(), strict=True))
-    raise TypeError(f"{what}: expected a dict, a pandas Series/DataFrame or a CSV path, "
-                    f"got {type(source).__name__}")
-
-
 class Lottery(PrioritizationPolicy):
     """Lottery scheduling: each draw picks a stale key with probability proportional to its
     tickets, so every key with tickets keeps a chance (e.g. tickets = user activity).
@@ -176,7 +157,7 @@ class Lottery(PrioritizationPolicy):
 
     def __init__(self, tickets: Any = None, default: float = 1.0, seed: int | None = None
                  ) -> None:
-        self.tickets = _weights(tickets, "Lottery tickets") if tickets is not None else {}
+        self.tickets = key_weights(tickets, "Lottery tickets") if tickets is not None else {}
         if any(t < 0 for t in self.tickets.values()) or default < 0:
             raise ValueError("Lottery tickets must not be negative")
         self.default = default

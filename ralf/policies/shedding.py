@@ -5,8 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ralf.policies.base import LoadSheddingPolicy
-from ralf.policies.priority import _weights
+from ralf.policies.base import LoadSheddingPolicy, key_weights
 from ralf.schema import Record
 
 
@@ -31,7 +30,7 @@ class KeyWeightedSampling(LoadSheddingPolicy):
 
     def __init__(self, weights: Any, default: float = 1.0, seed: int | None = None,
                  normalize: bool = False, key: str | None = None) -> None:
-        table = _weights(weights, "KeyWeightedSampling weights")
+        table = key_weights(weights, "KeyWeightedSampling weights")
         if normalize and table:
             top = max(table.values())
             table = {k: v / top for k, v in table.items()} if top > 0 else table

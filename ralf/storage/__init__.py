@@ -4,8 +4,10 @@ default, and PostgreSQL, for several processes sharing one database."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from ralf.storage.base import Storage
+if TYPE_CHECKING:
+    from ralf.storage.base import Storage
 
 
 def is_postgres_url(path: str | None) -> bool:

@@ -46,10 +46,21 @@ def test_two_replicas_equal_the_oracle_and_split_the_keys(make_ralf):
                                       check_dtype=False)
         counts = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
         assert counts == pd.DataFrame(rows)["user"].value_counts().to_dict()
-        states = pickle.loads(server._node("average").replicas.snapshot())
-        keys = [set(pickle.loads(s)["sums"]) for s in states]
-        assert len(keys) == 2 and keys[0] and keys[1] and not keys[0] & keys[1]
-        assert keys[0] | keys[1] == {r["user"] for r in rows}
+
+
+def test_each_key_lives_on_one_replica():
+    from ralf.engine.ray_executor import Replicas
+
+    rows = ratings(600, users=30)
+    replicas = Replicas(AverageRating(AVERAGE), AVERAGE, RATINGS, 2)
+    try:
+        replicas.apply(RATINGS.records(RATINGS.to_arrow(rows, "ratings")[0]), "user", "user",
+                       True, others=None, skip=set())
+        keys = [set(pickle.loads(s)["sums"]) for s in pickle.loads(replicas.checkpoint())]
+    finally:
+        replicas.close()
+    assert len(keys) == 2 and keys[0] and keys[1] and not keys[0] & keys[1]
+    assert keys[0] | keys[1] == {r["user"] for r in rows}
 
 
 def test_replica_state_is_checkpointed_and_restored(database):

@@ -29,7 +29,7 @@ def source(server):
 ])
 def test_plans(source, query, plan):
     table = source.sql(query, name="t")
-    assert isinstance(table._node.operator, plan)
+    assert isinstance(table.plan, plan)
 
 
 def test_output_schema_comes_from_the_query(source):
@@ -73,7 +73,7 @@ def test_a_sql_table_on_a_feature_table_recomputes(server, source):
     average = source.map(AverageRating, args=(AVERAGE,), name="average")
     doubled = average.sql("SELECT user, max(average) * 2 AS twice FROM average GROUP BY user",
                           name="twice")
-    assert isinstance(doubled._node.operator, KeyRecompute)
+    assert isinstance(doubled.plan, KeyRecompute)
     server.run()
     for row in server.bulk_query("average").itertuples():
         assert server.point_query("twice", row.user).twice == pytest.approx(2 * row.average)

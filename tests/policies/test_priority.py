@@ -148,7 +148,7 @@ def test_budget_is_never_exceeded_and_every_key_is_refreshed_in_the_end(policy, 
             now = server.metrics()["tables"]["counts"]["refreshes"]
             assert now - refreshed <= 7
             refreshed = now
-            if server._scheduler.drained():
+            if server.drained():
                 break
         got = RalfClient(server).bulk_query("counts").set_index("user")["count"].to_dict()
         assert got == pd.DataFrame(rows)["user"].value_counts().to_dict()

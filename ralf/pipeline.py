@@ -1,0 +1,202 @@
+"""The pipeline graph: a Ralf instance's tables by name, how each is defined, and the lock
+that guards the graph.
+
+It is the narrow collaborator :class:`ralf.table.Table` adds tables through (``map``,
+``join``, ``aggregate``, ``sql``, ``as_queryable``), the way quix-streams hands a
+``StreamingDataFrame`` a registry rather than the whole ``Application``: a Table never
+sees the scheduler, the HTTP server or the queries.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable
+from typing import Any
+
+from ralf.engine.node import Node, OperatorNode, SourceNode, SqlTableNode
+from ralf.engine.routing import KeyPartition
+from ralf.engine.scheduler import Scheduler
+from ralf.errors import SchemaError, TableNotFound
+from ralf.ivm.aggregate import DeltaAggregate
+from ralf.operators import instantiate
+from ralf.schema import Schema, python_type, quote
+from ralf.storage.base import Storage
+from ralf.storage.units import FEATURE, SOURCE, TableInfo
+
+
+class Pipeline:
+    """The tables of one Ralf instance (sources, feature tables, aliases, and tables an
+    earlier run stored but this one did not define), created against the catalog."""
+
+    def __init__(self, storage: Storage, scheduler: Scheduler, *, path: str | None,
+                 partition: KeyPartition | None, executor: str, num_replicas: int) -> None:
+        self.storage, self.scheduler = storage, scheduler
+        self.lock = scheduler.lock  # the engine lock: the graph changes under it
+        self.path, self.partition = path, partition
+        self.executor, self.num_replicas = executor, num_replicas
+        self.catalog = storage.catalog()
+        self.nodes: dict[str, Node] = {}
+        self.aliases: dict[str, Node] = {}
+        self.stored: dict[str, Node] = {}  # catalog tables this run did not define
+
+    # ---- adding tables ----------------------------------------------------------------------
+    def add_source(self, source: Any, args: tuple, kwargs: dict, *, schema: Schema | None,
+                   name: str | None) -> SourceNode:
+        """A source table fed by a SourceOperator (a class with args, or an instance)."""
+        what = f"create_source({default_name(source)})"
+        instance, schema = instantiate(source, args, kwargs, schema, what)
+        name = self._new_name(name, source)
+        info = self._define(TableInfo(name, SOURCE, schema))
+        node = SourceNode(info, self.storage, instance)
+        node.remake = _remaker(source, instance, args, kwargs, schema, what)
+        node.partition = self.partition
+        node.resume()
+        with self.lock:
+            self.scheduler.sources.append(node)
+            self.nodes[name] = node
+        return node
+
+    def add_operator_table(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
+                           schema: Schema | None, name: str | None, lazy: bool,
+                           budget: int | None, lookup: Node | None = None,
+                           on: str | None = None) -> OperatorNode:
+        """A feature table a Python operator derives from ``parent`` (a lookup join with
+        ``lookup`` when given)."""
+        check_budget(budget)
+        if lookup is not None and self.partition is not None:
+            raise ValueError("lookup joins are not supported with shards: a shard holds only "
+                             "its own keys of the other table")
+        what = f"map({default_name(operator)})"
+        instance, schema = instantiate(operator, args, kwargs, schema, what)
+        name = self._new_name(name, operator)
+        info = self._define(TableInfo(
+            name, FEATURE, schema, parent=parent.name,
+            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy))
+        node = OperatorNode(info, self.storage, parent, instance, lookup, budget)
+        node.remake = _remaker(operator, instance, args, kwargs, schema, what)
+        if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
+            from ralf.engine.ray_executor import Replicas
+
+            node.replicas = Replicas(instance, schema, parent.schema, self.num_replicas)
+        if lookup is not None and lookup.cache is None:
+            lookup.load_cache()
+        self._register(node)
+        return node
+
+    def add_sql_table(self, parent: Node, plan: Any, *, name: str, lazy: bool,
+                      budget: int | None) -> SqlTableNode:
+        """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
+        check_budget(budget)
+        name = self._new_name(name, plan)
+        source = f"main.{quote(parent.name)}"
+        delta = isinstance(plan, DeltaAggregate)
+        if delta:
+            described = self.storage.describe(plan.query(source))
+            helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
+        else:
+            described = self.storage.describe(plan.query)
+            helpers = []
+        columns = {column: python_type(sql) for column, sql in described}
+        schema = Schema(plan.key, columns)
+        derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
+        info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
+                                      hidden=helpers, derived=derived))
+        node = SqlTableNode(info, self.storage, parent, plan, budget)
+        self._register(node)
+        return node
+
+    def add_alias(self, alias: str, node: Node) -> None:
+        """Make ``node``'s table queryable as ``alias`` too (a view in the database)."""
+        if alias == node.name:
+            return
+        if alias in self.nodes or (alias in self.aliases and self.aliases[alias] is not node):
+            raise ValueError(f"a table named {alias!r} is already defined")
+        if alias in self.catalog:
+            raise ValueError(f"{alias!r} is a stored table; cannot reuse it as an alias")
+        self.storage.create_alias(alias, node.name)
+        self.aliases[alias] = node
+
+    def _register(self, node: OperatorNode | SqlTableNode) -> None:
+        """Resume a new feature table's progress and put it into the graph."""
+        with self.lock:
+            node.resume()
+            node.parent.children.append(node)
+            self.scheduler.features.append(node)
+            self.nodes[node.name] = node
+
+    def _define(self, info: TableInfo) -> TableInfo:
+        """Create the table, or check that the stored one has the same definition."""
+        existing = self.catalog.get(info.name)
+        if existing is None:
+            info.watermark = self.storage.seq_base
+            self.storage.create_table(info)
+            self.catalog[info.name] = info
+            return info
+        if existing.kind != info.kind or existing.schema != info.schema or (
+                existing.parent != info.parent):
+            raise SchemaError(
+                f"table {info.name!r} already exists in {self.path!r} with another definition "
+                f"({existing.kind} {existing.schema!r} from {existing.parent!r}); "
+                f"choose another name",
+                table=info.name)
+        info.watermark = existing.watermark
+        if (existing.lazy, existing.lookup, existing.lookup_on) != (
+                info.lazy, info.lookup, info.lookup_on):
+            self.storage.update_definition(info)
+        self.catalog[info.name] = info
+        return info
+
+    def _new_name(self, name: str | None, obj: Any) -> str:
+        if name is None:
+            base = default_name(obj)
+            name, n = base, 1
+            while name in self.nodes or name in self.aliases:
+                n += 1
+                name = f"{base}_{n}"
+        if not isinstance(name, str) or not name or "\x00" in name:
+            raise ValueError(f"a table name must be a non-empty string, got {name!r}")
+        if name in self.nodes or name in self.aliases:
+            raise ValueError(f"a table named {name!r} is already defined")
+        if name.lower().startswith("_ralf") or name.lower() == "ralf":
+            raise ValueError(f"table name {name!r} is reserved")
+        return name
+
+    # ---- looking tables up -----------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        """The table named ``name`` (an alias, or one stored by an earlier run too)."""
+        node = self.nodes.get(name) or self.aliases.get(name) or self.stored.get(name)
+        if node is not None:
+            return node
+        info = self.catalog.get(name) if isinstance(name, str) else None
+        if info is None:
+            raise TableNotFound(f"no table named {name!r}")
+        # Stored by an earlier run but not defined by this one: answer from the database.
+        node = self.stored[name] = Node(info, self.storage)
+        return node
+
+
+def default_name(obj: Any) -> str:
+    """A table's name when none is given: its class's name in snake case."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+def check_budget(budget: int | None) -> None:
+    """Refuse a budget that is not a positive number of keys per tick."""
+    if budget is not None and (not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget must be a positive number of keys per tick, got {budget!r}")
+
+
+def _remaker(given: Any, instance: Any, args: tuple, kwargs: dict, schema: Schema,
+             what: str) -> Callable[[], Any] | None:
+    """How to make the user's source or operator again as the definition made it (for a
+    resume that must start it over): from its class, or from a copy of the instance taken
+    before it ran; None if neither is possible."""
+    if isinstance(given, type):
+        return lambda: instantiate(given, args, kwargs, schema, what)[0]
+    try:
+        pristine = copy.deepcopy(instance)
+    except Exception:  # e.g. it holds a generator or a connection
+        return None
+    return lambda: copy.deepcopy(pristine)
