@@ -8,6 +8,7 @@ from ralf.errors import (
     QueryError,
     RalfError,
     SchemaError,
+    TableError,
     TableNotFound,
 )
 from ralf.operators import Operator, SourceOperator
@@ -32,5 +33,6 @@ __all__ = [
     "SchemaError",
     "SourceOperator",
     "Table",
+    "TableError",
     "TableNotFound",
 ]

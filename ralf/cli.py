@@ -42,6 +42,8 @@ def load_pipeline(path: str) -> Any:
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Run a pipeline file: build it on a ``Ralf`` opened on ``--db``, process and serve HTTP
+    until SIGINT or SIGTERM, printing a progress line every ``--log-every`` seconds."""
     from ralf.server import Ralf
 
     build = load_pipeline(args.pipeline)
@@ -74,6 +76,7 @@ def _client(args: argparse.Namespace) -> RalfClient:
 
 
 def tables(args: argparse.Namespace) -> int:
+    """Print each table's name, kind, whether it is lazy, and its row count."""
     for entry in _client(args).tables():
         lazy = " lazy" if entry.get("lazy") else ""
         print(f"{entry['name']:<30} {entry['kind']:<8}{lazy:<5} {entry['rows']:>12,} rows")
@@ -81,6 +84,7 @@ def tables(args: argparse.Namespace) -> int:
 
 
 def query(args: argparse.Namespace) -> int:
+    """Print one row by key, a field per line (``--metadata``: with its staleness)."""
     record = _client(args).point_query(args.table, args.key, with_metadata=args.metadata)
     for name, value in record.to_dict().items():
         print(f"{name}: {value!r}")
@@ -88,6 +92,8 @@ def query(args: argparse.Namespace) -> int:
 
 
 def bulk(args: argparse.Namespace) -> int:
+    """Print all rows of a table (as CSV with ``--csv``); how long the fetch took goes to
+    stderr."""
     start = time.perf_counter()
     print(f"fetching {args.table} ...", file=sys.stderr, flush=True)
     df = _client(args).bulk_query(args.table)
@@ -98,6 +104,7 @@ def bulk(args: argparse.Namespace) -> int:
 
 
 def sql(args: argparse.Namespace) -> int:
+    """Print the result of one read-only SQL query (as CSV with ``--csv``)."""
     _print_frame(_client(args).sql(args.query), args.csv)
     return 0
 
@@ -110,6 +117,8 @@ def _print_frame(df: Any, as_csv: bool) -> None:
 
 
 def status(args: argparse.Namespace) -> int:
+    """Print the tick count, each table's rows, staleness and counters, then each problem
+    keeping the server from serving fresh features."""
     client = _client(args)
     rows = {t["name"]: t["rows"] for t in client.tables()}
     metrics = client.metrics()
@@ -139,6 +148,8 @@ def _s(value: Any) -> str:
 
 
 def duckdb_shell() -> str:
+    """Path of the duckdb shell: the one beside this Python, else on PATH; raises
+    RalfError when there is none."""
     beside = Path(sys.executable).parent / "duckdb"
     found = str(beside) if beside.exists() else shutil.which("duckdb")
     if found is None:
@@ -147,6 +158,8 @@ def duckdb_shell() -> str:
 
 
 def psql() -> str:
+    """Path of psql: on PATH, else the newest under /usr/lib/postgresql; raises RalfError
+    when there is none."""
     found = shutil.which("psql") or next(
         iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"), reverse=True)), None)
     if found is None:
@@ -187,6 +200,7 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``ralf`` command's argument parser; each subcommand sets ``run`` to its function."""
     top = argparse.ArgumentParser(prog="ralf", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
 
@@ -251,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``ralf`` command; returns the exit status (1 after printing a RalfError)."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

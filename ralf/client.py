@@ -27,6 +27,10 @@ _ERRORS = {cls.__name__: cls for cls in (errors.KeyNotFound, errors.TableNotFoun
 
 
 class RalfClient:
+    """Queries a ``Ralf`` in this process (given one) or a server at a URL (default
+    ``http://127.0.0.1:8000``); ``timeout`` is seconds per HTTP request, ``token`` the bearer
+    token (default ``$RALF_TOKEN``)."""
+
     def __init__(self, server: Ralf | str | None = None, *, timeout: float = 10.0,
                  token: str | None = None) -> None:
         if isinstance(server, Ralf):
@@ -87,6 +91,8 @@ class RalfClient:
         return pd.DataFrame(self._http.get_json("/rejected?" + urlencode(params)))
 
     def tables(self) -> list[dict[str, Any]]:
+        """Name, kind, laziness and row count of each table (over HTTP, with its schema
+        too)."""
         if self._server is not None:
             return self._server.tables()
         return self._http.get_json("/tables")
@@ -99,6 +105,8 @@ class RalfClient:
         return json.loads(response.data)["problems"]
 
     def metrics(self) -> dict[str, Any]:
+        """The tick count and per-table counters and staleness, as ``Ralf.metrics`` gives
+        them."""
         if self._server is not None:
             return self._server.metrics()
         return self._http.get_json("/status")
@@ -121,6 +129,7 @@ class RalfClient:
         return True
 
     def close(self) -> None:
+        """Close the HTTP connections (nothing to do in process)."""
         if self._http is not None:
             self._http.pool.clear()
 

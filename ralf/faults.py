@@ -93,6 +93,7 @@ def disarm() -> dict[str, int]:
 
 
 def crashpoint(name: str) -> None:
+    """Fault point ``name``: counted, and killed or raised at when armed for it (else a no-op)."""
     if _armed is not None:
         _armed.hit(name)
 

@@ -30,6 +30,8 @@ class SourceOperator:
         """Accepts the ``args=`` of ``create_source`` (the schema is bound by the framework)."""
 
     def next(self) -> Any:
+        """The next batch, ``[]`` when nothing is available yet, or None when exhausted (see
+        above); every source must define it."""
         raise NotImplementedError(f"{type(self).__name__} must define next()")
 
 
@@ -47,6 +49,9 @@ class Operator:
         """Accepts the ``args=`` of ``map`` (the schema is bound by the framework)."""
 
     def on_record(self, record: Record, *other: Record | None) -> Any:
+        """The feature row(s) for one parent record: a Record or dict, a list of them, or
+        None; in a lookup join ``other`` is the joined row (None when there is none). Must be
+        defined."""
         raise NotImplementedError(f"{type(self).__name__} must define on_record()")
 
 

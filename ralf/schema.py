@@ -25,6 +25,8 @@ from ralf.errors import SchemaError
 
 @dataclass(frozen=True)
 class ColumnType:
+    """A column type ralf supports: its Python type, SQL type and Arrow type."""
+
     python: Any
     sql: str
     arrow: pa.DataType
@@ -87,20 +89,24 @@ class Record:
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> Record:
+        """A Record whose fields are ``fields`` itself (not a copy)."""
         record = cls.__new__(cls)
         record.__dict__ = fields
         return record
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields, as a new dict."""
         return dict(self.__dict__)
 
     def __getitem__(self, name: str) -> Any:
         return self.__dict__[name]
 
     def get(self, name: str, default: Any = None) -> Any:
+        """The field's value, or ``default`` when there is no such field."""
         return self.__dict__.get(name, default)
 
     def keys(self) -> list[str]:
+        """The field names, in order."""
         return list(self.__dict__)
 
     def __eq__(self, other: object) -> bool:
@@ -125,6 +131,8 @@ class Rejection:
     raw: Any
 
     def raw_json(self) -> str:
+        """The raw record as JSON text (bytes decoded with backslash escapes, whatever JSON
+        cannot hold as its repr)."""
         return json.dumps(_jsonable(self.raw), default=repr)
 
 
@@ -183,12 +191,15 @@ class Schema:
     # ---- description -------------------------------------------------------------------
     @property
     def key_type(self) -> Any:
+        """The Python type of the primary key column."""
         return self.columns[self.primary_key]
 
     def sql_type(self, column: str) -> str:
+        """The SQL type of ``column`` (e.g. ``BIGINT``)."""
         return _BY_PYTHON[self.columns[column]].sql
 
     def to_json(self) -> str:
+        """The primary key and each column's SQL type, as JSON text."""
         return json.dumps(
             {
                 "primary_key": self.primary_key,
@@ -198,6 +209,7 @@ class Schema:
 
     @classmethod
     def from_json(cls, text: str) -> Schema:
+        """The schema that :meth:`to_json` describes."""
         data = json.loads(text)
         columns = {n: _BY_SQL[sql].python for n, sql in data["columns"].items()}
         return cls(data["primary_key"], columns)
@@ -259,6 +271,7 @@ class Schema:
         return json.dumps(key)
 
     def key_from_text(self, text: str) -> Any:
+        """The key whose :meth:`key_to_text` is ``text``."""
         typ = self.key_type
         if typ is bytes:
             return bytes.fromhex(text)

@@ -1,4 +1,5 @@
-"""Ralf: owns the storage, the tables and the scheduler; the façade of CONTRACT §2."""
+"""Ralf: owns the storage, the pipeline and the scheduler; the façade of the public
+contract (docs/contract.md §2)."""
 
 from __future__ import annotations
 
@@ -273,7 +274,7 @@ class Ralf:
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None
               ) -> str:
-        """Serve the HTTP API (CONTRACT §4) in a background thread; returns its URL.
+        """Serve the HTTP API (docs/contract.md §4) in a background thread; returns its URL.
 
         Non-blocking: keep calling ``step``/``run``, or ``start()`` background processing.
         ``port=0`` picks a free port. With ``token`` (or ``RALF_TOKEN`` in the
@@ -296,6 +297,8 @@ class Ralf:
     # ---- queries (the in-process client and the HTTP layer call these) --------------------
     def point_query(self, table: str, key: Any, *, with_metadata: bool = False,
                     as_of: Any = None) -> Record:
+        """The row of ``table`` for ``key`` (a lazy table first applies the key's pending appends);
+        ``as_of`` gives the row as it was then, from the history. Raises KeyNotFound."""
         node = self._node(table)
         key = node.schema.parse_key(key)
         node.metrics.queries += 1
@@ -367,6 +370,7 @@ class Ralf:
 
     def historical_arrow(self, entities: pa.Table, features: list[str],
                          timestamp_column: str = "event_timestamp") -> pa.Table:
+        """:meth:`historical_query` on Arrow entity rows, answering Arrow."""
         if timestamp_column not in entities.column_names:
             raise SchemaError(f"historical_query: the entity rows have no column "
                               f"{timestamp_column!r}", column=timestamp_column)
@@ -420,9 +424,11 @@ class Ralf:
         record.__dict__.update(meta)
 
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
+        """Every row of ``table``, one per key, sorted by key (a lazy table is refreshed first)."""
         return self.bulk_arrow(table, with_metadata=with_metadata).to_pandas()
 
     def bulk_arrow(self, table: str, *, with_metadata: bool = False) -> pa.Table:
+        """:meth:`bulk_query` as Arrow."""
         node = self._node(table)
         node.metrics.queries += 1
         if isinstance(node, FeatureNode) and node.on_lazy_path:
@@ -505,6 +511,7 @@ class Ralf:
             raise RalfError("this Ralf instance is closed")
 
     def close(self) -> None:
+        """Stop serving and processing, close sources and the database; idempotent."""
         if self._closed:
             return
         if self._http is not None:

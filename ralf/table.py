@@ -34,18 +34,22 @@ class Table:
 
     @property
     def name(self) -> str:
+        """The table's name."""
         return self._node.name
 
     @property
     def schema(self) -> Schema:
+        """The table's columns and primary key."""
         return self._node.schema
 
     @property
     def kind(self) -> str:
+        """``source`` or ``feature``."""
         return self._node.info.kind
 
     @property
     def lazy(self) -> bool:
+        """Refreshed only when queried."""
         return self._node.info.lazy
 
     def map(self, operator: Any, args: tuple = (), kwargs: dict | None = None, *,
@@ -108,12 +112,17 @@ class Table:
 
     def add_load_shedding(self, policy: Any, args: tuple = (), kwargs: dict | None = None
                           ) -> Table:
+        """Shed records before the operator sees them: a LoadSheddingPolicy class (with args) or
+        instance; ``process(record)`` or ``process(record, current)`` per record, or
+        ``select(records, key)`` over a refresh's records."""
         node = self._feature("add_load_shedding")
         node.add_shedding(_build(policy, args, kwargs, LoadSheddingPolicy, "process"))
         return self
 
     def add_prioritization_policy(self, policy: Any, args: tuple = (),
                                   kwargs: dict | None = None) -> Table:
+        """Under a budget, which stale keys to refresh first: a PrioritizationPolicy class (with
+        args) or instance, asked ``choose(keys)``."""
         node = self._feature("add_prioritization_policy")
         instance = _build(policy, args, kwargs, PrioritizationPolicy, "choose")
         for hook in ("on_pending", "on_refresh", "on_query", "on_error", "choose_many"):

@@ -43,9 +43,11 @@ class ListSource(SourceOperator):
         return batch
 
     def checkpoint(self) -> int:
+        """How many rows it has emitted: where a reopened source resumes."""
         return self.position
 
     def restore(self, state: int) -> None:
+        """Resume after ``state`` emitted rows."""
         self.position = state
 
 
@@ -68,12 +70,15 @@ class ManualClock:
         self.current = start
 
     def now(self) -> dt.datetime:
+        """The time it was last moved to."""
         return self.current
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
         self.current += dt.timedelta(seconds=seconds)
 
     def sleep(self, seconds: float) -> None:
+        """Advance instead of waiting: a tick's wait costs no real time."""
         self.advance(seconds)
 
 

@@ -27,6 +27,7 @@ class Applied:
     shed: int = 0
 
     def merge(self, other: Applied) -> None:
+        """Add what another share of the records produced (one Ray replica's) to this result."""
         self.outputs.update(other.outputs)
         self.origin.update(other.origin)
         self.failed.update(other.failed)

@@ -34,6 +34,9 @@ _REINDEX_MIN = 4096
 
 
 class ServingCache(Mapping):
+    """A table's current rows as a mapping ``key -> (values, updated_at)``, the values in
+    column order; the engine writes, point queries read (see the module docstring)."""
+
     def __init__(self, schema: Schema) -> None:
         self._schema = schema
         self._width = len(schema.names)

@@ -48,6 +48,7 @@ class Failures:
         return self.quarantined | waiting if waiting else self.quarantined
 
     def is_held(self, unit: Any, tick: int) -> bool:
+        """Whether ``unit`` is not to be tried at ``tick``: quarantined, or backing off."""
         return unit in self.quarantined or self.retry_tick.get(unit, -1) > tick
 
     def succeeded(self, units: Iterable[Any]) -> None:

@@ -19,6 +19,8 @@ log = logging.getLogger("ralf")
 
 
 def batch_length(batch: Any) -> int:
+    """How many records a batch holds (a single Record or dict is one); raises TypeError
+    for something without a length."""
     if isinstance(batch, (pa.Table, pa.RecordBatch)):
         return batch.num_rows
     if isinstance(batch, (Record, dict)):

@@ -34,6 +34,7 @@ log = logging.getLogger("ralf")
 
 @dataclass
 class TableMetrics:
+    """Counters of one table since this process started (not persisted)."""
     ingested: int = 0
     rejected: int = 0
     processed: int = 0
@@ -67,13 +68,17 @@ class Node:
 
     @property
     def name(self) -> str:
+        """The table's name."""
         return self.info.name
 
     @property
     def schema(self):  # noqa: ANN201 - Schema, kept short
+        """The table's schema."""
         return self.info.schema
 
     def load_cache(self) -> None:
+        """Fill the serving cache with the table's current rows from the database."""
+        """The table's schema."""
         rows = self.storage.current_rows(self.info)
         self.cache = ServingCache(self.schema)
         self.put_rows(rows, rows.column("_ralf_updated_at").to_pylist())
@@ -98,10 +103,12 @@ class Node:
         return rows.filter(pa.array(keep))
 
     def current(self, key: Any) -> Record | None:
+        """The key's served row as a Record, or None (from the serving cache)."""
         entry = self.cache.get(key) if self.cache is not None else None
         return None if entry is None else self.record(entry[0])
 
     def record(self, values: tuple) -> Record:
+        """A Record of this table's columns from a row's values, in column order."""
         return Record.from_dict(dict(zip(self.schema.names, values, strict=True)))
 
 
@@ -137,8 +144,16 @@ class SourceNode(Node, UserCode):
         self.skip = 0  # records to drop on replay after a reopen (count-based resume)
         # where a source with checkpoint()/restore() starts, for a resume before its first
         # committed batch (a copy through pickle: the source may mutate what it returned)
-        self.initial = pickle.loads(pickle.dumps(source.checkpoint())) if self.checkpointed \
-            else None
+        self.initial = self._initial_checkpoint()
+
+    def _initial_checkpoint(self) -> Any:
+        if not self.checkpointed:
+            return None
+        try:
+            return pickle.loads(pickle.dumps(self.source.checkpoint()))
+        except Exception as exc:  # user code
+            raise OperatorError(f"source {self.name!r}: checkpoint() raised "
+                                f"{type(exc).__name__}: {exc}", table=self.name) from exc
 
     @property
     def checkpointed(self) -> bool:
@@ -202,6 +217,7 @@ class FeatureNode(Node):
 
     @property
     def lazy(self) -> bool:
+        """Refreshed only when queried (``map(..., lazy=True)``)."""
         return self.info.lazy
 
     @property
@@ -225,6 +241,7 @@ class FeatureNode(Node):
         return self.lazy or self.budget is not None or self.policies.priority is not None
 
     def add_shedding(self, policy: LoadSheddingPolicy) -> None:
+        """Add a load-shedding policy (a ``select`` one sees a refresh's records as a whole)."""
         policy.routing_key = self.parent.schema.primary_key
         if selects(policy):
             self.policies.selectors.append(policy)
@@ -232,6 +249,7 @@ class FeatureNode(Node):
             self.policies.shedding.append((policy, wants_current(policy)))
 
     def set_priority(self, policy: PrioritizationPolicy) -> None:
+        """Set the prioritization policy; it is told of every key already stale."""
         self.policies.priority = policy
         if self.pending is None:
             self.rebuild_pending()
@@ -239,6 +257,7 @@ class FeatureNode(Node):
             self.tell_policy("on_pending", self.pending.by_newest())
 
     def add_pending(self, summary: pa.Table) -> None:
+        """Merge a ``pending_summary`` of new parent appends into the stale-key index."""
         touched = self.pending.add(summary)
         self.tell_policy("on_pending", touched)
 
@@ -280,16 +299,19 @@ class FeatureNode(Node):
         return None
 
     def rebuild_pending(self) -> None:
+        """Rebuild the stale-key index from the database (kept as it was if that fails)."""
         summary = self.storage.pending_summary(self.read_all())  # may fail: index kept
         self.pending = PendingIndex()
         self.add_pending(summary)
 
     def read_all(self) -> LogRead:
+        """The read of every pending parent append, whatever its key."""
         key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type
         marks = self.marks.arrow(key_type) if self.marks.overrides else None
         return LogRead(self.parent.info, self.marks.floor, self.parent.seq, marks)
 
     def read_keys(self, keys: list[Any]) -> LogRead:
+        """The read of the pending parent appends of ``keys``."""
         key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type
         return LogRead(self.parent.info, self.marks.floor, self.parent.seq, None,
                        keys=self.marks.arrow(key_type, keys))
@@ -300,6 +322,7 @@ class FeatureNode(Node):
         return self.failures.held(self.tick)
 
     def stale_keys(self) -> list[Any]:
+        """Keys with pending appends that may be refreshed now (held keys left out)."""
         if self.pending is None:
             return []
         held = self.held
@@ -346,6 +369,7 @@ class OperatorNode(FeatureNode, UserCode):
         self.initial: bytes | None = None  # the operator's state as created (see resume)
 
     def resume(self) -> None:
+        """Resume as a feature table does, with the operator's state put back too."""
         if self.initial is None and not self.touched:  # a new node: the state it starts from
             self.initial = self.checkpoint()
         super().resume()

@@ -19,11 +19,15 @@ _EPOCH = dt.datetime(1970, 1, 1)
 
 
 class Watermarks:
+    """A table's per-key watermarks: the ``floor`` most keys share, and ``overrides`` for
+    the keys whose mark differs from it."""
+
     def __init__(self, floor: int = 0, overrides: dict[Any, int] | None = None) -> None:
         self.floor = floor
         self.overrides: dict[Any, int] = dict(overrides or {})
 
     def of(self, key: Any) -> int:
+        """The key's watermark: its override, else the floor."""
         return self.overrides.get(key, self.floor)
 
     def arrow(self, key_type: pa.DataType, keys: list[Any] | None = None) -> pa.Table:
@@ -78,6 +82,7 @@ class Pending:
 
     @property
     def first_at(self) -> dt.datetime:
+        """Ingestion time of the oldest pending append (UTC, without tzinfo)."""
         return _EPOCH + dt.timedelta(microseconds=self.first_us)
 
 
@@ -110,6 +115,7 @@ class PendingIndex:
         return [c["key"][i] for i in order]
 
     def pop(self, key: Any) -> Pending | None:
+        """Drop a key from the index; returns its entry, or None if it was not stale."""
         return self.keys.pop(key, None)
 
     def by_newest(self) -> list[Any]:
@@ -152,6 +158,7 @@ class StaleKeys(Sequence):
         return list(self)[index]
 
     def pending_count(self, key: Any) -> int:
+        """How many parent appends wait for the key."""
         return self._pending[key].count
 
     def first_seq(self, key: Any) -> int:

@@ -49,6 +49,8 @@ class _Replica:
 
 
 def ensure_ray(num_cpus: int | None = None) -> Any:
+    """The ``ray`` module, with a local Ray instance started (``num_cpus``) unless Ray is
+    already initialized, e.g. by ``ray.init(address=...)``."""
     import ray
 
     if not ray.is_initialized():
@@ -60,6 +62,9 @@ def ensure_ray(num_cpus: int | None = None) -> Any:
 
 
 class Replicas:
+    """A table's operator as ``n`` Ray actors; a key's records always go to the same
+    replica, routed by a stable hash of the key (of ``key_schema``)."""
+
     def __init__(self, operator: Any, schema: Schema, key_schema: Schema, n: int) -> None:
         ray = ensure_ray()
         self._ray = ray
@@ -71,10 +76,13 @@ class Replicas:
         self.actors = [actor.remote(factory) for _ in range(n)]
 
     def replica_of(self, key: Any) -> int:
+        """Index of the replica that holds ``key``'s state."""
         return stable_hash(self.key_schema, key) % len(self.actors)
 
     def apply(self, records: list[Record], pk: str, out_pk: str, aligned: bool, *,
               others: list | None, skip: set) -> Applied:
+        """:func:`~ralf.engine.apply.apply_records`, each replica applying its share of the
+        records, all at once; failures come back as RuntimeErrors carrying the original's text."""
         shares: list[tuple[list[dict], list]] = [([], []) for _ in self.actors]
         for i, record in enumerate(records):
             rows, lookups = shares[self.replica_of(getattr(record, pk))]
@@ -90,15 +98,19 @@ class Replicas:
         return result
 
     def checkpoint(self) -> bytes:
+        """The replicas' operator states, pickled together as one list."""
         states = self._ray.get([actor.checkpoint.remote() for actor in self.actors])
         return pickle.dumps(states, protocol=pickle.HIGHEST_PROTOCOL)
 
     def restore(self, state: bytes) -> None:
+        """Give each replica its state from a :meth:`checkpoint`; raises ValueError when the
+        checkpoint holds another number of replicas."""
         states = pickle.loads(state)
         if len(states) != len(self.actors):
             raise ValueError(f"checkpoint has {len(states)} replicas, not {len(self.actors)}")
         self._ray.get([a.restore.remote(s) for a, s in zip(self.actors, states, strict=True)])
 
     def close(self) -> None:
+        """Kill the replicas' actors."""
         for actor in self.actors:
             self._ray.kill(actor)

@@ -32,6 +32,7 @@ class KeyPartition:
         return cls(shard, num_shards) if num_shards > 1 else None
 
     def owns(self, schema: Schema, key: Any) -> bool:
+        """Whether ``key`` belongs to this shard."""
         return stable_hash(schema, key) % self.num_shards == self.shard
 
     def keep(self, schema: Schema, rows: pa.Table) -> pa.Table:

@@ -28,6 +28,9 @@ log = logging.getLogger("ralf")
 
 
 class Scheduler:
+    """The engine's driver: the sources and feature tables, run tick by tick under one
+    lock, with failing work backed off and lazy tables refreshed on query."""
+
     def __init__(self, max_failures: int = 3, clock: Clock | None = None,
                  history_retention: float | None = None) -> None:
         self.sources: list[SourceNode] = []
@@ -222,6 +225,8 @@ class Scheduler:
         )
 
     def run(self, timeout: float | None = None, idle_wait: float = 0.005) -> list[RalfError]:
+        """Tick until :meth:`drained`, sleeping ``idle_wait`` seconds after a tick with
+        nothing to do; returns the errors met. Raises TimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         errors: list[RalfError] = []
         while True:

@@ -1,5 +1,5 @@
-"""The HTTP API of CONTRACT §4 on FastAPI; every route calls the same functions of ``Ralf``
-that the in-process client calls.
+"""The HTTP API of the public contract (docs/contract.md §4) on FastAPI; every route calls
+the same functions of ``Ralf`` that the in-process client calls.
 
 Point queries are ``async`` and answered from the serving cache on the event loop (no
 thread hop, no SQL); anything that may block on DuckDB or on a lazy refresh runs in the
@@ -42,16 +42,21 @@ _GAUGES = ("stale_keys", "pending_appends", "staleness_p50", "staleness_p99",
 
 
 class Feedback(BaseModel):
+    """The body of ``POST /feedback``: the error of a prediction made with a key's features."""
+
     table: str
     key: str
     error: float
 
 
 class SqlRequest(BaseModel):
+    """The body of ``POST /sql``: one read-only SQL query."""
+
     query: str = Field(examples=["SELECT * FROM average LIMIT 5"])
 
 
 def error(status: int, kind: str, message: str) -> Response:
+    """A JSON error answer, ``{"error": kind, "message": message}``, with HTTP ``status``."""
     return Response(codec.dumps({"error": kind, "message": message}), status, media_type=JSON)
 
 

@@ -59,6 +59,7 @@ def rows_json(table: pa.Table) -> bytes:
 
 
 def dumps(data: Any) -> bytes:
+    """Compact JSON bytes of ``data``, each value as :func:`encode_value` makes it."""
     return json.dumps(_encode(data), separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -71,6 +72,8 @@ def _encode(data: Any) -> Any:
 
 
 def decode_value(value: Any, typ: Any) -> Any:
+    """A JSON value back as a value of column type ``typ``: floats (also "NaN" and
+    "Infinity"), ISO datetimes, base64 bytes, lists of floats; anything else as it is."""
     if value is None:
         return None
     if typ is float:
@@ -85,11 +88,14 @@ def decode_value(value: Any, typ: Any) -> Any:
 
 
 def decode_record(fields: dict[str, Any], schema: Schema) -> Record:
+    """A Record from a row's JSON fields, typed by ``schema`` (and the ``_ralf_*``
+    metadata columns)."""
     types = {**_META_TYPES, **schema.columns}
     return Record.from_dict({k: decode_value(v, types.get(k)) for k, v in fields.items()})
 
 
 def arrow_bytes(table: pa.Table) -> bytes:
+    """The table as Arrow IPC stream bytes."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -97,4 +103,5 @@ def arrow_bytes(table: pa.Table) -> bytes:
 
 
 def arrow_table(data: bytes) -> pa.Table:
+    """The table in Arrow IPC stream bytes, as :func:`arrow_bytes` writes them."""
     return pa.ipc.open_stream(data).read_all()

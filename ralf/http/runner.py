@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 
 class HttpServer:
+    """A ``Ralf``'s HTTP API, served by uvicorn on a daemon thread (see :meth:`start`)."""
+
     def __init__(self, server: Ralf, host: str, port: int, token: str | None) -> None:
         self._app = create_app(server, token)
         # graceful shutdown waits for requests in flight, but not for long: SQL queries are
@@ -28,6 +30,8 @@ class HttpServer:
                                         daemon=True)
 
     def start(self, timeout: float = 10.0) -> str:
+        """Start serving and wait until it listens; returns the URL. Raises RalfError when
+        the server does not start within ``timeout`` seconds (e.g. the port is in use)."""
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._uvicorn.started:  # uvicorn offers a flag, not an event
@@ -39,6 +43,8 @@ class HttpServer:
         return self.url
 
     def stop(self) -> None:
+        """Cancel the running SQL queries, shut uvicorn down and wait for it (requests in
+        flight get up to 5 s)."""
         for cancel in list(self._app.state.queries):  # running SQL stops at once
             cancel.set()
         self._uvicorn.should_exit = True

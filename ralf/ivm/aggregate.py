@@ -36,12 +36,16 @@ _CANONICAL = {"mean": "avg", "var": "var_samp", "variance": "var_samp", "stddev"
 
 @dataclass(frozen=True)
 class Output:
+    """One output column of an aggregate: its name, its function and the function's argument."""
+
     name: str
     function: str  # canonical: count, sum, avg, min, max, var_pop, var_samp, stddev_*
     argument: str  # SQL expression over the parent's columns, or "*"
 
 
 def canonical(function: str) -> str:
+    """The canonical name of an aggregate function (case-insensitive; aliases such as
+    ``mean`` map to ``avg``); raises ValueError for one ralf cannot maintain."""
     name = function.lower()
     if name not in FUNCTIONS:
         raise ValueError(f"unsupported aggregate {function!r} "
@@ -67,6 +71,8 @@ class DeltaAggregate:
 
     # ---- naming ---------------------------------------------------------------------------
     def helper(self, argument: str, kind: str) -> str:
+        """Name of the helper column of ``kind`` (``cnt``, ``sum``, ``min``, ``max``,
+        ``mean``, ``m2``) kept for ``argument``."""
         return f"_ralf_agg{self._arg_index[argument]}_{kind}"
 
     def query(self, source: str) -> str:

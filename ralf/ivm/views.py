@@ -48,6 +48,7 @@ class KeyRecompute:
 
 
 def refuse(message: str) -> SchemaError:
+    """A SchemaError for an SQL table ralf cannot maintain, for the caller to raise."""
     return SchemaError(f"SQL table: {message}")
 
 

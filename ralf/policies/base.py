@@ -25,6 +25,8 @@ class LoadSheddingPolicy:
     routing_key: str = ""
 
     def process(self, record: Record, *current: Record | None) -> bool:
+        """True to process ``record``, False to shed it; ``current`` (two-argument form) is
+        the key's feature row as it stands, or None. The default keeps every record."""
         return True
 
     def select(self, records: list[Record], key: str) -> list[Record] | None:
@@ -44,6 +46,8 @@ class PrioritizationPolicy:
     stale: Any = None  # the StaleKeys of the current choice
 
     def choose(self, keys: Sequence[Any]) -> Any:
+        """The stale key to refresh next (one of ``keys``); the default takes the first, the
+        oldest pending append."""
         return next(iter(keys))
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:

@@ -33,6 +33,7 @@ class FIFO(PrioritizationPolicy):
         return next(iter(keys))
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """The first k stale keys in FIFO order."""
         return list(islice(iter(keys), k))
 
 
@@ -43,11 +44,13 @@ class LIFO(PrioritizationPolicy):
         self._recent: OrderedDict[Any, None] = OrderedDict()
 
     def on_pending(self, keys: list[Any]) -> None:
+        """Mark the keys as the most recently appended to, the last one newest."""
         for key in keys:
             self._recent[key] = None
             self._recent.move_to_end(key)
 
     def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        """Forget the refreshed keys until their next append."""
         for key in keys:
             self._recent.pop(key, None)
 
@@ -55,6 +58,8 @@ class LIFO(PrioritizationPolicy):
         return self.choose_many(keys, 1)[0]
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """The k keys with the newest pending appends; keys it never heard of (e.g. the
+        policy was attached late) follow in FIFO order."""
         chosen = _first_k(reversed(self._recent), keys, k)
         if len(chosen) < k:  # keys this policy has not heard of (e.g. attached late)
             have = set(chosen)
@@ -66,9 +71,11 @@ class MostPending(PrioritizationPolicy):
     """Most pending appends first: the most work (or the most change) per refresh."""
 
     def choose(self, keys: Sequence[Any]) -> Any:
+        """The key with the most pending appends."""
         return max(keys, key=keys.pending_count)
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """The k keys with the most pending appends, most first."""
         return heapq.nlargest(k, keys, key=keys.pending_count)
 
 
@@ -79,12 +86,14 @@ class LeastRecentlyUpdated(PrioritizationPolicy):
         self._order: OrderedDict[Any, None] = OrderedDict()
 
     def on_pending(self, keys: list[Any]) -> None:
+        """Put keys it has not seen before at the front: never written, least recently updated."""
         for key in keys:
             if key not in self._order:
                 self._order[key] = None
                 self._order.move_to_end(key, last=False)
 
     def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        """Move the refreshed keys to the back: just updated."""
         for key in keys:
             self._order[key] = None
             self._order.move_to_end(key)
@@ -93,6 +102,8 @@ class LeastRecentlyUpdated(PrioritizationPolicy):
         return self.choose_many(keys, 1)[0]
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """The k stale keys updated longest ago; keys it never heard of follow in FIFO
+        order."""
         chosen = _first_k(self._order, keys, k)
         if len(chosen) < k:
             have = set(chosen)
@@ -109,6 +120,7 @@ class RoundRobin(PrioritizationPolicy):
         self._position = 0
 
     def on_pending(self, keys: list[Any]) -> None:
+        """Add keys seen for the first time to the end of the ring."""
         for key in keys:
             if key not in self._seen:
                 self._seen.add(key)
@@ -118,6 +130,8 @@ class RoundRobin(PrioritizationPolicy):
         return self.choose_many(keys, 1)[0]
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """The next k stale keys around the ring from where the last choice stopped, passing
+        over keys that are not stale now (fewer if fewer are stale)."""
         self.on_pending([x for x in keys if x not in self._seen] if len(self._seen) < len(keys)
                         else [])
         ring, n = self._ring, len(self._ring)
@@ -139,9 +153,11 @@ class Random(PrioritizationPolicy):
         self._random = random.Random(seed)
 
     def choose(self, keys: Sequence[Any]) -> Any:
+        """A uniformly random stale key."""
         return self._random.choice(list(keys))
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """k distinct stale keys drawn uniformly (all of them if there are fewer)."""
         candidates = list(keys)
         return self._random.sample(candidates, min(k, len(candidates)))
 
@@ -165,6 +181,8 @@ class Lottery(PrioritizationPolicy):
         self._rng = np.random.default_rng(seed)
 
     def choose(self, keys: Sequence[Any]) -> Any:
+        """One draw weighted by tickets (``default`` for unlisted keys); uniform when no key
+        has any."""
         keys = list(keys)
         weights = [self.tickets.get(key, self.default) for key in keys]
         if not any(weights):
@@ -172,6 +190,8 @@ class Lottery(PrioritizationPolicy):
         return self._random.choices(keys, weights=weights)[0]
 
     def choose_many(self, keys: Sequence[Any], k: int) -> list[Any]:
+        """k keys drawn without replacement, weighted by tickets (every stale key if k
+        covers them); keys with zero tickets only fill places no key with tickets can."""
         candidates = list(keys)
         if k >= len(candidates):
             return candidates
@@ -226,9 +246,12 @@ class QueryAware(_ScoredKeys):
         super().__init__(half_life)
 
     def on_query(self, key: Any, at: dt.datetime) -> None:
+        """Count a query of the key towards its score."""
         self._add(key, 1.0, at)
 
     def score(self, key: Any, at: dt.datetime) -> float:
+        """The key's queries counted at time ``at``, each one's weight halved every
+        ``half_life`` seconds."""
         return self._value(key, at)
 
 
@@ -248,9 +271,11 @@ class AccuracyAware(_ScoredKeys):
         super().__init__(decay)
 
     def on_error(self, key: Any, error: float, at: dt.datetime) -> None:
+        """Add the squared error to the key's regret."""
         self._add(key, float(error) ** 2, at)
 
     def on_refresh(self, keys: list[Any], at: dt.datetime) -> None:
+        """Reset the refreshed keys' regret: their features are fresh."""
         for key in keys:
             self._scores.pop(key, None)
 

@@ -20,6 +20,7 @@ class SampleRate(LoadSheddingPolicy):
         self._random = random.Random(seed)
 
     def process(self, record: Record) -> bool:
+        """Keep the record with probability ``rate``."""
         return self._random.random() < self.rate
 
 
@@ -45,6 +46,8 @@ class KeyWeightedSampling(LoadSheddingPolicy):
         self._random = random.Random(seed)
 
     def process(self, record: Record) -> bool:
+        """Keep the record with its key's probability (the key read from the ``key`` column
+        if given, else the routing key)."""
         key = getattr(record, self.key or self.routing_key)
         return self._random.random() < self.weights.get(key, self.default)
 
@@ -59,6 +62,8 @@ class NewerThanCurrent(LoadSheddingPolicy):
         self.field = field
 
     def process(self, record: Record, current: Record | None) -> bool:
+        """Keep the record if its ``field`` is newer than the current row's, or there is no
+        current value to compare with."""
         mine = getattr(record, self.field)
         theirs = None if current is None else getattr(current, self.field)
         if theirs is None:
@@ -71,9 +76,11 @@ class LatestOnly(LoadSheddingPolicy):
     behaviour): for features that only depend on the latest value."""
 
     def process(self, record: Record) -> bool:
+        """Keep every record: the newest of each key is chosen in :meth:`select`."""
         return True  # the work is done in select()
 
     def select(self, records: list[Record], key: str) -> list[Record]:
+        """The newest (last) record of each key, in their original order."""
         last: dict[Any, Record] = {}
         for record in records:
             last[getattr(record, key)] = record

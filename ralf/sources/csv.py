@@ -48,9 +48,12 @@ class CsvSource(SourceOperator):
         return rejected
 
     def checkpoint(self) -> dict[str, Any]:
+        """The position: the bytes and lines of the file read so far."""
         return {"offset": self.offset, "lines": self.lines}
 
     def restore(self, state: dict[str, Any]) -> None:
+        """Resume from a :meth:`checkpoint` (or from an older ralf's ``{"done": ...}``: the
+        file as it is now if done, else from the start)."""
         if "offset" in state:
             self.offset, self.lines = state["offset"], state["lines"]
             return
@@ -61,6 +64,8 @@ class CsvSource(SourceOperator):
         self.lines = file.read_bytes().count(b"\n") if done else 0
 
     def next(self) -> pa.Table | None:
+        """What was appended to the file since the last read, parsed (refused lines kept
+        for :meth:`take_rejected`); None when nothing is new. FileNotFoundError without the file."""
         file = Path(self.path)
         if not file.is_file():
             raise FileNotFoundError(f"CSV source: no such file {self.path!r}")

@@ -19,6 +19,9 @@ from ralf.schema import Rejection, Schema
 
 
 class KafkaSource(SourceOperator):
+    """A Kafka topic of JSON objects, every partition read from the offsets in the
+    checkpoint; with ``until_end`` it ends once the topic stays quiet for ``idle_polls`` polls."""
+
     def __init__(self, topic: str, schema: Schema, *, bootstrap_servers: str,
                  group_id: str = "ralf", format: str = "json", batch_size: int = 1000,
                  poll_timeout: float = 0.2, until_end: bool = False, idle_polls: int = 3,
@@ -41,13 +44,16 @@ class KafkaSource(SourceOperator):
 
     # ---- checkpoint ------------------------------------------------------------------------
     def checkpoint(self) -> dict[int, int]:
+        """The next offset to read in each partition."""
         return dict(self.offsets)
 
     def restore(self, offsets: dict[int, int]) -> None:
+        """Resume from a :meth:`checkpoint` (the consumer is reassigned on the next read)."""
         self.offsets = {int(p): int(o) for p, o in offsets.items()}
         self.close()  # reassign from the restored offsets on the next read
 
     def take_rejected(self) -> list[Rejection]:
+        """Messages read since the last call that were not JSON objects."""
         rejected, self.rejected = self.rejected, []
         return rejected
 
@@ -69,6 +75,8 @@ class KafkaSource(SourceOperator):
         return consumer
 
     def next(self) -> list[dict[str, Any]] | None:
+        """Up to ``batch_size`` decoded messages, ``[]`` if none came within ``poll_timeout``
+        seconds, None when ``until_end`` is reached. Raises ConnectionError on a Kafka error."""
         from confluent_kafka import KafkaError
 
         if self._consumer is None:
@@ -111,6 +119,7 @@ class KafkaSource(SourceOperator):
         return None
 
     def close(self) -> None:
+        """Close the consumer, if connected (the next read connects again)."""
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

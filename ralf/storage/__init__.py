@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 
 def is_postgres_url(path: str | None) -> bool:
+    """Whether ``path`` is a PostgreSQL URL (``postgres://`` or ``postgresql://``,
+    optionally ``+driver``) rather than a DuckDB file."""
     return bool(path) and re.match(r"^postgres(ql)?(\+\w+)?://", path) is not None
 
 

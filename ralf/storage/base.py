@@ -123,6 +123,7 @@ class Watchdog:
             self._done.wait(wait)
 
     def why(self) -> str:
+        """Why the query was interrupted, for its error."""
         return self._fired or "the query was interrupted"
 
     def __exit__(self, *exc: object) -> None:

@@ -37,7 +37,7 @@ from ralf.storage.units import SOURCE, TableInfo, log_table
 STORAGE_VERSION = "v1.4.0"
 _FETCH_ROWS = 65_536  # rows per batch a client query's result is read in
 SNAPSHOT_TTL = 600.0  # seconds a snapshot is kept once a newer one is made
-_UPDATE_BY_COLUMN = 30_000  # rows; see DuckDBStorage._upsert
+UPDATE_BY_COLUMN = 30_000  # rows; see DuckDBStorage._write_rows
 
 
 class DuckDBTransaction(Transaction):
@@ -65,12 +65,14 @@ class DuckDBTransaction(Transaction):
         self.staged[name] = table
 
     def close(self) -> None:
+        """Unregister what was staged."""
         for name in self.staged:
             self.con.unregister(name)
         self.staged.clear()
 
 
 class DuckDBStorage(Storage):
+    """ralf's tables in one DuckDB file (or in memory), for one process."""
     def __init__(self, path: str | None = None, memory_limit: str | None = None) -> None:
         self.path = path or ":memory:"
         self.memory_limit = memory_limit
@@ -196,7 +198,7 @@ class DuckDBStorage(Storage):
         benchmarks/ivm.py). An UPDATE and its commit cost ~2 ms per column for 10,000
         rows, hence outputs computed from helpers rather than stored.
 
-        Above ``_UPDATE_BY_COLUMN`` rows, one UPDATE per column: an UPDATE of several
+        Above ``UPDATE_BY_COLUMN`` rows, one UPDATE per column: an UPDATE of several
         columns of the ~100,000 rows the previous transaction inserted took 1.5 s where
         the same columns one by one took 6 ms each (duckdb 2.0.1; part b of
         benchmarks/ivm.py, its second batch), while otherwise the one UPDATE is the
@@ -207,7 +209,7 @@ class DuckDBStorage(Storage):
         values = [(f"{quote(c)} = r.{quote(c)}", []) for c in written
                   if c != info.schema.primary_key]
         values += [("_ralf_seq = ?", [version]), ("_ralf_updated_at = ?", [at])]
-        if rows <= _UPDATE_BY_COLUMN:
+        if rows <= UPDATE_BY_COLUMN:
             values = [(", ".join(v for v, _ in values), [version, at])]
         for assignments, args in values:
             updated = tx.execute(f"UPDATE {table} AS t SET {assignments} FROM {relation} AS r "
@@ -226,6 +228,7 @@ class DuckDBStorage(Storage):
                 f"AND e.{quote(timestamp)} >= {alias}.{time_column(table)}")
 
     def describe(self, query: str) -> list[tuple[str, str]]:
+        """Column names and types of a query's result, from DuckDB's DESCRIBE."""
         with self._lock:
             try:
                 return [(r[0], r[1]) for r in self._con.sql(f"DESCRIBE {query}").fetchall()]
@@ -289,6 +292,7 @@ class DuckDBStorage(Storage):
                 old.unlink(missing_ok=True)
 
     def drop_snapshot(self, path: str) -> bool:
+        """Delete a snapshot this process made (no other file); True if it was there."""
         if self._snapshots is None:
             return False
         target = Path(path).resolve()
@@ -309,6 +313,7 @@ class DuckDBStorage(Storage):
         self._con.close()
 
     def close(self) -> None:
+        """Close the connections, then delete this process's snapshots."""
         with self._lock:
             self._close_connections()
         if self._snapshots is not None:

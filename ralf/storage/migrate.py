@@ -15,12 +15,16 @@ _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 
 @dataclass(frozen=True)
 class Migration:
+    """One migration file: its version number, name and SQL."""
+
     version: int
     name: str
     sql: str
 
 
 def migrations_dir() -> Path:
+    """The directory of the migration files: inside the installed package, else at the
+    top of the repository; raises FileNotFoundError if neither exists."""
     package = Path(__file__).resolve().parent.parent
     for candidate in (package / "_migrations", package.parent / "migrations"):
         if candidate.is_dir():
@@ -29,6 +33,8 @@ def migrations_dir() -> Path:
 
 
 def available(directory: Path | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default :func:`migrations_dir`), in version
+    order; raises ValueError unless they are numbered 1, 2, ... without gaps."""
     directory = directory or migrations_dir()
     found = []
     for path in sorted(directory.iterdir()):

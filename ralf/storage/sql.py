@@ -13,6 +13,8 @@ from ralf.storage.units import FEATURE, SOURCE, LogRead, TableInfo, log_table
 
 
 def time_column(table: TableInfo) -> str:
+    """The column a table's log is ordered in time by: ingestion (a source), validity (a
+    history)."""
     return "_ralf_ingested_at" if table.kind == SOURCE else "_ralf_valid_from"
 
 

@@ -91,6 +91,7 @@ class PostgresTransaction(Transaction):
 
     def materialize(self, name: str, query: str, keep: list[str],
                     types: dict[str, pa.DataType]) -> pa.Table:
+        """The query's rows into a temporary table, left in the server; returns ``keep``."""
         self._fresh(name)  # the rows stay in the server
         self.cur.execute(f"CREATE TEMP TABLE {quote(name)} ON COMMIT DROP AS {query}")
         return self.arrow(f"SELECT {', '.join(quote(c) for c in keep)} FROM {quote(name)}",
@@ -267,6 +268,7 @@ class PostgresStorage(Storage):
 
     @staticmethod
     def unstorable(rows: pa.Table) -> dict[int, tuple[str, str]]:
+        """Rows with a NUL character in a text value, which PostgreSQL refuses."""
         refused: dict[int, tuple[str, str]] = {}
         for field, column in zip(rows.schema, rows.columns, strict=True):
             if pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type):
@@ -300,6 +302,7 @@ class PostgresStorage(Storage):
                    [self._progress_name(table), self.num_shards, floor])
 
     def load_floor(self, table: str) -> int:
+        """The floor as committed (a shard's own, under its progress name)."""
         if not self.sharded:
             return super().load_floor(table)
         with self._reading() as tx:
@@ -394,6 +397,8 @@ class PostgresStorage(Storage):
 
     def sql(self, query: str, *, max_rows: int | None = None, timeout: float | None = None,
             cancel: threading.Event | None = None) -> pa.Table:
+        """Client SQL: checked on sqlglot's tree, translated, run as ``ralf_sql`` in a read-only
+        transaction with a time limit, fetched in batches."""
         tree = readonly.check_sqlglot(self._translate.parse(query))
         translated = self._translate(query, tree)
         con = self._reader()
@@ -441,6 +446,7 @@ class PostgresStorage(Storage):
             hide_password=False)
 
     def close(self) -> None:
+        """Close every session and the connection pool."""
         with self._lock:
             for raw in self._readers:
                 raw.close()

@@ -23,6 +23,7 @@ class Translator:
         self._done: dict[str, str] = {}
 
     def parse(self, query: str) -> list[exp.Expression]:
+        """The statements of a query as sqlglot parses DuckDB's dialect; QueryError if it cannot."""
         try:
             return [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
         except sqlglot.errors.ParseError as exc:

@@ -1,12 +1,13 @@
-"""Refreshes that rewrite some keys and add others: the table, its history and the serving
-cache agree, one row per key, for every column type (lists and text included)."""
+"""The storage skeleton's write path (ralf/storage/base.py), on both backends: refreshes
+that rewrite some keys and add others leave the table, its history and the serving cache
+agreeing, one row per key, for every column type (lists and text included)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
 from ralf import Operator, Record, Schema
-from ralf.storage.duckdb import _UPDATE_BY_COLUMN
+from ralf.storage.duckdb import UPDATE_BY_COLUMN
 from ralf.testing import ListSource
 from tests.pipelines import RATINGS
 
@@ -45,9 +46,9 @@ def test_rewritten_and_new_keys_in_one_refresh(server):
 
 
 def test_a_refresh_wider_than_the_per_column_threshold_rewrites_every_column(server):
-    """Over _UPDATE_BY_COLUMN keys, DuckDB upserts column by column; both paths must give
+    """Over UPDATE_BY_COLUMN keys, DuckDB upserts column by column; both paths must give
     the from-scratch aggregate."""
-    n = _UPDATE_BY_COLUMN + 5000
+    n = UPDATE_BY_COLUMN + 5000
     batches = [pd.DataFrame({"user": range(n), "movie": range(n), "rating": float(i + 1)})
                for i in range(3)] + [pd.DataFrame({"user": [0, 1], "movie": [0, 0],
                                                    "rating": [9.0, 9.0]})]
