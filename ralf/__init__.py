@@ -9,6 +9,7 @@ from ralf.errors import (
     RalfError,
     SchemaError,
     TableError,
+    ValueRangeError,
     TableNotFound,
 )
 from ralf.operators import Operator, SourceOperator
@@ -34,5 +35,6 @@ __all__ = [
     "SourceOperator",
     "Table",
     "TableError",
+    "ValueRangeError",
     "TableNotFound",
 ]

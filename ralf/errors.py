@@ -57,5 +57,11 @@ class TableError(RalfError):
         self.table = table
 
 
+class ValueRangeError(RalfError):
+    """A value a SQL table computed from its data does not fit its column (a ``sum()``
+    past the BIGINT range): the keys it belongs to are isolated (retried, then
+    quarantined) and the others go on."""
+
+
 class QueryError(RalfError):
     """A client query was refused (e.g. SQL that would write)."""

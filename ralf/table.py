@@ -56,6 +56,7 @@ class Table:
             schema: Schema | None = None, name: str | None = None, lazy: bool = False,
             budget: int | None = None) -> Table:
         """A feature table whose rows ``operator.on_record(record)`` derives from this one's."""
+        self._refuse_deletions("map")
         return self._derived(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
             budget=budget))
@@ -70,6 +71,7 @@ class Table:
                               table=self.name, column=on)
         if not isinstance(other, Table):
             raise TypeError(f"join expects a Table to look up into, got {type(other).__name__}")
+        self._refuse_deletions("join")
         return self._derived(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
             budget=budget, lookup=other._node, on=on))
@@ -83,7 +85,7 @@ class Table:
         stddev_samp (stddev)."""
         self._check_key(by, "aggregate(by=...)")
         plan = views.from_aggregate(self.name, self.kind == SOURCE, by,
-                                    set(self.schema.columns), outputs)
+                                    set(self.schema.columns), outputs, self.deletes)
         return self._derived(self._pipeline.add_sql_table(
             self._node, plan, name=name or f"{self.name}_by_{by}", lazy=lazy, budget=budget))
 
@@ -93,9 +95,27 @@ class Table:
         ``ratings.sql("SELECT user, avg(rating) AS average FROM ratings GROUP BY user",
         name="average")``. Decomposable aggregates are maintained by deltas, anything else
         by recomputing the stale keys' groups."""
-        plan = views.from_sql(query, self.name, self.kind == SOURCE, self.schema.primary_key)
+        plan = views.from_sql(query, self.name, self.kind == SOURCE, self.schema.primary_key,
+                              self.deletes)
         return self._derived(self._pipeline.add_sql_table(self._node, plan, name=name,
                                                           lazy=lazy, budget=budget))
+
+    @property
+    def deletes(self) -> bool:
+        """Rows of this table can disappear (a SQL table whose ``HAVING`` or filter drops a
+        key it held); such a table's children see the deletions."""
+        plan = self.plan
+        return isinstance(plan, KeyRecompute) and plan.deletes
+
+    def _refuse_deletions(self, what: str) -> None:
+        # A Python operator receives rows, never their deletion: it would keep state for a
+        # key the parent no longer has (exact or refused).
+        if self.deletes:
+            raise SchemaError(
+                f"{what}: {self.name!r} can delete rows (a HAVING or a filter drops keys) and "
+                "a Python operator cannot receive a deletion; derive from it with sql() or "
+                "aggregate(), or move the condition into the Python operator",
+                table=self.name)
 
     def _check_key(self, by: str, what: str) -> None:
         key = self.schema.primary_key

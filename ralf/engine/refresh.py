@@ -25,7 +25,7 @@ from ralf.engine.apply import Applied, apply_records
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode, OperatorNode, SqlTableNode
 from ralf.engine.progress import Advance
-from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError
+from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.schema import Record
 from ralf.storage.units import Refresh, SqlRefresh
@@ -43,7 +43,7 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     start = time.perf_counter()
     try:
         if isinstance(node, SqlTableNode):
-            return _refresh_sql_table(node, keys, errors, now)
+            return _isolating(node, keys, errors, max_failures, now)
         with _cyclic_gc_paused():
             return _refresh_python(node, keys, errors, max_failures, now)
     finally:
@@ -143,10 +143,39 @@ def _keep(node: OperatorNode, record: Record, key: Any, outputs: dict[Any, Any])
     return True
 
 
-def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfError],
-                  now: dt.datetime) -> int:
+def _isolating(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfError],
+               max_failures: int, now: dt.datetime) -> int:
+    """Refresh a SQL table; if a value of some key does not fit its column, find the keys
+    it belongs to by halving (each half its own transaction) and hold them back like an
+    operator's failing keys, so the others go on."""
+    try:
+        return _refresh_sql_table(node, keys, now)
+    except ValueRangeError as exc:
+        if keys is None:  # an eager table keeps no stale-key index: ask the database
+            held = node.held
+            keys = [k for k in node.storage.pending_summary(node.read_all()).column("key")
+                    .to_pylist() if k not in held]
+            if not keys:
+                raise
+        if len(keys) == 1:
+            _record_failures(node, {keys[0]: exc}, errors, max_failures)
+            return 0
+        if not keys:
+            raise
+        half = len(keys) // 2
+        return (_isolating(node, keys[:half], errors, max_failures, now)
+                + _isolating(node, keys[half:], errors, max_failures, now))
+
+
+def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, now: dt.datetime) -> int:
     """A SQL-maintained table: the plan runs inside the database, in one transaction."""
     read = node.read_all() if keys is None else node.read_keys(keys)
+    held = node.held
+    if keys is None and held:  # a held key's appends stay unread: marked as read to high
+        key_type = read.table.schema.arrow.field(read.table.schema.primary_key).type
+        masked = {**node.marks.overrides, **dict.fromkeys(held, read.high)}
+        read.watermarks = pa.table({"key": pa.array(list(masked), key_type),
+                                    "wm": pa.array(list(masked.values()), pa.int64())})
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
     advance = node.marks.advance(keys or [], list(node.held) if full else None, read.high)
     unit = SqlRefresh(
@@ -161,7 +190,7 @@ def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, errors: list[
         node.cache.pop(k, None)
     if keys is None:
         keys = rows.column(node.schema.primary_key).to_pylist() + list(deleted)
-    _after_refresh(node, keys, rows.num_rows, now)
+    _after_refresh(node, keys, rows.num_rows + len(deleted), now)  # a deletion is a version
     return len(keys)
 
 
@@ -262,7 +291,8 @@ def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
         # exponential backoff, in ticks: 1, 2, 4, ...; quarantined after max_failures
         quarantined = node.failures.record(key, node.tick, max_failures, str(detail))
         count = node.failures.count[key]
-        message = (f"table {node.name!r}, key {key!r}: operator failed ({detail})"
+        what = "refresh" if isinstance(node, SqlTableNode) else "operator"
+        message = (f"table {node.name!r}, key {key!r}: {what} failed ({detail})"
                    + (f"; key quarantined after {count} failures" if quarantined else ""))
         if isinstance(exc, SchemaError):
             error: OperatorError = OutputSchemaError(message, table=node.name, key=key,
@@ -320,7 +350,8 @@ def _move_marks(node: FeatureNode, advance: Advance) -> None:
 
 def _after_refresh(node: FeatureNode, refreshed: list[Any], written: int, now: dt.datetime
                    ) -> None:
-    """Bookkeeping after a commit; a refresh that wrote rows is one new version in the log."""
+    """Bookkeeping after a commit; a refresh that wrote (or deleted) rows is one new
+    version in the log."""
     node.failures.succeeded(refreshed)
     if node.pending is not None:
         for k in refreshed:
@@ -337,6 +368,8 @@ def _still_stale(node: FeatureNode, keys: list[Any] | None, refreshed: list[Any]
     """The keys left stale if this refresh drains the table of all others, else None."""
     if keys is None:
         return list(skip)
+    if node.pending is None:  # no stale-key index (an eager table): cannot tell
+        return None
     held = skip | node.held
     done = set(refreshed)
     if len(node.pending) - len(done) > len(held):

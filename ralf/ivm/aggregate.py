@@ -163,7 +163,11 @@ class DeltaAggregate:
         # be 0 / -1 = -0.0 where SQL's var_samp gives NULL
         least = 0 if f.endswith("_pop") else 1
         divisor = of("cnt") if least == 0 else f"({of('cnt')} - 1)"
-        variance = f"(CASE WHEN {of('cnt')} > {least} THEN {of('m2')} / {divisor} END)"
+        # over an infinite or NaN value (its mean is not finite: x - x is NaN) SQL's
+        # variance of two or more values is NaN, whatever the merged m2 says (inf)
+        variance = (f"(CASE WHEN {of('cnt')} <= {least} THEN NULL "
+                    f"WHEN {of('cnt')} > 1 AND NOT ({of('mean')} - {of('mean')} = 0) "
+                    f"THEN CAST('NaN' AS DOUBLE) ELSE {of('m2')} / {divisor} END)")
         return f"sqrt({variance})" if f.startswith("stddev") else variance
 
 

@@ -7,11 +7,17 @@ Two plans:
   min, max, variance, stddev) over a source, with any filter and argument expressions:
   the pending appends' aggregate is merged into helper columns.
 * :class:`KeyRecompute` — anything else that is grouped by the parent's key (median,
-  count distinct, expressions over aggregates, HAVING, joins to other tables, a feature
-  table as parent): the stale keys' groups are recomputed from the parent's rows.
+  count distinct, expressions over aggregates, aggregates with extra arguments such as
+  DuckDB's ``max(x, n)``, HAVING, a feature table as parent): the stale keys' groups are
+  recomputed from the parent's rows.
 
-A query that is not grouped by the parent's key is refused: ralf maintains tables key by
-key, and such a query's rows do not belong to one key of the parent.
+Exact or refused: a key's row may depend only on that key's rows of the parent, and on
+nothing that changes between two refreshes. So a query is refused when it is not grouped
+by the parent's key, or reads rows of other keys (LIMIT/OFFSET over the groups, window
+functions, QUALIFY, subqueries, joins — a self-join or another table, which would go stale
+when only the other side changes), samples its input (TABLESAMPLE, USING SAMPLE), calls a
+function whose value changes between refreshes (``random()``, ``now()``, ``uuid()`` ...), or
+reads ralf's bookkeeping columns (``_ralf_*``, which the maintenance plans do not carry).
 """
 
 from __future__ import annotations
@@ -32,14 +38,31 @@ _AGGREGATES = {
 }
 
 
+# Functions whose value changes between two refreshes of the same rows (DuckDB's VOLATILE
+# functions and the ones reading the clock, the session or the transaction), by the name
+# sqlglot gives them.
+NONDETERMINISTIC = frozenset({
+    "random", "rand", "setseed", "uuid", "uuidv4", "uuidv7", "gen_random_uuid", "nextval",
+    "currval", "setval", "now", "current_date", "current_time", "current_timestamp",
+    "get_current_time", "get_current_timestamp", "today", "transaction_timestamp",
+    "statement_timestamp", "clock_timestamp", "timeofday", "localtime", "localtimestamp",
+    "current_localtime", "current_localtimestamp", "current_setting", "getvariable",
+    "current_query", "current_query_id", "current_transaction_id", "current_connection_id",
+    "txid_current", "current_database", "current_schema", "current_schemas", "error",
+    "write_log", "sleep_ms", "stats", "vector_type",
+})
+
+
 @dataclass
 class KeyRecompute:
     """Recompute the stale keys' groups: the user's query, with the parent's name bound to
-    its rows for those keys only."""
+    its rows for those keys only. ``deletes``: a key's row can disappear (a HAVING, or a
+    filter over a parent whose rows change, or a parent that deletes rows)."""
 
     key: str
     parent: str
     query: str
+    deletes: bool = False
 
     def recompute(self, parent_rows: str) -> str:
         """``parent_rows``: a SELECT of the parent's current rows whose key is stale."""
@@ -53,8 +76,10 @@ def refuse(message: str) -> SchemaError:
 
 
 def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[str],
-                   outputs: dict[str, tuple[str, str]]) -> DeltaAggregate | KeyRecompute:
-    """``table.aggregate(by=key, name=(column, function), ...)``."""
+                   outputs: dict[str, tuple[str, str]], parent_deletes: bool = False
+                   ) -> DeltaAggregate | KeyRecompute:
+    """``table.aggregate(by=key, name=(column, function), ...)``; ``parent_deletes``: the
+    parent's rows can disappear."""
     if not outputs:
         raise refuse("aggregate() needs at least one output, e.g. n=('rating', 'count')")
     plan = []
@@ -74,12 +99,13 @@ def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[s
     delta = DeltaAggregate(key, plan, None)
     if parent_is_source:
         return delta
-    return KeyRecompute(key, parent, delta.query(quote(parent)))
+    return KeyRecompute(key, parent, delta.query(quote(parent)), parent_deletes)
 
 
-def from_sql(query: str, parent: str, parent_is_source: bool, key: str
-             ) -> DeltaAggregate | KeyRecompute:
-    """``table.sql("SELECT key, ... FROM parent ... GROUP BY key")``."""
+def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
+             parent_deletes: bool = False) -> DeltaAggregate | KeyRecompute:
+    """``table.sql("SELECT key, ... FROM parent ... GROUP BY key")``; ``parent_deletes``:
+    the parent's rows can disappear."""
     try:
         statements = [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
     except sqlglot.errors.ParseError as exc:
@@ -89,8 +115,12 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str
     tree = statements[0]
     source = tree.args.get("from_") or tree.args.get("from")
     table = source.this if source is not None else None
-    if not isinstance(table, exp.Table) or table.name != parent:
+    if not isinstance(table, exp.Table) or table.name != parent or table.args.get("db"):
         raise refuse(f"the query must read FROM {parent!r}, the table it is defined on")
+    _refuse_beyond_the_key(tree)
+    for count in tree.find_all(exp.Count):
+        if count.this is None:  # count(): DuckDB's spelling of count(*), PostgreSQL's too
+            count.set("this", exp.Star())
     group = tree.args.get("group")
     grouped = [e for e in group.expressions] if group is not None else []
     if len(grouped) != 1 or not _is_column(grouped[0], key):
@@ -112,8 +142,55 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str
         raise refuse(f"the query must select the key column {key!r}")
     if len(set(names)) != len(names):
         raise refuse(f"duplicate output column names: {names}")
-    delta = _decomposable(tree, key) if parent_is_source else None
-    return delta or KeyRecompute(key, parent, tree.sql("duckdb"))
+    delta = _decomposable(_unqualified(tree), key) if parent_is_source else None
+    if delta is not None:
+        return delta
+    where = tree.args.get("where") is not None
+    deletes = tree.args.get("having") is not None or (
+        not parent_is_source and (where or parent_deletes))
+    return KeyRecompute(key, parent, tree.sql("duckdb"), deletes)
+
+
+def _refuse_beyond_the_key(tree: exp.Select) -> None:
+    """Refuse what makes a key's row depend on more than that key's rows of the parent, as
+    they are now (module docstring)."""
+    reads_others = {"limit": "LIMIT", "offset": "OFFSET", "fetch": "FETCH",
+                    "qualify": "QUALIFY", "joins": "a join", "with": "WITH"}
+    for arg, what in reads_others.items():
+        if tree.args.get(arg):
+            raise refuse(f"{what} makes a row depend on the rows of other keys; ralf "
+                         "maintains feature tables key by key (refused, not approximated)")
+    if any(tree.find_all(exp.TableSample)):
+        raise refuse("a sample (TABLESAMPLE / USING SAMPLE) gives different rows at every "
+                     "refresh")
+    if any(tree.find_all(exp.Window)):
+        raise refuse("window functions (OVER ...) read the rows of other keys")
+    if any(tree.find_all(exp.Subquery, exp.Exists)) or any(
+            isinstance(node, exp.Select) for node in tree.find_all(exp.Select)
+            if node is not tree):
+        raise refuse("a subquery reads rows beyond the key being refreshed")
+    if len(list(tree.find_all(exp.Table))) != 1:
+        raise refuse("a join reads rows beyond the key being refreshed")
+    for function in tree.find_all(exp.Func):
+        name = (function.name if isinstance(function, exp.Anonymous)
+                else function.sql_name()).lower()
+        if name in NONDETERMINISTIC:
+            raise refuse(f"{function.sql('duckdb').lower()} gives a different value at "
+                         "every refresh")
+    for column in tree.find_all(exp.Column):
+        if column.name.lower().startswith("_ralf_"):
+            raise refuse(f"{column.name} is ralf's bookkeeping column, not part of the "
+                         "parent's rows the query is maintained over")
+
+
+def _unqualified(tree: exp.Select) -> exp.Select:
+    """The query with table qualifiers dropped from its columns (``src.i``, ``s.i`` →
+    ``i``): the delta plan reads the pending rows under a name of its own, and the query
+    reads one table only."""
+    tree = tree.copy()
+    for column in tree.find_all(exp.Column):
+        column.set("table", None)
+    return tree
 
 
 def _is_column(node: exp.Expression, name: str) -> bool:
@@ -134,10 +211,12 @@ def _decomposable(tree: exp.Select, key: str) -> DeltaAggregate | None:
             continue
         call = item.this
         function = _AGGREGATES.get(type(call))
-        if function is None or call.args.get("distinct"):
+        extra = [a for a, v in call.args.items() if v and a not in ("this", "big_int")]
+        if function is None or extra:  # DISTINCT, max(x, n), ... : recomputed per key
             return None
         argument = call.this
-        if isinstance(argument, exp.Distinct) or any(argument.find_all(exp.AggFunc)):
+        if (argument is None or isinstance(argument, exp.Distinct)
+                or any(argument.find_all(exp.AggFunc))):
             return None
         outputs.append(Output(item.alias, function,
                               "*" if isinstance(argument, exp.Star) else argument.sql("duckdb")))

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from ralf.clock import utcnow
-from ralf.errors import QueryError
+from ralf.errors import QueryError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.schema import Rejection, Schema, quote
@@ -49,12 +49,16 @@ from ralf.storage.sql import (
 )
 from ralf.storage.units import (
     BOOKKEEPING_TABLES,
+    DELETED,
+    FEATURE,
+    HISTORY_UPGRADES,
     SOURCE,
     Append,
     LogRead,
     Refresh,
     SqlRefresh,
     TableInfo,
+    history_table,
     log_table,
 )
 
@@ -164,6 +168,9 @@ class Storage(ABC):
     # Errors of the driver that mean "this value cannot be in this database" (a point
     # query for such a key finds nothing).
     unreadable_value: tuple[type[BaseException], ...] = ()
+    # Errors of the driver that mean "a value computed from the data does not fit its
+    # type" (a sum past BIGINT): a SQL table's refresh raises ValueRangeError for them.
+    out_of_range: tuple[type[BaseException], ...] = ()
 
     # ---- the backend's hooks ----------------------------------------------------------------
     @abstractmethod
@@ -285,6 +292,12 @@ class Storage(ABC):
                     continue
                 for statement in migrate.statements(migration.sql):
                     tx.execute(self._migration_statement(statement))
+                if migration.version in HISTORY_UPGRADES:
+                    features = tx.arrow(f"SELECT name FROM ralf.tables WHERE kind = {self.mark}",
+                                        [FEATURE]).column(0).to_pylist()
+                    for name in features:
+                        tx.execute(HISTORY_UPGRADES[migration.version].format(
+                            history=history_table(name)))
                 tx.execute(f"INSERT INTO ralf.schema_migrations VALUES ({self.mark}, "
                            f"{self.mark}, {self.mark})",
                            [migration.version, migration.name, utcnow()])
@@ -367,6 +380,13 @@ class Storage(ABC):
     def refresh_sql_table(self, unit: SqlRefresh) -> tuple[pa.Table, list[Any]]:
         """A SQL table's plan over the pending appends, inside the database: returns (the
         rows written — user columns and ``_ralf_seq`` —, the keys deleted)."""
+        try:
+            return self._run_sql_refresh(unit)
+        except self.out_of_range as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise ValueRangeError(f"a value does not fit its column: {first_line}") from exc
+
+    def _run_sql_refresh(self, unit: SqlRefresh) -> tuple[pa.Table, list[Any]]:
         info, plan = unit.table, unit.plan
         names = info.schema.names
         with self._transaction() as tx:
@@ -410,11 +430,21 @@ class Storage(ABC):
                           types=_arrow_types(info))
         data, _ = info.schema.to_arrow(result.select(info.schema.names), info.name)
         kept = set(data.column(plan.key).to_pylist())
-        deleted = [k for k in stale.column("key").to_pylist() if k not in kept]
+        gone = [k for k in stale.column("key").to_pylist() if k not in kept]
+        deleted: list[Any] = []
+        if gone:  # of the keys without a group now, the ones that had a row: deleted
+            tx.stage("__ralf_gone", pa.table({"key": pa.array(gone, key_type)}))
+            deleted = tx.arrow(f"SELECT {key} AS key FROM {quote(info.name)} WHERE {key} IN "
+                               "(SELECT key FROM __ralf_gone)",
+                               types={"key": key_type}).column(0).to_pylist()
         if deleted:
             tx.stage("__ralf_gone", pa.table({"key": pa.array(deleted, key_type)}))
             tx.execute(f"DELETE FROM {quote(info.name)} WHERE {key} IN "
                        "(SELECT key FROM __ralf_gone)")
+            # the history records the removal, so as_of answers and children see it
+            tx.execute(f"INSERT INTO {log_table(info)} ({key}, _ralf_seq, _ralf_valid_from, "
+                       f"{DELETED}) SELECT key, {self.mark}, CAST({self.mark} AS TIMESTAMP), "
+                       "true FROM __ralf_gone", [unit.version, unit.updated_at])
         tx.stage("__ralf_rows", data)
         return data, deleted
 
@@ -588,8 +618,14 @@ class Storage(ABC):
         for i, table in enumerate(tables.values()):
             alias = f"h{i}"
             wanted = [(column, out) for t, column, out in features if t.name == table.name]
-            joins.append(self._as_of_join(table, alias, [c for c, _ in wanted], timestamp))
-            selects += [f"{alias}.{quote(c)} AS {quote(out)}" for c, out in wanted]
+            columns = [c for c, _ in wanted]
+            if table.kind == FEATURE:  # a key deleted by then has no values
+                joins.append(self._as_of_join(table, alias, [*columns, DELETED], timestamp))
+                selects += [f"CASE WHEN {alias}.{DELETED} THEN NULL ELSE {alias}.{quote(c)} "
+                            f"END AS {quote(out)}" for c, out in wanted]
+            else:
+                joins.append(self._as_of_join(table, alias, columns, timestamp))
+                selects += [f"{alias}.{quote(c)} AS {quote(out)}" for c, out in wanted]
             types.update({out: table.schema.arrow.field(c).type for c, out in wanted})
         query = (f"SELECT {', '.join(selects)} FROM __ralf_entities e {' '.join(joins)} "
                  "ORDER BY e.__ralf_row")

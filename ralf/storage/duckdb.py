@@ -31,7 +31,7 @@ from ralf.schema import quote
 from ralf.storage import readonly
 from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited
 from ralf.storage.sql import time_column
-from ralf.storage.units import SOURCE, TableInfo, log_table
+from ralf.storage.units import DELETED, SOURCE, TableInfo, log_table
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
@@ -73,6 +73,9 @@ class DuckDBTransaction(Transaction):
 
 class DuckDBStorage(Storage):
     """ralf's tables in one DuckDB file (or in memory), for one process."""
+
+    out_of_range = (duckdb.ConversionException, duckdb.OutOfRangeException)
+
     def __init__(self, path: str | None = None, memory_limit: str | None = None) -> None:
         self.path = path or ":memory:"
         self.memory_limit = memory_limit
@@ -174,7 +177,8 @@ class DuckDBStorage(Storage):
         return [f"CREATE TABLE {quote(info.name)} ({', '.join(keyed)}, "
                 "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL)",
                 f"CREATE TABLE {log_table(info)} ({', '.join(user_cols)}, "
-                "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL)"]
+                "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL, "
+                f"{DELETED} BOOLEAN)"]
 
     def _stored_columns(self, tx: Transaction, table: str) -> list[str]:
         """The columns a write sets: all but the ones DuckDB computes (an aggregate's

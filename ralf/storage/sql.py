@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from ralf.schema import quote
-from ralf.storage.units import FEATURE, SOURCE, LogRead, TableInfo, log_table
+from ralf.storage.units import DELETED, FEATURE, SOURCE, LogRead, TableInfo, log_table
 
 
 def time_column(table: TableInfo) -> str:
@@ -82,9 +82,13 @@ def point_as_of_query(table: TableInfo, mark: str) -> str:
     ``mark``: the placeholder (key, then time)."""
     cols = ", ".join(quote(c) for c in table.schema.names)
     time = time_column(table)
-    return (f"SELECT {cols}, {time} AS _ralf_updated_at FROM {log_table(table)} "
-            f"WHERE {quote(table.schema.primary_key)} = {mark} AND {time} <= {mark} "
-            "ORDER BY _ralf_seq DESC LIMIT 1")
+    newest = (f"FROM {log_table(table)} WHERE {quote(table.schema.primary_key)} = {mark} "
+              f"AND {time} <= {mark} ORDER BY _ralf_seq DESC LIMIT 1")
+    if table.kind == SOURCE:
+        return f"SELECT {cols}, {time} AS _ralf_updated_at {newest}"
+    # a version recording the key's deletion: the key had no row then
+    return (f"SELECT {cols}, _ralf_updated_at FROM (SELECT {cols}, {time} AS "
+            f"_ralf_updated_at, {DELETED} {newest}) AS v WHERE v.{DELETED} IS NOT TRUE")
 
 
 def registered(read: LogRead) -> dict[str, object]:

@@ -100,8 +100,21 @@ class LogRead:
     keys: pa.Table | None = None
 
 
+# A history's deletion marker: true on the version that records a key's removal (its
+# other columns NULL); NULL on every version that holds a row.
+DELETED = "_ralf_deleted"
+# Migrations that change every feature table's history, beyond what a SQL file can name:
+# version -> statement, ``{history}`` standing for each history table.
+HISTORY_UPGRADES = {6: f"ALTER TABLE {{history}} ADD COLUMN {DELETED} BOOLEAN"}
+
+
 def log_table(table: TableInfo) -> str:
     """What children replay: a source's append table, a feature table's history."""
     if table.kind == SOURCE:
         return quote(table.name)
-    return f"ralf.{quote(table.name + '__history')}"
+    return history_table(table.name)
+
+
+def history_table(feature_table: str) -> str:
+    """The qualified name of a feature table's history."""
+    return f"ralf.{quote(feature_table + '__history')}"

@@ -44,7 +44,7 @@ from ralf.storage.postgres.types import (
     to_arrow,
 )
 from ralf.storage.sql import pending_rows, time_column
-from ralf.storage.units import SOURCE, LogRead, TableInfo, log_table
+from ralf.storage.units import DELETED, SOURCE, LogRead, TableInfo, log_table
 
 _ADVISORY_LOCK = 0x7261_6C66  # "ralf": serialises migrations and table creation
 SQL_ROLE = "ralf_sql"  # client SQL runs as this role: SELECT on the readable tables only
@@ -105,6 +105,7 @@ class PostgresStorage(Storage):
     mark = "%s"
     user_schema = "public"
     unreadable_value = (psycopg.DataError,)  # e.g. a text key with a NUL in it
+    out_of_range = (psycopg.DataError,)  # class 22: out of range, division by zero ...
 
     def __init__(self, url: str, shard: int = 0, num_shards: int = 1) -> None:
         parsed = sqlalchemy.make_url(url)
@@ -211,7 +212,8 @@ class PostgresStorage(Storage):
                 "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL, "
                 f"PRIMARY KEY ({key}))",
                 f"CREATE TABLE {log_} ({', '.join(user_cols)}, "
-                "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL)",
+                "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL, "
+                f"{DELETED} BOOLEAN)",
                 f"CREATE INDEX ON {log_} (_ralf_seq)",
                 f"CREATE INDEX ON {log_} ({key}, _ralf_seq)"]
 
@@ -260,11 +262,21 @@ class PostgresStorage(Storage):
             for table, columns in catalog_columns(self.catalog()).items():
                 scratch.execute(f"CREATE TABLE {quote(table)} ("
                                 f"{', '.join(f'{quote(c)} {t}' for c, t in columns.items())})")
-            return [(r[0], r[1]) for r in scratch.sql(f"DESCRIBE {query}").fetchall()]
+            described = [(r[0], r[1]) for r in scratch.sql(f"DESCRIBE {query}").fetchall()]
         except duckdb.Error as exc:
             raise SchemaError(f"SQL table: {exc}") from None
         finally:
             scratch.close()
+        # the query runs here as translated: one PostgreSQL cannot plan (a DuckDB-only
+        # function such as max(x, n)) is refused now rather than failing every refresh
+        try:
+            with self._reading() as tx:
+                tx.execute(f"EXPLAIN {self._translate(query)}")
+        except psycopg.Error as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise SchemaError("SQL table: PostgreSQL cannot run this query as translated "
+                              f"from DuckDB's SQL: {first_line}") from None
+        return described
 
     @staticmethod
     def unstorable(rows: pa.Table) -> dict[int, tuple[str, str]]:

@@ -16,7 +16,7 @@ class Translator:
     """ralf's SQL (DuckDB's dialect) as PostgreSQL: identifiers quoted and spelled as in the
     catalog (DuckDB matches them case-insensitively, and ``user`` is a keyword in
     PostgreSQL), ``* EXCLUDE (...)`` expanded from the catalog, ``round(x, places)`` on
-    any number. Cached by query text."""
+    any number, DuckDB's schema ``main`` as ``public``. Cached by query text."""
 
     def __init__(self, catalog: Any) -> None:
         self._catalog = catalog  # () -> dict[str, TableInfo], read on a cache miss
@@ -41,12 +41,18 @@ class Translator:
         if any(star.args.get("except_") for star in tree.find_all(exp.Star)):
             tree = qualify(tree, dialect="duckdb", schema=columns,
                            validate_qualify_columns=False, identify=False)
+        for count in tree.find_all(exp.Count):  # count(): DuckDB's count(*)
+            if count.this is None:
+                count.set("this", exp.Star())
         for call in tree.find_all(exp.Round):  # PostgreSQL rounds only NUMERIC to places
             if call.args.get("decimals") is not None:
                 call.set("this", exp.cast(call.this, "DECIMAL"))
         for kind in tree.find_all(exp.DataType):  # 128-bit integers: PostgreSQL's NUMERIC
             if kind.this in (exp.DataType.Type.INT128, exp.DataType.Type.UINT128):
                 kind.set("this", exp.DataType.Type.DECIMAL)
+        for table in tree.find_all(exp.Table):  # DuckDB's default schema is PostgreSQL's public
+            if table.db.lower() == "main" and not table.catalog:
+                table.set("db", exp.to_identifier("public"))
         for identifier in tree.find_all(exp.Identifier):
             if not identifier.quoted:
                 identifier.set("this", spelling.get(identifier.name.lower(), identifier.name))

@@ -1,0 +1,3 @@
+-- Every feature table's history gains _ralf_deleted (true on the version that records a
+-- key's removal), added per table by Storage.migrate (ralf/storage/units.py,
+-- HISTORY_UPGRADES): a SQL file cannot name the tables a database holds.
