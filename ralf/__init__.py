@@ -9,8 +9,8 @@ from ralf.errors import (
     RalfError,
     SchemaError,
     TableError,
-    ValueRangeError,
     TableNotFound,
+    ValueRangeError,
 )
 from ralf.operators import Operator, SourceOperator
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy

@@ -6,7 +6,9 @@ Two plans:
 * :class:`~ralf.ivm.aggregate.DeltaAggregate` — decomposable aggregates (count, sum, avg,
   min, max, variance, stddev) over a source, with any filter and argument expressions:
   the pending appends' aggregate is merged into helper columns.
-* :class:`KeyRecompute` — anything else that is grouped by the parent's key (median,
+* :class:`KeyRecompute` — a projection of a feature table (``SELECT key, expressions
+  FROM parent WHERE ...``, no GROUP BY: one row per key at most), and anything else
+  that is grouped by the parent's key (median,
   count distinct, expressions over aggregates, aggregates with extra arguments such as
   DuckDB's ``max(x, n)``, HAVING, a feature table as parent): the stale keys' groups are
   recomputed from the parent's rows.
@@ -123,7 +125,12 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
             count.set("this", exp.Star())
     group = tree.args.get("group")
     grouped = [e for e in group.expressions] if group is not None else []
-    if len(grouped) != 1 or not _is_column(grouped[0], key):
+    projection = group is None and not any(tree.find_all(exp.AggFunc))
+    if projection and parent_is_source:
+        raise refuse(f"{parent!r} is a source, holding many rows per key: a query over it "
+                     f"must GROUP BY {key!r}; a projection without GROUP BY (one row per "
+                     "key) is for feature tables")
+    if not projection and (len(grouped) != 1 or not _is_column(grouped[0], key)):
         raise refuse(
             f"the query must GROUP BY {key!r}, the key of {parent!r}: ralf maintains feature "
             f"tables key by key, so each result row must belong to exactly one {key!r}")
@@ -136,6 +143,8 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
             names.append(key)
         elif isinstance(item, exp.Alias):
             names.append(item.alias)
+        elif isinstance(item, exp.Column) and not isinstance(item.this, exp.Star):
+            names.append(item.name)
         else:
             raise refuse(f"name every output column with AS: {item.sql('duckdb')}")
     if not has_key:

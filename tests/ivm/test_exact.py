@@ -10,6 +10,7 @@ import math
 import pytest
 
 from ralf import KeyNotFound, Operator, OperatorError, Record, Schema, SchemaError
+from ralf.ivm.views import KeyRecompute
 from ralf.testing import ListSource, ManualClock
 
 NUMS = Schema("k", {"k": int, "i": int, "x": float, "g": int})
@@ -171,3 +172,25 @@ def test_a_key_removed_by_having_leaves_its_children_and_answers_as_deleted_afte
             pd.DataFrame({"k": [1, 1], "event_timestamp": [before_removal, clock.now()]}),
             ["big.total"])
         assert rows["total"].tolist()[0] == 5 and pd.isna(rows["total"].tolist()[1])
+
+
+def test_a_projection_of_a_feature_table_is_a_filtered_copy_keyed_like_it(make_ralf):
+    """No GROUP BY over a feature table (one row per key): the stale keys' rows are
+    projected and filtered again; a key the filter now excludes is deleted."""
+    query = "SELECT k, total * 2 AS twice, total FROM totals WHERE total > 4"
+    with make_ralf() as server:
+        source = _source(server, [(1, 5, 0.0, 1), (2, 3, 0.0, 1), (1, -3, 0.0, 1),
+                                  (2, 4, 0.0, 1), (3, 9, 0.0, 1), (3, 1, 0.0, 1)])
+        totals = source.aggregate(by="k", total=("i", "sum"), name="totals")
+        copy = totals.sql(query, name="high")
+        assert copy.deletes and isinstance(copy.plan, KeyRecompute)
+        seen = set()
+        while True:
+            server.step()
+            _equal_to_recomputation(server, "high", query)
+            seen |= set(server.sql("SELECT k FROM high")["k"])
+            if server.drained():
+                break
+        assert 1 in seen and 1 not in set(server.sql("SELECT k FROM high")["k"])
+        with pytest.raises(SchemaError, match="is a source"):
+            source.sql("SELECT k, i FROM src WHERE i > 0", name="copy")
