@@ -80,6 +80,7 @@ def test_schema_violations_name_table_and_column_and_spare_other_records(server)
     rejected = server.rejected().sort_values("id", ignore_index=True)
     assert rejected["table_name"].tolist() == ["src", "src"]
     assert "missing column 'value'" in " ".join(rejected["reason"])
+    assert server.metrics()["tables"]["src"]["rejected"] == 2
 
 
 def test_source_batches_may_be_dataframes_or_arrow_tables(server):
@@ -163,6 +164,7 @@ def test_metrics_count_work_and_measure_staleness_on_the_clock(make_ralf):
         assert m["tables"]["ratings"]["ingested"] == 300
         eager, lazy, budgeted = (m["tables"][t] for t in ("eager", "lazy", "budgeted"))
         assert eager["processed"] == 300 and eager["stale_keys"] == 0
+        assert eager["refresh_seconds"] > 0  # wall time, not the manual clock
         assert eager["queries"] == 1 and eager["staleness_max"] == 0.0
         assert lazy["stale_keys"] == 10 and lazy["pending_appends"] == 300
         assert lazy["staleness_p50"] == lazy["staleness_max"] == 10.0

@@ -105,12 +105,26 @@ def test_on_batch_is_used_instead_of_on_record_and_matches_the_oracle(server):
         pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
-def test_on_batch_failures_are_isolated_to_their_key(server):
+class BatchAverageFailingLate(BatchAverage):
+    """Raises after it has changed its state: the state must be rolled back."""
+
+    def on_batch(self, df):
+        delta = df.groupby("user")["rating"].agg(s="sum", n="count")
+        self.sums = self.sums.add(delta, fill_value=0)
+        if (df["rating"] < 0).any():
+            raise ValueError("negative rating, noticed after the state moved")
+        now = self.sums.loc[delta.index]
+        return pd.DataFrame({"user": now.index.astype("int64"), "average": now.s / now.n,
+                             "n": now.n.astype("int64")})
+
+
+@pytest.mark.parametrize("operator", [BatchAverage, BatchAverageFailingLate])
+def test_on_batch_failures_are_isolated_to_their_key(server, operator):
     rows = ratings(400, users=6)
     rows[50] = {**rows[50], "rating": -1.0}
     bad_user = rows[50]["user"]
     source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
-    source.map(BatchAverage, args=(AVERAGE,), name="batch")
+    source.map(operator, args=(AVERAGE,), name="batch")
     with pytest.raises(OperatorError, match="negative rating"):
         server.run()
     got = RalfClient(server).bulk_query("batch").set_index("user")
