@@ -78,6 +78,13 @@ class DuckDBStorage(Storage):
 
     def __init__(self, path: str | None = None, memory_limit: str | None = None) -> None:
         self.path = path or ":memory:"
+        schema = readonly.BOOKKEEPING_SCHEMA
+        if Path(self.path).name.split(".")[0].lower() == schema:
+            # DuckDB names the database after the file (up to its first dot): a database
+            # named "ralf" makes every reference to the schema "ralf" ambiguous
+            raise ValueError(f"{self.path!r}: DuckDB would name this database {schema!r}, "
+                             "the name of ralf's own schema in it; choose another file name "
+                             "(e.g. features.duckdb)")
         self.memory_limit = memory_limit
         # Snapshots are written here, the only place the database may write files to
         # (never a copy of the live file by ordinary file APIs: closing any descriptor of

@@ -220,3 +220,13 @@ def test_aggregate_outputs_are_computed_and_files_that_store_them_still_refresh(
     assert resumed["generated"].empty and resumed["ingested"]["n"][0] == 300
     assert resumed["table"].round(9).equals(resumed["oracle"].round(9))
     assert resumed["table"].round(9).equals(now["table"].round(9))
+
+
+def test_a_file_duckdb_would_name_like_ralfs_schema_is_refused_with_the_reason(tmp_path):
+    """DuckDB names a database after its file; one named "ralf" would make ralf's schema
+    ``ralf`` ambiguous in every statement (a BinderException at open before)."""
+    for name in ("ralf.duckdb", "RALF.db", "ralf.v2.duckdb"):
+        with pytest.raises(ValueError, match="choose another file name"):
+            Ralf(str(tmp_path / name))
+    with Ralf(str(tmp_path / "ralf_features.duckdb")) as server:
+        assert server.storage.schema_version() >= 1
