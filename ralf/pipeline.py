@@ -88,6 +88,10 @@ class Pipeline:
                       budget: int | None) -> SqlTableNode:
         """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
         check_budget(budget)
+        if getattr(plan, "regrouped", False) and (lazy or budget is not None):
+            raise SchemaError(f"SQL table: GROUP BY {plan.key!r}, not the key of "
+                              f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
+                              "is refreshed whole, never lazily or under a budget")
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         delta = isinstance(plan, DeltaAggregate)

@@ -130,17 +130,19 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
         raise refuse(f"{parent!r} is a source, holding many rows per key: a query over it "
                      f"must GROUP BY {key!r}; a projection without GROUP BY (one row per "
                      "key) is for feature tables")
-    if not projection and (len(grouped) != 1 or not _is_column(grouped[0], key)):
+    if not projection and (len(grouped) != 1 or not isinstance(grouped[0], exp.Column)):
         raise refuse(
-            f"the query must GROUP BY {key!r}, the key of {parent!r}: ralf maintains feature "
-            f"tables key by key, so each result row must belong to exactly one {key!r}")
+            f"the query must GROUP BY {key!r}, the key of {parent!r} (or, over a source, one "
+            "other column): each result row must belong to exactly one key")
+    group_key = key if projection else grouped[0].name
     names = []
     has_key = False
     for item in tree.expressions:
-        if _is_column(item, key) or (isinstance(item, exp.Alias) and item.alias == key
-                                     and _is_column(item.this, key)):
+        if _is_column(item, group_key) or (
+                isinstance(item, exp.Alias) and item.alias == group_key
+                and _is_column(item.this, group_key)):
             has_key = True
-            names.append(key)
+            names.append(group_key)
         elif isinstance(item, exp.Alias):
             names.append(item.alias)
         elif isinstance(item, exp.Column) and not isinstance(item.this, exp.Star):
@@ -148,9 +150,11 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
         else:
             raise refuse(f"name every output column with AS: {item.sql('duckdb')}")
     if not has_key:
-        raise refuse(f"the query must select the key column {key!r}")
+        raise refuse(f"the query must select the key column {group_key!r}")
     if len(set(names)) != len(names):
         raise refuse(f"duplicate output column names: {names}")
+    if group_key != key:
+        return _regrouped(tree, parent, parent_is_source, key, group_key)
     delta = _decomposable(_unqualified(tree), key) if parent_is_source else None
     if delta is not None:
         return delta
@@ -158,6 +162,34 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
     deletes = tree.args.get("having") is not None or (
         not parent_is_source and (where or parent_deletes))
     return KeyRecompute(key, parent, tree.sql("duckdb"), deletes)
+
+
+def _regrouped(tree: exp.Select, parent: str, parent_is_source: bool, key: str,
+               group_key: str) -> DeltaAggregate:
+    """``GROUP BY`` a column other than the parent's key (per-movie averages from ratings
+    keyed by user): maintained by deltas only — each parent append is applied once, into
+    the group it names — so only over a source, with decomposable aggregates, and with
+    the NULL group excluded (a feature table's key cannot be NULL)."""
+    if not parent_is_source:
+        raise refuse(f"GROUP BY {group_key!r}: a feature table's rows change, so a group "
+                     "over another column than its key cannot be maintained by deltas; "
+                     f"GROUP BY {key!r}")
+    delta = _decomposable(_unqualified(tree), group_key)
+    if delta is None:
+        raise refuse(f"GROUP BY {group_key!r} (not the key {key!r}) is maintained by deltas "
+                     "only: count, sum, avg, min, max and the variance family, any WHERE, "
+                     "no HAVING, DISTINCT, FILTER or other functions of aggregates")
+    where = tree.args.get("where")
+    conjuncts = list(where.this.flatten()) if where is not None and isinstance(
+        where.this, exp.And) else ([where.this] if where is not None else [])
+    if not any(isinstance(c, exp.Not) and isinstance(c.this, exp.Is)
+               and _is_column(c.this.this, group_key) and isinstance(c.this.expression,
+                                                                     exp.Null)
+               for c in conjuncts):
+        raise refuse(f"GROUP BY {group_key!r}: the group of NULL would need a NULL key, "
+                     f"which a feature table cannot have; add WHERE {group_key} IS NOT NULL")
+    delta.regrouped = True
+    return delta
 
 
 def _refuse_beyond_the_key(tree: exp.Select) -> None:

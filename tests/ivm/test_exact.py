@@ -194,3 +194,61 @@ def test_a_projection_of_a_feature_table_is_a_filtered_copy_keyed_like_it(make_r
         assert 1 in seen and 1 not in set(server.sql("SELECT k FROM high")["k"])
         with pytest.raises(SchemaError, match="is a source"):
             source.sql("SELECT k, i FROM src WHERE i > 0", name="copy")
+
+
+REGROUPED = ("SELECT g, count(*) AS n, sum(i) AS s, avg(x) AS a, max(i) AS hi, "
+             "var_samp(x) AS v FROM src WHERE g IS NOT NULL AND i > 0 GROUP BY g")
+
+
+def test_a_group_by_on_another_column_of_a_source_is_maintained_by_deltas(make_ralf):
+    """Per-movie aggregates from ratings keyed by user: each append goes, once, into the
+    group it names."""
+    values = [(1, 5, 0.5, 1), (2, 3, 1.5, 2), (1, 7, 2.5, 2), (3, -1, 0.5, 1),
+              (2, 9, 0.25, 3), (3, 4, 1.0, 1), (4, 2, 8.0, 3)]
+    with make_ralf() as server:
+        source = _source(server, values, batch=2)
+        table = source.sql(REGROUPED, name="per_g")
+        assert table.schema.primary_key == "g"
+        child = table.sql("SELECT g, max(s) AS top FROM per_g GROUP BY g", name="per_g_child")
+        while True:
+            server.step()
+            _equal_to_recomputation(server, "per_g", REGROUPED)
+            _equal_to_recomputation(server, "per_g_child",
+                                    "SELECT g, max(s) AS top FROM per_g GROUP BY g")
+            if server.drained():
+                break
+        assert child.schema.primary_key == "g"
+        assert server.point_query("per_g", 1).n == 2
+
+
+@pytest.mark.parametrize("query, options, reason", [
+    ("SELECT g, count(*) AS n FROM src GROUP BY g", {}, "IS NOT NULL"),
+    ("SELECT g, median(i) AS m FROM src WHERE g IS NOT NULL GROUP BY g", {}, "deltas"),
+    ("SELECT g, count(*) AS n FROM src WHERE g IS NOT NULL GROUP BY g HAVING count(*) > 1",
+     {}, "deltas"),
+    ("SELECT g, count(*) AS n FROM src WHERE g IS NOT NULL GROUP BY g", {"lazy": True},
+     "lazily"),
+    ("SELECT g, count(*) AS n FROM src WHERE g IS NOT NULL GROUP BY g", {"budget": 2},
+     "budget"),
+    ("SELECT g, i, count(*) AS n FROM src GROUP BY g, i", {}, "GROUP BY 'k'"),
+])
+def test_a_group_by_ralf_cannot_maintain_by_deltas_is_refused(make_ralf, query, options,
+                                                               reason):
+    with make_ralf() as server:
+        source = _source(server, [(1, 5, 0.5, 1)])
+        with pytest.raises(SchemaError, match=reason):
+            source.sql(query, name="t", **options)
+
+
+def test_a_regrouped_table_survives_a_reopen(tmp_path):
+    from ralf import Ralf
+
+    path = str(tmp_path / "features.duckdb")
+    values = [(k % 5, k, k / 3, k % 3) for k in range(60)]
+    with Ralf(path) as server:
+        _source(server, values[:30], batch=7).sql(REGROUPED, name="per_g")
+        server.run()
+    with Ralf(path) as server:
+        _source(server, values, batch=7).sql(REGROUPED, name="per_g")
+        server.run()
+        _equal_to_recomputation(server, "per_g", REGROUPED)
