@@ -112,3 +112,28 @@ def test_newer_than_current_with_nulls_in_its_field(make_ralf):
         server.run()
         assert RalfClient(server).point_query("latest", 1).value == 6
         assert server.metrics()["tables"]["latest"]["shed"] == 1  # the second NULL
+
+
+def test_an_on_batch_operator_sees_only_what_a_process_policy_keeps(make_ralf):
+    """``process`` policies shed ahead of ``on_batch`` too: the vectorised operator's
+    result equals the per-record operator's over the same kept records."""
+    from ralf import LoadSheddingPolicy
+    from tests.engine.test_refresh import BatchAverage
+    from tests.pipelines import AVERAGE, AverageRating
+
+    class HighOnly(LoadSheddingPolicy):
+        def process(self, record):
+            return record.rating >= 3
+
+    rows = ratings(600, users=8)
+    with make_ralf() as server:
+        source = server.create_source(ListSource, args=(RATINGS, rows, 100), name="ratings")
+        source.map(BatchAverage, args=(AVERAGE,), name="batch").add_load_shedding(HighOnly)
+        source.map(AverageRating, args=(AVERAGE,), name="per_record").add_load_shedding(
+            HighOnly)
+        server.run()
+        client = RalfClient(server)
+        kept = sum(r["rating"] >= 3 for r in rows)
+        assert server.metrics()["tables"]["batch"]["shed"] == len(rows) - kept
+        pd.testing.assert_frame_equal(client.bulk_query("batch"),
+                                      client.bulk_query("per_record"), check_dtype=False)
