@@ -40,6 +40,15 @@ def _equal_to_recomputation(server, table: str, query: str) -> None:
                 assert a == b, (column, got, want)
 
 
+def _equal_after_every_tick(server, table: str, query: str) -> None:
+    """Step until drained, the table equal to its recomputation after every tick."""
+    while True:
+        server.step()
+        _equal_to_recomputation(server, table, query)
+        if server.drained():
+            break
+
+
 def _source(server, values, batch=1, name="src"):
     return server.create_source(ListSource, args=(NUMS, _rows(values), batch), name=name)
 
@@ -75,11 +84,7 @@ def test_queries_that_read_beyond_their_key_are_refused_or_maintained(make_ralf,
                 source.sql(query, name="t")
             return
         source.sql(query, name="t")
-        while True:
-            server.step()
-            _equal_to_recomputation(server, "t", query)
-            if server.drained():
-                break
+        _equal_after_every_tick(server, "t", query)
 
 
 @pytest.mark.parametrize("query", [
@@ -129,11 +134,7 @@ def test_variance_over_infinities_merged_across_refreshes_is_nan(make_ralf):
         source = _source(server, [(1, 0, math.inf, 1), (1, 0, 1.0, 1), (2, 0, 2.0, 1),
                                   (2, 0, -math.inf, 1), (2, 0, 3.0, 1)])
         source.sql(query, name="t")
-        while True:
-            server.step()
-            _equal_to_recomputation(server, "t", query)
-            if server.drained():
-                break
+        _equal_after_every_tick(server, "t", query)
 
 
 class Doubler(Operator):
