@@ -253,3 +253,17 @@ def test_a_regrouped_table_survives_a_reopen(tmp_path):
         _source(server, values, batch=7).sql(REGROUPED, name="per_g")
         server.run()
         _equal_to_recomputation(server, "per_g", REGROUPED)
+
+
+def test_variance_merged_over_many_refreshes_of_spread_batches(make_ralf):
+    """A key refreshed four times, each batch several spread values: the merged mean and
+    sum of squared deviations of one refresh feed the next merge (Chan et al.), so a wrong
+    mean or m2 merge shows from the third refresh on."""
+    query = ("SELECT k, var_pop(x) AS vp, var_samp(x) AS vs, stddev_pop(x) AS sp, "
+             "avg(x) AS a FROM src GROUP BY k")
+    values = [(1, 0, x, 1) for x in (1.0, 4.0, 9.0, 2.0, 7.5, -3.0, 11.0, 0.5, 6.0, 6.5,
+                                      -1.0, 3.25)]
+    with make_ralf() as server:
+        source = _source(server, values, batch=3)
+        source.sql(query, name="t")
+        _equal_after_every_tick(server, "t", query)

@@ -46,6 +46,7 @@ def test_output_schema_comes_from_the_query(source):
     ("SELECT count(*) AS n FROM ratings", "must GROUP BY 'user'"),
     ("SELECT user, count(*) AS n FROM other GROUP BY user", "FROM 'ratings'"),
     ("SELECT user, count(*) FROM ratings GROUP BY user", "name every output column"),
+    ("SELECT user, count(*) AS n, sum(rating) AS n FROM ratings GROUP BY user", "duplicate"),
     ("SELECT avg(rating) AS a FROM ratings GROUP BY user", "select the key column"),
     ("DELETE FROM ratings", "exactly one SELECT"),
     ("SELECT user, count(*) AS n FROM ratings GROUP BY user; SELECT 1", "exactly one SELECT"),
@@ -65,6 +66,8 @@ def test_aggregate_arguments_are_checked(source):
         source.aggregate(by="user", m=("rating", "median"))
     with pytest.raises(SchemaError, match="only count"):
         source.aggregate(by="user", s=("*", "sum"))
+    with pytest.raises(SchemaError, match=r"expected \(column, function\)"):
+        source.aggregate(by="user", a=["rating", "avg"])
     with pytest.raises(SchemaError, match="at least one output"):
         source.aggregate(by="user")
 
