@@ -88,6 +88,19 @@ def test_retention_drops_old_versions_but_keeps_what_queries_can_see(make_ralf):
         assert server.point_query("counts", 1, as_of=clock.now()).count == 10
 
 
+def test_retention_keeps_every_version_inside_the_window(make_ralf):
+    """Versions newer than now - retention stay, and the newest one before that (an
+    as_of at the window's edge still answers); only older ones go."""
+    server, clock = _one_update_per_second(make_ralf, 10, history_retention=60.0)
+    with server:
+        clock.advance(55)  # now T0+65: the window starts at T0+5
+        server.step()
+        versions = server.sql("SELECT count FROM ralf.counts__history ORDER BY _ralf_seq")
+        assert versions["count"].tolist() == [4, 5, 6, 7, 8, 9, 10]
+        edge = T0 + dt.timedelta(seconds=5, milliseconds=500)
+        assert server.point_query("counts", 1, as_of=edge).count == 5
+
+
 def test_as_of_and_historical_over_http(make_ralf):
     server, _ = _one_update_per_second(make_ralf, 4)
     with server:
