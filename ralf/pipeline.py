@@ -88,7 +88,8 @@ class Pipeline:
                       budget: int | None) -> SqlTableNode:
         """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
         check_budget(budget)
-        if getattr(plan, "regrouped", False) and (lazy or budget is not None):
+        regrouped = isinstance(plan, DeltaAggregate) and plan.key != parent.schema.primary_key
+        if regrouped and (lazy or budget is not None):
             raise SchemaError(f"SQL table: GROUP BY {plan.key!r}, not the key of "
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
                               "is refreshed whole, never lazily or under a budget")

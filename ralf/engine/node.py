@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,10 +304,12 @@ class FeatureNode(Node):
         self.pending = PendingIndex()
         self.add_pending(summary)
 
-    def read_all(self) -> LogRead:
-        """The read of every pending parent append, whatever its key."""
+    def read_all(self, unread: Collection[Any] = ()) -> LogRead:
+        """The read of every pending parent append, whatever its key, but the ``unread``
+        keys' (held keys, whose appends must wait)."""
         key_type = self.parent.schema.arrow.field(self.parent.schema.primary_key).type
-        marks = self.marks.arrow(key_type) if self.marks.overrides else None
+        marks = (self.marks.arrow(key_type, unread=unread, high=self.parent.seq)
+                 if self.marks.overrides or unread else None)
         return LogRead(self.parent.info, self.marks.floor, self.parent.seq, marks)
 
     def read_keys(self, keys: list[Any]) -> LogRead:

@@ -8,7 +8,7 @@ carry an override, so a table refreshed in full each tick keeps no per-key state
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +30,13 @@ class Watermarks:
         """The key's watermark: its override, else the floor."""
         return self.overrides.get(key, self.floor)
 
-    def arrow(self, key_type: pa.DataType, keys: list[Any] | None = None) -> pa.Table:
-        """(key, wm) rows: for the given keys, or for every override."""
+    def arrow(self, key_type: pa.DataType, keys: list[Any] | None = None,
+              unread: Collection[Any] = (), high: int = 0) -> pa.Table:
+        """(key, wm) rows: for the given keys; or for every override, and for the
+        ``unread`` keys a mark of ``high`` so that a read up to ``high`` leaves them out."""
         if keys is None:
-            keys = list(self.overrides)
-            marks = list(self.overrides.values())
+            every = {**self.overrides, **dict.fromkeys(unread, high)}
+            keys, marks = list(every), list(every.values())
         else:
             marks = [self.of(k) for k in keys]
         return pa.table({"key": pa.array(keys, key_type), "wm": pa.array(marks, pa.int64())})

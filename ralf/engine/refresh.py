@@ -152,16 +152,13 @@ def _isolating(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfErro
         return _refresh_sql_table(node, keys, now)
     except ValueRangeError as exc:
         if keys is None:  # an eager table keeps no stale-key index: ask the database
-            held = node.held
-            keys = [k for k in node.storage.pending_summary(node.read_all()).column("key")
-                    .to_pylist() if k not in held]
-            if not keys:
-                raise
+            read = node.read_all(unread=node.held)
+            keys = node.storage.pending_summary(read).column("key").to_pylist()
+        if not keys:
+            raise
         if len(keys) == 1:
             _record_failures(node, {keys[0]: exc}, errors, max_failures)
             return 0
-        if not keys:
-            raise
         half = len(keys) // 2
         return (_isolating(node, keys[:half], errors, max_failures, now)
                 + _isolating(node, keys[half:], errors, max_failures, now))
@@ -169,15 +166,10 @@ def _isolating(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfErro
 
 def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, now: dt.datetime) -> int:
     """A SQL-maintained table: the plan runs inside the database, in one transaction."""
-    read = node.read_all() if keys is None else node.read_keys(keys)
-    held = node.held
-    if keys is None and held:  # a held key's appends stay unread: marked as read to high
-        key_type = read.table.schema.arrow.field(read.table.schema.primary_key).type
-        masked = {**node.marks.overrides, **dict.fromkeys(held, read.high)}
-        read.watermarks = pa.table({"key": pa.array(list(masked), key_type),
-                                    "wm": pa.array(list(masked.values()), pa.int64())})
+    held = node.held  # their appends stay unread
+    read = node.read_all(unread=held) if keys is None else node.read_keys(keys)
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
-    advance = node.marks.advance(keys or [], list(node.held) if full else None, read.high)
+    advance = node.marks.advance(keys or [], list(held) if full else None, read.high)
     unit = SqlRefresh(
         table=node.info, read=read, plan=node.plan, version=node.seq + 1,
         updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),

@@ -61,9 +61,6 @@ class DeltaAggregate:
         self.key = key
         self.outputs = outputs
         self.where = where
-        # grouped by another column than the parent's key: the table's keys are not the
-        # parent's, so it is refreshed whole (never lazily or under a budget)
-        self.regrouped = False
         arguments = list(dict.fromkeys(o.argument for o in outputs))
         self._arg_index = {a: i for i, a in enumerate(arguments)}
         kinds: dict[str, None] = {}

@@ -180,15 +180,14 @@ def _regrouped(tree: exp.Select, parent: str, parent_is_source: bool, key: str,
                      "only: count, sum, avg, min, max and the variance family, any WHERE, "
                      "no HAVING, DISTINCT, FILTER or other functions of aggregates")
     where = tree.args.get("where")
-    conjuncts = list(where.this.flatten()) if where is not None and isinstance(
-        where.this, exp.And) else ([where.this] if where is not None else [])
+    condition = where.this if where is not None else None
+    conjuncts = (list(condition.flatten()) if isinstance(condition, exp.And)
+                 else [condition])
     if not any(isinstance(c, exp.Not) and isinstance(c.this, exp.Is)
-               and _is_column(c.this.this, group_key) and isinstance(c.this.expression,
-                                                                     exp.Null)
-               for c in conjuncts):
+               and _is_column(c.this.this, group_key)
+               and isinstance(c.this.expression, exp.Null) for c in conjuncts):
         raise refuse(f"GROUP BY {group_key!r}: the group of NULL would need a NULL key, "
                      f"which a feature table cannot have; add WHERE {group_key} IS NOT NULL")
-    delta.regrouped = True
     return delta
 
 

@@ -434,17 +434,16 @@ class Storage(ABC):
         deleted: list[Any] = []
         if gone:  # of the keys without a group now, the ones that had a row: deleted
             tx.stage("__ralf_gone", pa.table({"key": pa.array(gone, key_type)}))
-            deleted = tx.arrow(f"SELECT {key} AS key FROM {quote(info.name)} WHERE {key} IN "
-                               "(SELECT key FROM __ralf_gone)",
-                               types={"key": key_type}).column(0).to_pylist()
-        if deleted:
-            tx.stage("__ralf_gone", pa.table({"key": pa.array(deleted, key_type)}))
-            tx.execute(f"DELETE FROM {quote(info.name)} WHERE {key} IN "
+            had_row = (f"SELECT {key} AS key FROM {quote(info.name)} WHERE {key} IN "
                        "(SELECT key FROM __ralf_gone)")
+            deleted = tx.arrow(had_row, types={"key": key_type}).column(0).to_pylist()
+        if deleted:
             # the history records the removal, so as_of answers and children see it
             tx.execute(f"INSERT INTO {log_table(info)} ({key}, _ralf_seq, _ralf_valid_from, "
                        f"{DELETED}) SELECT key, {self.mark}, CAST({self.mark} AS TIMESTAMP), "
-                       "true FROM __ralf_gone", [unit.version, unit.updated_at])
+                       f"true FROM ({had_row}) AS d", [unit.version, unit.updated_at])
+            tx.execute(f"DELETE FROM {quote(info.name)} WHERE {key} IN "
+                       "(SELECT key FROM __ralf_gone)")
         tx.stage("__ralf_rows", data)
         return data, deleted
 
@@ -618,14 +617,12 @@ class Storage(ABC):
         for i, table in enumerate(tables.values()):
             alias = f"h{i}"
             wanted = [(column, out) for t, column, out in features if t.name == table.name]
-            columns = [c for c, _ in wanted]
-            if table.kind == FEATURE:  # a key deleted by then has no values
-                joins.append(self._as_of_join(table, alias, [*columns, DELETED], timestamp))
-                selects += [f"CASE WHEN {alias}.{DELETED} THEN NULL ELSE {alias}.{quote(c)} "
-                            f"END AS {quote(out)}" for c, out in wanted]
-            else:
-                joins.append(self._as_of_join(table, alias, columns, timestamp))
-                selects += [f"{alias}.{quote(c)} AS {quote(out)}" for c, out in wanted]
+            marker = [DELETED] if table.kind == FEATURE else []  # a key deleted by then: NULLs
+            joins.append(self._as_of_join(table, alias, [c for c, _ in wanted] + marker,
+                                          timestamp))
+            selects += [(f"CASE WHEN {alias}.{DELETED} THEN NULL ELSE {alias}.{quote(c)} END"
+                         if marker else f"{alias}.{quote(c)}") + f" AS {quote(out)}"
+                        for c, out in wanted]
             types.update({out: table.schema.arrow.field(c).type for c, out in wanted})
         query = (f"SELECT {', '.join(selects)} FROM __ralf_entities e {' '.join(joins)} "
                  "ORDER BY e.__ralf_row")
