@@ -45,6 +45,11 @@ WINDOWS: dict[str, str] = {
     "sql.before_commit": "the plan's rows, history and watermarks written in an open "
                           "transaction",
     "sql.after_commit": "the refresh committed; nothing in memory moved yet",
+    # a SQL table that looks up another table follows that table's changes
+    "lookup.before_commit": "the reached keys' lowered watermarks and the new lookup mark "
+                            "written in an open transaction",
+    "lookup.after_commit": "the lookup mark committed; marks and stale-key index in memory "
+                           "not yet moved",
     # lazy refresh on query, and the tick boundary
     "lazy.before_refresh": "a query about to refresh a lazy table's key",
     "tick.end": "a tick done (history compacted)",

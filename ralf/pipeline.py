@@ -14,11 +14,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ralf.engine.node import Node, OperatorNode, SourceNode, SqlTableNode
+from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode, SqlTableNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import SchemaError, TableNotFound
 from ralf.ivm.aggregate import DeltaAggregate
+from ralf.ivm.views import Other
 from ralf.operators import instantiate
 from ralf.schema import Schema, python_type, quote
 from ralf.storage.base import Storage
@@ -93,6 +94,7 @@ class Pipeline:
             raise SchemaError(f"SQL table: GROUP BY {plan.key!r}, not the key of "
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
                               "is refreshed whole, never lazily or under a budget")
+        lookup = self._lookup_node(plan, lazy, budget)
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         delta = isinstance(plan, DeltaAggregate)
@@ -105,11 +107,34 @@ class Pipeline:
         columns = {column: python_type(sql) for column, sql in described}
         schema = Schema(plan.key, columns)
         derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
-        info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
-                                      hidden=helpers, derived=derived))
-        node = SqlTableNode(info, self.storage, parent, plan, budget)
+        info = self._define(TableInfo(
+            name, FEATURE, schema, parent=parent.name, lazy=lazy, hidden=helpers,
+            derived=derived, lookup=lookup.name if lookup else None,
+            lookup_on=plan.lookup.on if lookup else None))
+        node = SqlTableNode(info, self.storage, parent, plan, budget, lookup)
         self._register(node)
         return node
+
+    def _lookup_node(self, plan: Any, lazy: bool, budget: int | None) -> Node | None:
+        """The table a SQL table's query looks up, if any (refused where its changes could
+        not reach the right keys)."""
+        lookup = getattr(plan, "lookup", None)
+        if lookup is None:
+            return None
+        if self.partition is not None:
+            raise SchemaError("SQL table: a lookup of another table is not supported with "
+                              "shards: a shard holds only its own keys of the other table")
+        node = self.nodes[lookup.table]
+        if isinstance(node, FeatureNode) and node.on_lazy_path:
+            raise SchemaError(f"SQL table: {lookup.table!r} is refreshed only when queried "
+                              "(lazy), so its changes would not reach this table; look up "
+                              "an eager table")
+        return node
+
+    def readable(self) -> dict[str, Other]:
+        """The tables a SQL table's query may look up, by name."""
+        return {name: Other(node.schema, node.info.kind == SOURCE)
+                for name, node in self.nodes.items()}
 
     def add_alias(self, alias: str, node: Node) -> None:
         """Make ``node``'s table queryable as ``alias`` too (a view in the database)."""

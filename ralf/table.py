@@ -94,9 +94,12 @@ class Table:
         """A feature table defined by one SELECT over this table, grouped by its key:
         ``ratings.sql("SELECT user, avg(rating) AS average FROM ratings GROUP BY user",
         name="average")``. Decomposable aggregates are maintained by deltas, anything else
-        by recomputing the stale keys' groups."""
+        by recomputing the stale keys' groups. The query may look up one other table of
+        the pipeline by that table's key (``JOIN other o ON o.key = t.column``, LEFT JOIN,
+        EXISTS, IN); a change of either table refreshes the keys it reaches."""
         plan = views.from_sql(query, self.name, self.kind == SOURCE, self.schema.primary_key,
-                              self.deletes)
+                              self.deletes, self._pipeline.readable(),
+                              self.schema.columns)
         return self._derived(self._pipeline.add_sql_table(self._node, plan, name=name,
                                                           lazy=lazy, budget=budget))
 

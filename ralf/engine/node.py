@@ -240,6 +240,11 @@ class FeatureNode(Node):
         """Tables refreshed key by key keep an index of stale keys."""
         return self.lazy or self.budget is not None or self.policies.priority is not None
 
+    def lookup_changed(self) -> bool:
+        """A table whose stale keys come from a looked-up table too has changes there to
+        follow (a Python lookup join does not: only its parent's appends drive it)."""
+        return False
+
     def add_shedding(self, policy: LoadSheddingPolicy) -> None:
         """Add a load-shedding policy (a ``select`` one sees a refresh's records as a whole)."""
         policy.routing_key = self.parent.schema.primary_key
@@ -337,7 +342,7 @@ class FeatureNode(Node):
             WHOLE in self.failures.quarantined)
         if whole:
             return False
-        if self.broken:  # not resumed yet: what it has to do is not known until it is
+        if self.broken or self.lookup_changed():  # not resumed yet, or not told yet
             return True
         held = self.held if now_only else self.quarantined
         if self.pending is not None:
@@ -349,12 +354,25 @@ class FeatureNode(Node):
 
 
 class SqlTableNode(FeatureNode):
-    """A feature table maintained by SQL inside the database (``aggregate`` / ``sql``)."""
+    """A feature table maintained by SQL inside the database (``aggregate`` / ``sql``);
+    ``lookup``: the other table its query reads by key, followed up to ``lookup_mark``."""
 
     def __init__(self, info: TableInfo, storage: Storage, parent: Node,
-                 plan: DeltaAggregate | KeyRecompute, budget: int | None) -> None:
-        super().__init__(info, storage, parent, None, budget)
+                 plan: DeltaAggregate | KeyRecompute, budget: int | None,
+                 lookup: Node | None = None) -> None:
+        super().__init__(info, storage, parent, lookup, budget)
         self.plan = plan
+        self.lookup_mark = 0
+
+    def _resume_state(self) -> None:
+        """A SQL table's state is the table itself; one that looks up another keeps how
+        far it has followed the other's log."""
+        if self.lookup is not None:
+            self.lookup_mark = self.storage.load_lookup_floor(self.name)
+
+    def lookup_changed(self) -> bool:
+        """The looked-up table has changes this table has not followed yet."""
+        return self.lookup is not None and self.lookup.seq > self.lookup_mark
 
 
 class OperatorNode(FeatureNode, UserCode):

@@ -28,7 +28,7 @@ from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.schema import Record
-from ralf.storage.units import Refresh, SqlRefresh
+from ralf.storage.units import LogRead, LookupAdvance, Refresh, SqlRefresh
 
 log = logging.getLogger("ralf")
 
@@ -162,6 +162,28 @@ def _isolating(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfErro
         half = len(keys) // 2
         return (_isolating(node, keys[:half], errors, max_failures, now)
                 + _isolating(node, keys[half:], errors, max_failures, now))
+
+
+def follow_lookup(node: FeatureNode) -> None:
+    """A SQL table that looks up another table: make stale the keys whose parent rows name
+    a key the other table changed since this one last looked, by lowering their watermark
+    to the start of the log (a recompute reads their rows as they are now). The lowered
+    marks and how far the other's log was followed commit together; then memory moves."""
+    if not node.lookup_changed():
+        return
+    read = LogRead(node.lookup.info, node.lookup_mark, node.lookup.seq, None)
+    reached = node.storage.lookup_changes(node.parent.info, node.info.lookup_on, read)
+    base = node.storage.seq_base
+    # a key whose mark is the start already has all its rows pending
+    lowered = [k for k in reached.column("key").to_pylist() if node.marks.of(k) > base]
+    text = node.parent.schema.key_to_text
+    node.storage.advance_lookup(LookupAdvance(node.info, read.high,
+                                              {text(k): base for k in lowered}))
+    crashpoint("lookup.after_commit")
+    node.lookup_mark = read.high
+    node.marks.overrides.update(dict.fromkeys(lowered, base))
+    if node.pending is not None and lowered:
+        node.add_pending(node.storage.pending_summary(node.read_keys(lowered)))
 
 
 def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, now: dt.datetime) -> int:

@@ -20,7 +20,7 @@ from ralf.engine.failures import WHOLE
 from ralf.engine.ingest import pull
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.progress import StaleKeys
-from ralf.engine.refresh import refresh
+from ralf.engine.refresh import follow_lookup, refresh
 from ralf.errors import OperatorError, RalfError, SchemaError, TableError
 from ralf.faults import crashpoint
 
@@ -59,9 +59,13 @@ class Scheduler:
                     worked |= bool(self.guarded(source, errors, pull, source, errors, now))
             for node in self.features:
                 node.tick = self.ticks
-                if not node.lazy and self._due(node):
+                if not self._due(node):
+                    continue
+                if not node.lazy:
                     worked |= self.guarded(node, errors, self._refresh_eager, node, errors,
                                            now) > 0
+                elif node.lookup_changed():  # a lazy table learns its stale keys each tick
+                    self.guarded(node, errors, follow_lookup, node)
             self.ticks += 1
             self._compact(now, errors)
             crashpoint("tick.end")
@@ -130,6 +134,7 @@ class Scheduler:
 
     def _refresh_eager(self, node: FeatureNode, errors: list[RalfError], now: dt.datetime
                        ) -> int:
+        follow_lookup(node)
         if node.pending is None:
             if not node.has_work():
                 return 0
@@ -206,6 +211,7 @@ class Scheduler:
 
     def _refresh_lazy(self, node: FeatureNode, key: Any, errors: list[RalfError],
                       now: dt.datetime) -> int:
+        follow_lookup(node)
         if node.pending is None:  # an eager table below a lazy one: refreshed in full
             return refresh(node, None, errors, self.max_failures, now) if node.has_work() else 0
         if key is None:

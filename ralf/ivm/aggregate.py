@@ -57,10 +57,14 @@ class DeltaAggregate:
     """Maintains ``SELECT key, agg(arg) AS name, ... FROM parent [WHERE filter] GROUP BY key``
     from the parent's pending appends."""
 
-    def __init__(self, key: str, outputs: list[Output], where: str | None) -> None:
+    def __init__(self, key: str, outputs: list[Output], where: str | None,
+                 key_expression: str | None = None) -> None:
         self.key = key
         self.outputs = outputs
         self.where = where
+        # the key computed from the parent's columns (a constant, a composite), if it is
+        # not one of them
+        self.key_expression = key_expression
         arguments = list(dict.fromkeys(o.argument for o in outputs))
         self._arg_index = {a: i for i, a in enumerate(arguments)}
         kinds: dict[str, None] = {}
@@ -77,20 +81,24 @@ class DeltaAggregate:
 
     def query(self, source: str) -> str:
         """The aggregate as a plain query over ``source`` (for types and for recomputation)."""
-        selects = [quote(self.key)] + [f"{_call(o)} AS {quote(o.name)}" for o in self.outputs]
+        selects = [self._key_select()] + [f"{_call(o)} AS {quote(o.name)}"
+                                          for o in self.outputs]
         where = f" WHERE {self.where}" if self.where else ""
         return f"SELECT {', '.join(selects)} FROM {source}{where} GROUP BY {quote(self.key)}"
 
     # ---- SQL ------------------------------------------------------------------------------
     def delta_select(self, pending: str) -> str:
         """Per key of the pending appends: the helpers of their aggregate."""
-        cols = [f"{quote(self.key)} AS {quote(self.key)}"]
+        cols = [self._key_select()]
         for name in self.helpers:
             argument, kind = self._parse(name)
             cols.append(f"{_delta(kind, argument)} AS {quote(name)}")
         where = f" WHERE {self.where}" if self.where else ""
         return (f"SELECT {', '.join(cols)} FROM ({pending}) AS __ralf_pending{where} "
                 f"GROUP BY {quote(self.key)}")
+
+    def _key_select(self) -> str:
+        return f"{self.key_expression or quote(self.key)} AS {quote(self.key)}"
 
     def derived(self, types: dict[str, str]) -> dict[str, str]:
         """Each output as an SQL expression over the helper columns: a table may compute

@@ -40,6 +40,7 @@ from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
 from ralf.storage.sql import (
     current_query,
+    log_from,
     pending_rows,
     pending_summary,
     point_as_of_query,
@@ -55,6 +56,7 @@ from ralf.storage.units import (
     SOURCE,
     Append,
     LogRead,
+    LookupAdvance,
     Refresh,
     SqlRefresh,
     TableInfo,
@@ -270,6 +272,34 @@ class Storage(ABC):
             return tx.arrow(f"SELECT watermark FROM ralf.tables WHERE name = {self.mark}",
                             [table]).column(0)[0].as_py()
 
+    def load_lookup_floor(self, table: str) -> int:
+        """How far a SQL table has followed the log of the table it looks up."""
+        with self._reading() as tx:
+            return tx.arrow(f"SELECT lookup_watermark FROM ralf.tables WHERE name = {self.mark}",
+                            [table]).column(0)[0].as_py() or 0
+
+    def lookup_changes(self, parent: TableInfo, on: str, read: LogRead) -> pa.Table:
+        """The keys of ``parent`` whose rows hold, in column ``on``, a key that the looked-up
+        table's log changed within ``read`` (one column, ``key``)."""
+        key = quote(parent.schema.primary_key)
+        other_key = quote(read.table.schema.primary_key)
+        key_type = parent.schema.arrow.field(parent.schema.primary_key).type
+        with self._reading() as tx:
+            return tx.arrow(
+                f"SELECT DISTINCT t.{key} AS key FROM {self.user_schema}.{quote(parent.name)} "
+                f"t WHERE t.{quote(on)} IN (SELECT p.{other_key} {log_from(read)})",
+                types={"key": key_type})
+
+    def advance_lookup(self, unit: LookupAdvance) -> None:
+        """Make the reached keys stale and move the lookup mark, in one transaction."""
+        name = unit.table.name
+        with self._transaction() as tx:
+            if unit.set_watermarks:
+                self._set_marks(tx, self._progress_name(name), unit.set_watermarks)
+            tx.execute(f"UPDATE ralf.tables SET lookup_watermark = {self.mark} WHERE name = "
+                       f"{self.mark}", [unit.lookup_mark, name])
+            crashpoint("lookup.before_commit")
+
     def _catalog_query(self) -> str:
         return ("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, watermark "
                 "FROM ralf.tables")
@@ -471,16 +501,21 @@ class Storage(ABC):
         self._write_floor(tx, unit.table.name, unit.watermark)
         if unit.clear_watermarks:
             tx.execute(f"DELETE FROM ralf.watermarks WHERE table_name = {mark}", [name])
-        if len(unit.set_watermarks) == 1:  # a lazy query's key: ~1.7 ms, not ~4 (duckdb 2.0.1)
-            [(key, seq)] = unit.set_watermarks.items()
+        self._set_marks(tx, name, unit.set_watermarks)
+
+    def _set_marks(self, tx: Transaction, name: str, marks: dict[str, int]) -> None:
+        """Upsert per-key watermarks (key text -> seq) kept under ``name``."""
+        mark = self.mark
+        if len(marks) == 1:  # a lazy query's key: ~1.7 ms, not ~4 (duckdb 2.0.1)
+            [(key, seq)] = marks.items()
             if not tx.execute(f"UPDATE ralf.watermarks SET seq = {mark} WHERE table_name = "
                               f"{mark} AND key = {mark}", [seq, name, key]):
                 tx.execute(f"INSERT INTO ralf.watermarks VALUES ({mark}, {mark}, {mark})",
                            [name, key, seq])
-        elif unit.set_watermarks:
+        elif marks:
             tx.stage("__ralf_marks", pa.table({
-                "key": pa.array(list(unit.set_watermarks), pa.string()),
-                "seq": pa.array(list(unit.set_watermarks.values()), pa.int64())}))
+                "key": pa.array(list(marks), pa.string()),
+                "seq": pa.array(list(marks.values()), pa.int64())}))
             tx.execute(f"INSERT INTO ralf.watermarks SELECT {mark}, key, seq FROM __ralf_marks "
                        "ON CONFLICT (table_name, key) DO UPDATE SET seq = excluded.seq", [name])
 

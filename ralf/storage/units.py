@@ -86,6 +86,17 @@ class SqlRefresh:
 
 
 @dataclass
+class LookupAdvance:
+    """A SQL table that looks up another has followed the other's log up to ``lookup_mark``:
+    the keys it reached are made stale (``set_watermarks``: key text -> lowered mark), with
+    the new mark, atomically."""
+
+    table: TableInfo
+    lookup_mark: int
+    set_watermarks: dict[str, int]
+
+
+@dataclass
 class LogRead:
     """Which parent appends to read: ``floor < seq <= high`` per key, overrides aside.
 

@@ -41,6 +41,10 @@ def build(server: Ralf, n: int) -> None:
     source.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"), name="agg")
     source.sql("SELECT user, median(rating) AS med FROM events GROUP BY user", name="medians",
                budget=5)
+    source.sql("SELECT rating, count(*) AS n FROM events WHERE rating IS NOT NULL "
+               "GROUP BY rating", name="per_rating")
+    source.sql("SELECT e.user, sum(p.n) AS s FROM events e JOIN per_rating p "
+               "ON p.rating = e.rating GROUP BY e.user", name="joined", budget=6)
 
 
 def assert_equals_oracle(server: Ralf, n: int) -> None:
@@ -60,6 +64,9 @@ def assert_equals_oracle(server: Ralf, n: int) -> None:
     assert (abs(agg["mean"] - means) < 1e-9).all()
     medians = client.bulk_query("medians").set_index("user")["med"]
     assert (abs(medians - df.groupby("user")["rating"].median()) < 1e-9).all()
+    per_rating = df["rating"].value_counts()
+    joined = client.bulk_query("joined").set_index("user")["s"].to_dict()
+    assert joined == df["rating"].map(per_rating).groupby(df["user"]).sum().to_dict()
     expected = recompute(server, "events", AverageRating(AVERAGE), "user")
     got = client.bulk_query("average").sort_values("user").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)

@@ -21,7 +21,7 @@ from tests.engine.kill_pipeline import assert_equals_oracle, build
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 1500
-CACHED = ("counts", "average", "budgeted_counts", "agg", "medians")
+CACHED = ("counts", "average", "budgeted_counts", "agg", "medians", "per_rating", "joined")
 
 
 @pytest.fixture(autouse=True)
