@@ -16,7 +16,13 @@
 (e) freshness: from appending 10,000 ratings (1M history) until point queries serve the
     new averages; and for the same table made lazy, until a point query (which refreshes
     its own key) serves one; with ``--vs-feast``, beside Feast's time for the same update
-    measured in the same run (../shared/bench/feast_baseline.py, part f: 0.31-0.46 s here).
+    measured in the same run (../shared/bench/feast_baseline.py, part f: 0.31-0.46 s here);
+(f) over 1M ratings of 100,000 users and 10,000 movies: a re-keyed aggregate (per-movie
+    averages from ratings keyed by user, maintained by deltas) after a 10,000-row append,
+    and a maintained join (each user's mean of the per-movie averages of the movies they
+    rated) after 10,000 new ratings and after 100 movies change, each beside its full
+    recomputation and the floor (DuckDB alone writing as many changed rows, their history
+    and the commit).
 """
 
 from __future__ import annotations
@@ -90,21 +96,22 @@ def recompute_seconds(server: Ralf) -> float:
         return seconds
 
 
-def write_floor_seconds(tmp: Path, rng: np.random.Generator) -> float:
-    """DuckDB alone persisting what an aggregate refresh of 10,000 keys must persist: an
-    UPDATE of 10,000 of 100,000 keyed rows (the avg/count table's stored columns: three
-    helpers, version and time), their history rows, the commit. No refresh that keeps its
-    table and history durable in DuckDB can take less."""
-    con = duckdb.connect(str(tmp / "floor.duckdb"))
+def write_floor_seconds(tmp: Path, rng: np.random.Generator, keys: int = USERS,
+                        changed: int = 10_000) -> float:
+    """DuckDB alone persisting what an aggregate refresh of ``changed`` keys must persist:
+    an UPDATE of that many of ``keys`` keyed rows (the avg/count table's stored columns:
+    three helpers, version and time), their history rows, the commit. No refresh that
+    keeps its table and history durable in DuckDB can take less."""
+    con = duckdb.connect(str(tmp / f"floor-{keys}-{changed}.duckdb"))
     con.execute("CREATE TABLE t (user BIGINT PRIMARY KEY, s DOUBLE, c BIGINT, n BIGINT, "
                 "seq BIGINT, stamp TIMESTAMP)")
     con.execute("CREATE TABLE h (user BIGINT, average DOUBLE, n BIGINT, seq BIGINT, "
                 "stamp TIMESTAMP)")
-    con.execute(f"INSERT INTO t SELECT i, 1, 1, 1, 1, now() FROM range(1, {USERS + 1}) AS r(i)")
+    con.execute(f"INSERT INTO t SELECT i, 1, 1, 1, 1, now() FROM range(1, {keys + 1}) AS r(i)")
     times = []
     for version in range(20):
-        keys = np.unique(rng.integers(1, USERS + 1, 10_000))
-        con.register("r", pd.DataFrame({"user": keys, "average": 1.5, "s": 3.0, "c": 2,
+        chosen = rng.choice(np.arange(1, keys + 1), size=min(changed, keys), replace=False)
+        con.register("r", pd.DataFrame({"user": chosen, "average": 1.5, "s": 3.0, "c": 2,
                                         "n": version}))
         start = time.perf_counter()
         con.execute("BEGIN")
@@ -234,6 +241,90 @@ def lazy_freshness(rng: np.random.Generator) -> tuple[float, float]:
         return statistics.median(fresh), statistics.median(queries)
 
 
+MOVIES = 10_000
+RATED = Schema("user", {"user": int, "movie": int, "rating": float})
+SCORES = Schema("movie", {"movie": int, "score": float})
+PER_MOVIE = ("SELECT movie, avg(rating) AS average, count(*) AS n FROM ratings "
+             "WHERE movie IS NOT NULL GROUP BY movie")
+MOVIE_SCORE = "SELECT movie, avg(score) AS score FROM movies GROUP BY movie"
+TASTE = ("SELECT r.user, avg(m.score) AS taste, count(*) AS n FROM ratings r "
+         "JOIN movie_score m ON m.movie = r.movie GROUP BY r.user")
+
+
+def rated(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    return pd.DataFrame({"user": rng.integers(1, USERS + 1, n),
+                         "movie": rng.integers(1, MOVIES + 1, n),
+                         "rating": rng.integers(1, 6, n).astype(float)})
+
+
+def full_seconds(server: Ralf, query: str) -> float:
+    """A full recomputation of ``query`` into a table of the same file, committed."""
+    con = server.storage._con
+    with server.storage._lock:
+        start = time.perf_counter()
+        con.execute(f"CREATE OR REPLACE TABLE full_recompute AS {query}").fetchall()
+        seconds = time.perf_counter() - start
+        con.execute("DROP TABLE full_recompute")
+        return seconds
+
+
+def part_f(rng: np.random.Generator, tmp: Path) -> None:
+    print("\n(f) a re-keyed aggregate and a maintained join, 1M ratings of 100,000 users "
+          "and 10,000 movies", flush=True)
+    server = Ralf(str(tmp / "joins.duckdb"))
+    ratings_table = server.create_source(QueueSource, args=(RATED,), name="ratings")
+    movies_table = server.create_source(QueueSource, args=(SCORES,), name="movies")
+    ratings_source, movies_source = ratings_table._node.source, movies_table._node.source
+    ratings_table.sql(PER_MOVIE, name="per_movie")
+    movies_table.sql(MOVIE_SCORE, name="movie_score")
+    ratings_table.sql(TASTE, name="taste")
+    movies_source.queue.append(pd.DataFrame({"movie": np.arange(1, MOVIES + 1),
+                                             "score": rng.random(MOVIES)}))
+    server.step()
+    feed(server, ratings_source, rated(1_000_000, rng))
+    lines = []
+    per_movie, touched = [], []  # the re-keyed aggregate's refreshes, movies they touch
+    taste_left, left_keys = [], []
+    for _ in range(8):
+        frame = rated(10_000, rng)
+        ratings_source.queue.append(frame)
+        before = server.metrics()["tables"]
+        server.step()
+        after = server.metrics()["tables"]
+        per_movie.append(after["per_movie"]["refresh_seconds"]
+                         - before["per_movie"]["refresh_seconds"])
+        touched.append(frame["movie"].nunique())
+        taste_left.append(after["taste"]["refresh_seconds"] - before["taste"]["refresh_seconds"])
+        left_keys.append(frame["user"].nunique())
+    lines.append(("re-keyed aggregate, 10,000 ratings", per_movie, statistics.median(touched),
+                  full_seconds(server, PER_MOVIE), MOVIES))
+    lines.append(("join, 10,000 new ratings", taste_left, statistics.median(left_keys),
+                  full_seconds(server, TASTE),
+                  USERS))
+    right, reached = [], []
+    for _ in range(8):
+        changed = rng.choice(np.arange(1, MOVIES + 1), 100, replace=False)
+        movies_source.queue.append(pd.DataFrame({"movie": changed,
+                                                 "score": rng.random(100)}))
+        start = time.perf_counter()
+        before = server.metrics()["tables"]["taste"]["refreshes"]
+        server.step()
+        right.append(time.perf_counter() - start)
+        reached.append(server.metrics()["tables"]["taste"]["refreshes"] - before)
+    lines.append(("join, 100 movies change (whole tick)", right, statistics.median(reached),
+                  full_seconds(server, TASTE), USERS))
+    print(f"\n{'':<40}{'keys':>8}{'incremental ms':>16}{'full ms':>10}{'floor ms':>10}"
+          f"{'full/incr':>11}{'incr/floor':>12}")
+    for label, times, keys, full, total in lines:
+        floor = write_floor_seconds(tmp, rng, total, int(keys))
+        incremental = statistics.median(times)
+        print(f"{label:<40}{int(keys):>8,}{incremental * 1e3:>16.1f}{full * 1e3:>10.1f}"
+              f"{floor * 1e3:>10.1f}{full / incremental:>10.1f}x{incremental / floor:>11.1f}x")
+    print("  incremental: the median of 8; keys: the table's rows each refresh rewrites; "
+          "floor: DuckDB alone writing that many rows, their history and the commit")
+    server.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M and 3M rows only")
@@ -244,6 +335,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         part_a_b(sizes, rng, Path(tmp))
+        part_f(rng, Path(tmp))
     part_c(rng)
     part_d_e(rng, args.vs_feast)
 

@@ -152,6 +152,7 @@ def _isolating(node: SqlTableNode, keys: list[Any] | None, errors: list[RalfErro
         return _refresh_sql_table(node, keys, now)
     except ValueRangeError as exc:
         if keys is None:  # an eager table keeps no stale-key index: ask the database
+            follow_lookup(node)  # the keys a lookup reaches become pending keys too
             read = node.read_all(unread=node.held)
             keys = node.storage.pending_summary(read).column("key").to_pylist()
         if not keys:
@@ -190,15 +191,22 @@ def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, now: dt.datet
     """A SQL-maintained table: the plan runs inside the database, in one transaction."""
     held = node.held  # their appends stay unread
     read = node.read_all(unread=held) if keys is None else node.read_keys(keys)
+    # a whole refresh follows the looked-up table's changes in the same transaction (the
+    # keys they reach are among the ones it recomputes); one leaving keys held cannot,
+    # as it would recompute them too: follow_lookup has made them stale first
+    lookup = (LogRead(node.lookup.info, node.lookup_mark, node.lookup.seq, None)
+              if keys is None and not held and node.lookup_changed() else None)
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
     advance = node.marks.advance(keys or [], list(held) if full else None, read.high)
     unit = SqlRefresh(
         table=node.info, read=read, plan=node.plan, version=node.seq + 1,
         updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),
-        clear_watermarks=advance.clear)
+        clear_watermarks=advance.clear, lookup=lookup)
     rows, deleted = node.storage.refresh_sql_table(unit)
     crashpoint("sql.after_commit")
     _move_marks(node, advance)
+    if lookup is not None:
+        node.lookup_mark = lookup.high
     node.put_rows(rows, now)
     for k in deleted:
         node.cache.pop(k, None)

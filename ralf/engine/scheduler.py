@@ -134,7 +134,8 @@ class Scheduler:
 
     def _refresh_eager(self, node: FeatureNode, errors: list[RalfError], now: dt.datetime
                        ) -> int:
-        follow_lookup(node)
+        if node.pending is not None or node.held:  # else the refresh follows it itself
+            follow_lookup(node)
         if node.pending is None:
             if not node.has_work():
                 return 0

@@ -281,14 +281,17 @@ class Storage(ABC):
     def lookup_changes(self, parent: TableInfo, on: str, read: LogRead) -> pa.Table:
         """The keys of ``parent`` whose rows hold, in column ``on``, a key that the looked-up
         table's log changed within ``read`` (one column, ``key``)."""
-        key = quote(parent.schema.primary_key)
-        other_key = quote(read.table.schema.primary_key)
         key_type = parent.schema.arrow.field(parent.schema.primary_key).type
         with self._reading() as tx:
-            return tx.arrow(
-                f"SELECT DISTINCT t.{key} AS key FROM {self.user_schema}.{quote(parent.name)} "
-                f"t WHERE t.{quote(on)} IN (SELECT p.{other_key} {log_from(read)})",
-                types={"key": key_type})
+            return tx.arrow(f"SELECT DISTINCT key FROM ({self._reached(parent, on, read)}) "
+                            "AS r", types={"key": key_type})
+
+    def _reached(self, parent: TableInfo, on: str, read: LogRead) -> str:
+        """A SELECT of the parent keys (column ``key``) a lookup's changes reach."""
+        key = quote(parent.schema.primary_key)
+        other_key = quote(read.table.schema.primary_key)
+        return (f"SELECT t.{key} AS key FROM {self.user_schema}.{quote(parent.name)} t "
+                f"WHERE t.{quote(on)} IN (SELECT p.{other_key} {log_from(read)})")
 
     def advance_lookup(self, unit: LookupAdvance) -> None:
         """Make the reached keys stale and move the lookup mark, in one transaction."""
@@ -296,9 +299,12 @@ class Storage(ABC):
         with self._transaction() as tx:
             if unit.set_watermarks:
                 self._set_marks(tx, self._progress_name(name), unit.set_watermarks)
-            tx.execute(f"UPDATE ralf.tables SET lookup_watermark = {self.mark} WHERE name = "
-                       f"{self.mark}", [unit.lookup_mark, name])
+            self._write_lookup_mark(tx, name, unit.lookup_mark)
             crashpoint("lookup.before_commit")
+
+    def _write_lookup_mark(self, tx: Transaction, table: str, mark: int) -> None:
+        tx.execute(f"UPDATE ralf.tables SET lookup_watermark = {self.mark} WHERE name = "
+                   f"{self.mark}", [mark, table])
 
     def _catalog_query(self) -> str:
         return ("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, watermark "
@@ -412,7 +418,7 @@ class Storage(ABC):
         rows written — user columns and ``_ralf_seq`` —, the keys deleted)."""
         try:
             return self._run_sql_refresh(unit)
-        except self.out_of_range as exc:
+        except (*self.out_of_range, OverflowError) as exc:  # in the database, or converting
             first_line = str(exc).strip().splitlines()[0]
             raise ValueRangeError(f"a value does not fit its column: {first_line}") from exc
 
@@ -436,6 +442,8 @@ class Storage(ABC):
                 self._write_rows(tx, info, "__ralf_rows", columns, unit.version,
                                  unit.updated_at)
             self._write_watermarks(tx, unit)
+            if unit.lookup is not None:
+                self._write_lookup_mark(tx, info.name, unit.lookup.high)
             crashpoint("sql.before_commit")
         rows = data.select(names)
         return rows.append_column("_ralf_seq", pa.array(
@@ -448,8 +456,10 @@ class Storage(ABC):
         info, plan = unit.table, unit.plan
         key, parent = quote(plan.key), unit.read.table
         key_type = parent.schema.arrow.field(parent.schema.primary_key).type
-        stale = tx.arrow(f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s",
-                         types={"key": key_type})
+        stale_keys = f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s"
+        if unit.lookup is not None:  # and the keys the looked-up table's changes reach
+            stale_keys += f" UNION {self._reached(parent, info.lookup_on, unit.lookup)}"
+        stale = tx.arrow(stale_keys, types={"key": key_type})
         if stale.num_rows == 0:
             return info.schema.arrow.empty_table(), []
         tx.stage("__ralf_stale", stale)
@@ -458,7 +468,10 @@ class Storage(ABC):
                        f"WHERE {key} IN (SELECT key FROM __ralf_stale)")
         result = tx.arrow(self._dialect(plan.recompute(parent_rows)),
                           types=_arrow_types(info))
-        data, _ = info.schema.to_arrow(result.select(info.schema.names), info.name)
+        data, rejected = info.schema.to_arrow(result.select(info.schema.names), info.name)
+        if rejected:  # a value the table's column cannot hold: never a silent deletion
+            raise ValueRangeError(f"a value does not fit its column {rejected[0].column!r}: "
+                                  f"{rejected[0].reason}")
         kept = set(data.column(plan.key).to_pylist())
         gone = [k for k in stale.column("key").to_pylist() if k not in kept]
         deleted: list[Any] = []

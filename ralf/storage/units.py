@@ -83,6 +83,9 @@ class SqlRefresh:
     watermark: int
     set_watermarks: dict[str, int]
     clear_watermarks: bool
+    # the looked-up table's changes to follow in the same refresh (their reached keys
+    # recomputed too, the lookup mark moved to its ``high``), if any
+    lookup: LogRead | None = None
 
 
 @dataclass

@@ -6,6 +6,9 @@ compared after every tick with the database's own evaluation of its query.
   that is not stale.
 * A table over another feature table (a chained projection or aggregate) equals its query
   over that table's current rows, for every key not stale in it.
+* A table that looks up another (JOIN, LEFT JOIN or EXISTS on the other's key, the other
+  a feature table over a second source that changes in the same ticks) equals its query
+  over both tables as they are.
 * Eager, lazy (some stale keys point-queried each tick) and budgeted tables; on DuckDB the
   database is closed and reopened in the middle of the stream.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ralf import Ralf, SchemaError
+from ralf import Ralf, Schema, SchemaError
 from ralf.testing import ListSource
 from tests.fuzz import examples
 from tests.pipelines import RATINGS
@@ -42,7 +45,12 @@ CHILDREN = [None, "SELECT user, c0 * 2 AS d FROM t0 WHERE c0 IS NOT NULL",
 
 outputs = st.lists(st.tuples(st.sampled_from(AGGREGATES), st.sampled_from(ARGUMENTS)),
                    min_size=1, max_size=3)
-queries = st.tuples(outputs, st.sampled_from(WHERE), st.sampled_from(HAVING))
+# how a query may look up mstats (a feature table over the movies source, keyed by mid)
+LOOKUPS = [None, "JOIN", "LEFT JOIN", "EXISTS"]
+MOVIES = Schema("mid", {"mid": int, "score": float})
+MSTATS = "SELECT mid, count(*) AS mn, avg(score) AS ms FROM movies GROUP BY mid"
+queries = st.tuples(outputs, st.sampled_from(WHERE), st.sampled_from(HAVING),
+                    st.sampled_from(LOOKUPS))
 modes = st.sampled_from(["eager", "lazy", "budget"])
 rows = st.lists(st.fixed_dictionaries({
     "user": st.integers(1, 6),
@@ -51,12 +59,25 @@ rows = st.lists(st.fixed_dictionaries({
                         st.floats(-1e3, 1e3, allow_nan=False).map(
                             lambda x: x if abs(x) > 1e-100 else 0.0)),
 }), min_size=2, max_size=80)
+movie_rows = st.lists(st.fixed_dictionaries({
+    "mid": st.integers(1, 4),
+    "score": st.one_of(st.none(), st.floats(-10, 10, allow_nan=False)),
+}), min_size=0, max_size=30)
 
 
 def _query(spec: tuple) -> str:
-    chosen, where, having = spec
-    columns = ", ".join(f"{agg.format(arg)} AS c{i}" for i, (agg, arg) in enumerate(chosen))
-    return (f"SELECT user, {columns} FROM ratings" + (f" WHERE {where}" if where else "")
+    chosen, where, having, lookup = (*spec, None)[:4]
+    columns = [f"{agg.format(arg)} AS c{i}" for i, (agg, arg) in enumerate(chosen)]
+    source = "ratings"
+    if lookup in ("JOIN", "LEFT JOIN"):
+        columns += ["count(ms) AS cm", "max(ms * rating) AS cx"]
+        source += f" {lookup} mstats ON mstats.mid = ratings.movie"
+    elif lookup == "EXISTS":
+        exists = ("EXISTS (SELECT 1 FROM movies m WHERE m.mid = ratings.movie "
+                  "AND m.score > 0)")
+        where = f"({where}) AND {exists}" if where else exists
+    return (f"SELECT user, {', '.join(columns)} FROM {source}"
+            + (f" WHERE {where}" if where else "")
             + " GROUP BY user" + (f" HAVING {having}" if having else ""))
 
 
@@ -72,9 +93,12 @@ def _mismatches(server: Ralf, table: str, oracle: str, keys: list[int]) -> int:
 
 
 def _define(server: Ralf, data: list[dict], batch: int, specs: list[tuple],
-            child: str | None, table_modes: list[str]) -> dict[str, str]:
+            child: str | None, table_modes: list[str], movies: list[dict] = ()
+            ) -> dict[str, str]:
     """The pipeline; returns each accepted table's oracle query."""
     source = server.create_source(ListSource, args=(RATINGS, data, batch), name="ratings")
+    server.create_source(ListSource, args=(MOVIES, list(movies), batch), name="movies").sql(
+        MSTATS, name="mstats")
     oracles = {}
     for i, spec in enumerate(specs):
         query = _query(spec)
@@ -114,21 +138,28 @@ def _check(server: Ralf, oracles: dict[str, str], probes: set[int]) -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=rows, batch=st.integers(1, 10), specs=st.lists(queries, min_size=1, max_size=2),
        child=st.sampled_from(CHILDREN), table_modes=st.lists(modes, min_size=3, max_size=3),
-       probes=st.sets(st.integers(1, 6)), reopen_after=st.integers(1, 6))
+       probes=st.sets(st.integers(1, 6)), reopen_after=st.integers(1, 6),
+       movies=movie_rows)
 @example(data=[{"user": 1, "movie": 1, "rating": 5.0}, {"user": 1, "movie": 2, "rating": 2.0},
                {"user": 1, "movie": 1, "rating": -9.0}, {"user": 2, "movie": None,
                                                          "rating": None}],
          batch=1, specs=[([("sum({})", "rating")], None, "sum(rating) > 6")],
-         child=CHILDREN[1], table_modes=["eager"] * 3, probes=set(), reopen_after=2)
+         child=CHILDREN[1], table_modes=["eager"] * 3, probes=set(), reopen_after=2,
+         movies=[])
+@example(data=[{"user": u, "movie": u % 3 + 1, "rating": 1.0} for u in range(1, 7)] * 2,
+         batch=2, specs=[([("sum({})", "rating")], None, None, "LEFT JOIN"),
+                         ([("count({})", "movie")], "rating > 2", None, "EXISTS")],
+         child=None, table_modes=["lazy", "budget", "eager"], probes={1, 2},
+         reopen_after=3, movies=[{"mid": m % 4 + 1, "score": m - 3.0} for m in range(12)])
 def test_random_queries_equal_the_database_after_every_tick(data, batch, specs, child,
                                                            table_modes, probes, reopen_after,
-                                                           make_ralf, request):
+                                                           movies, make_ralf, request):
     on_duckdb = request.node.callspec.params["make_ralf"] == "duckdb"
     with tempfile.TemporaryDirectory() as directory:
         path = str(Path(directory) / "features.duckdb")
         server = Ralf(path) if on_duckdb else make_ralf()
         try:
-            oracles = _define(server, data, batch, specs, child, table_modes)
+            oracles = _define(server, data, batch, specs, child, table_modes, movies)
             ticks = 0
             while not server.drained():
                 server.step()
@@ -137,7 +168,8 @@ def test_random_queries_equal_the_database_after_every_tick(data, batch, specs, 
                 if on_duckdb and ticks == reopen_after:  # a restart in the middle
                     server.close()
                     server = Ralf(path)
-                    assert _define(server, data, batch, specs, child, table_modes) == oracles
+                    assert _define(server, data, batch, specs, child, table_modes,
+                                   movies) == oracles
                     _check(server, oracles, probes)
             for table, oracle in oracles.items():
                 server.bulk_query(table)  # lazy tables catch up in full

@@ -137,6 +137,23 @@ def test_a_sum_past_the_bigint_range_isolates_its_key_and_other_keys_go_on(make_
         assert server.quarantined("totals") == [1]
 
 
+def test_a_recomputed_sum_past_the_bigint_range_is_held_never_deleted(make_ralf):
+    """Recomputed per key (a HAVING), the sum that leaves the column's range used to be
+    dropped as if the group were gone, deleting the key's row; it is held like a failing
+    key instead, its last exact row kept."""
+    big = 2**62
+    query = "SELECT k, sum(i) AS s FROM src GROUP BY k HAVING count(*) > 0"
+    with make_ralf(max_failures=1) as server:
+        source = _source(server, [(1, big, 0.0, 1), (2, 1, 0.0, 1), (1, big, 0.0, 1),
+                                  (2, 2, 0.0, 1)], batch=2)
+        assert isinstance(source.sql(query, name="t").plan, KeyRecompute)
+        with pytest.raises(OperatorError):
+            server.run()
+        assert server.point_query("t", 1).s == big
+        assert server.point_query("t", 2).s == 3
+        assert server.quarantined("t") == [1]
+
+
 def test_variance_over_infinities_merged_across_refreshes_is_nan(make_ralf):
     query = ("SELECT k, var_pop(x) AS vp, var_samp(x) AS vs, stddev_samp(x) AS sd "
              "FROM src GROUP BY k")

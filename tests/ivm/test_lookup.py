@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from ralf import Ralf, Schema, SchemaError
+from ralf import OperatorError, Ralf, Schema, SchemaError
 from ralf.ivm.views import KeyRecompute
 from ralf.testing import QueueSource
 
@@ -217,3 +217,29 @@ def test_a_projection_joined_to_a_source_is_refused_it_would_give_many_rows_per_
         with pytest.raises(SchemaError, match="many rows"):
             last.sql("SELECT l.user, m.genre FROM last_movie l JOIN movies m "
                      "ON m.movie = l.movie", name="t")
+
+
+def test_a_sum_past_the_bigint_range_that_only_the_looked_up_side_causes_isolates_its_keys(
+        make_ralf):
+    """The keys a lookup reaches are found and held like any failing key, although the
+    parent has nothing pending for them; the other keys go on."""
+    values = Schema("movie", {"movie": int, "v": int})
+    with make_ralf(max_failures=2) as server:
+        ratings = server.create_source(QueueSource(RATINGS), name="ratings")
+        server.create_source(QueueSource(values), name="big")
+        ratings.sql("SELECT r.user, sum(b.v) AS s FROM ratings r JOIN big b "
+                    "ON b.movie = r.movie GROUP BY r.user", name="t")
+        _queue(server, "ratings").append([{"user": u, "movie": u % 2, "rating": 1.0}
+                                          for u in range(6)])
+        _queue(server, "big").append([{"movie": 0, "v": 1}, {"movie": 1, "v": 2**62}])
+        server.step()
+        _queue(server, "big").append([{"movie": 0, "v": 2}, {"movie": 1, "v": 2**62}])
+        for _ in range(6):
+            try:
+                server.step()
+            except OperatorError as exc:  # the held keys' failures, reported
+                assert exc.key in (1, 3, 5), exc
+        assert sorted(server.quarantined("t")) == [1, 3, 5]
+        assert [server.point_query("t", u).s for u in (0, 2, 4)] == [3, 3, 3]
+        assert [server.point_query("t", u).s for u in (1, 3, 5)] == [2**62] * 3
+        assert all(e.key in (1, 3, 5) for e in server.errors if hasattr(e, "key"))
