@@ -21,11 +21,10 @@ from tests.engine.kill_pipeline import assert_equals_oracle, build
 
 def fill(mode: str, db: Path) -> None:
     if mode == "tmpfs":
-        with open(db.parent / "filler", "wb") as filler:
+        with open(db.parent / "filler", "wb", buffering=0) as filler:  # nothing left to flush
             try:
                 while True:
                     filler.write(b"\0" * 65536)
-                    filler.flush()
             except OSError:  # ENOSPC: the disk is full
                 pass
     else:
