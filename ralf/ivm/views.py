@@ -145,8 +145,12 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
         statements = [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
     except sqlglot.errors.ParseError as exc:
         raise refuse(f"cannot parse the query: {exc}") from None
+    while len(statements) == 1 and isinstance(statements[0], exp.Subquery) and not (
+            statements[0].alias):  # (SELECT ...): the same SELECT
+        statements = [statements[0].this]
     if len(statements) != 1 or not isinstance(statements[0], exp.Select):
-        raise refuse("expected exactly one SELECT statement")
+        raise refuse("expected exactly one SELECT statement (UNION, INTERSECT, EXCEPT and "
+                     "VALUES are not maintained)")
     tree = statements[0]
     others = others or {}
     if tree.args.get("with_") or any(isinstance(node, exp.Subquery) and isinstance(

@@ -102,6 +102,7 @@ def test_queries_that_read_beyond_their_key_are_refused_or_maintained(make_ralf,
     "SELECT s.k, sum(s.i) AS total FROM src s WHERE s.i > 2 GROUP BY s.k",
     "SELECT k, count() AS n FROM src GROUP BY k",
     "SELECT src.k AS k, avg(src.x) AS a FROM src AS src GROUP BY src.k",
+    "(SELECT k, max(i) AS m FROM src GROUP BY k)",
 ])
 def test_valid_spellings_are_accepted_and_maintained(make_ralf, query):
     with make_ralf() as server:
