@@ -89,7 +89,7 @@ class Pipeline:
                       budget: int | None) -> SqlTableNode:
         """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
         check_budget(budget)
-        regrouped = isinstance(plan, DeltaAggregate) and plan.key != parent.schema.primary_key
+        regrouped = plan.key != parent.schema.primary_key
         if regrouped and (lazy or budget is not None):
             raise SchemaError(f"SQL table: GROUP BY {plan.key!r}, not the key of "
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "

@@ -79,6 +79,7 @@ class KeyRecompute:
     query: str
     deletes: bool = False
     lookup: Lookup | None = None
+    whole: bool = False  # one group of every parent row (a constant key): recomputed whole
 
     def recompute(self, parent_rows: str) -> str:
         """``parent_rows``: a SELECT of the parent's current rows whose key is stale."""
@@ -317,16 +318,20 @@ def _group_key(tree: exp.Select, grouped: list[exp.Expression], key: str, parent
 
 
 def _regrouped(tree: exp.Select, parent: str, parent_is_source: bool, key: str,
-               group_key: str, key_expression: exp.Expression | None) -> DeltaAggregate:
+               group_key: str, key_expression: exp.Expression | None
+               ) -> DeltaAggregate | KeyRecompute:
     """``GROUP BY`` a column or expression other than the parent's key (per-movie
     averages from ratings keyed by user; a constant: one row): maintained by deltas only —
     each parent append is applied once, into the group it names — so only over a source,
     with decomposable aggregates, and with the NULL group excluded (a feature table's key
-    cannot be NULL)."""
+    cannot be NULL). Over a feature table, a constant group (one row of every row) is
+    recomputed whole whenever the parent changes."""
     if not parent_is_source:
+        if isinstance(key_expression, exp.Literal):  # one group of every row: its own
+            return KeyRecompute(group_key, parent, tree.sql("duckdb"), True, whole=True)
         raise refuse(f"GROUP BY {group_key!r}: a feature table's rows change, so a group "
                      "over another column than its key cannot be maintained by deltas; "
-                     f"GROUP BY {key!r}")
+                     f"GROUP BY {key!r} (or a constant: one row, recomputed whole)")
     plain = _unqualified(tree)
     delta = _decomposable(plain, group_key)
     if delta is None:

@@ -455,19 +455,23 @@ class Storage(ABC):
         ``__ralf_rows``; the keys that have no group now are deleted. Returns both."""
         info, plan = unit.table, unit.plan
         key, parent = quote(plan.key), unit.read.table
-        key_type = parent.schema.arrow.field(parent.schema.primary_key).type
-        stale_keys = f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s"
-        if unit.lookup is not None:  # and the keys the looked-up table's changes reach
-            stale_keys += f" UNION {self._reached(parent, info.lookup_on, unit.lookup)}"
-        stale = tx.arrow(stale_keys, types={"key": key_type})
-        if stale.num_rows == 0:
-            return info.schema.arrow.empty_table(), []
-        tx.stage("__ralf_stale", stale)
-        cols = ", ".join(quote(c) for c in parent.schema.names)
-        parent_rows = (f"SELECT {cols} FROM {self.user_schema}.{quote(parent.name)} "
-                       f"WHERE {key} IN (SELECT key FROM __ralf_stale)")
-        result = tx.arrow(self._dialect(plan.recompute(parent_rows)),
-                          types=_arrow_types(info))
+        key_type = info.schema.arrow.field(plan.key).type
+        if plan.whole:  # one group over every parent row: recomputed whole on any change
+            if not tx.arrow(f"SELECT count(*) AS n FROM ({pending}) AS s").column(0)[0].as_py():
+                return info.schema.arrow.empty_table(), []
+            stale = tx.arrow(f"SELECT {key} AS key FROM {quote(info.name)}",
+                             types={"key": key_type})
+            result = tx.arrow(self._dialect(plan.query), types=_arrow_types(info))
+        else:
+            stale = self._stale_keys(tx, unit, pending, key_type)
+            if stale.num_rows == 0:
+                return info.schema.arrow.empty_table(), []
+            tx.stage("__ralf_stale", stale)
+            cols = ", ".join(quote(c) for c in parent.schema.names)
+            parent_rows = (f"SELECT {cols} FROM {self.user_schema}.{quote(parent.name)} "
+                           f"WHERE {key} IN (SELECT key FROM __ralf_stale)")
+            result = tx.arrow(self._dialect(plan.recompute(parent_rows)),
+                              types=_arrow_types(info))
         data, rejected = info.schema.to_arrow(result.select(info.schema.names), info.name)
         if rejected:  # a value the table's column cannot hold: never a silent deletion
             raise ValueRangeError(f"a value does not fit its column {rejected[0].column!r}: "
@@ -489,6 +493,17 @@ class Storage(ABC):
                        "(SELECT key FROM __ralf_gone)")
         tx.stage("__ralf_rows", data)
         return data, deleted
+
+    def _stale_keys(self, tx: Transaction, unit: SqlRefresh, pending: str,
+                    key_type: pa.DataType) -> pa.Table:
+        """The keys a recompute refreshes: the pending appends' keys, and the keys the
+        looked-up table's changes reach."""
+        key = quote(unit.plan.key)
+        stale_keys = f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s"
+        if unit.lookup is not None:
+            stale_keys += (f" UNION "
+                           f"{self._reached(unit.read.table, unit.table.lookup_on, unit.lookup)}")
+        return tx.arrow(stale_keys, types={"key": key_type})
 
     def _insert_appends(self, tx: Transaction, info: TableInfo, rows: pa.Table,
                         first_seq: int, at: dt.datetime) -> None:

@@ -368,3 +368,27 @@ def test_subqueries_that_read_beyond_the_key_are_refused(query, reason):
         source = _source(server, [(1, 5, 0.5, 1)])
         with pytest.raises(SchemaError, match=reason):
             source.sql(query, name="t")
+
+
+def test_a_grand_total_of_a_feature_table_is_recomputed_whole(make_ralf):
+    """One row over every row of a feature table whose rows change and disappear (a
+    HAVING): recomputed whole at each change of the parent, gone when the parent is
+    empty, as the query over the parent gives."""
+    child = ("SELECT 'all' AS scope, sum(s) AS total, count(*) AS n, max(s) AS top "
+             "FROM odd GROUP BY scope")
+    with make_ralf() as server:
+        source = _source(server, [(1, 5, 0.5, 1), (2, 3, 1.5, 1), (1, 7, 2.5, 2),
+                                  (2, 9, 0.5, 3), (3, 1, 1.0, 1), (3, 2, 1.0, 1),
+                                  (1, 1, 0.0, 0)], batch=1)
+        odd = source.sql("SELECT k, sum(i) AS s FROM src GROUP BY k HAVING count(*) % 2 = 1",
+                         name="odd")
+        total = odd.sql(child, name="total")
+        assert isinstance(total.plan, KeyRecompute) and total.plan.whole
+        emptied = False
+        while True:
+            server.step()
+            _equal_to_recomputation(server, "total", child)
+            emptied |= server.sql("SELECT count(*) AS n FROM total")["n"][0] == 0
+            if server.drained():
+                break
+        assert emptied  # the parent was empty once (k=1 and k=2 both even): no row then
