@@ -391,13 +391,17 @@ def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
             if query.args.get(arg):
                 raise refuse(f"{node.sql('duckdb')}: the subquery must be a plain SELECT "
                              "... FROM other WHERE other.key = parent.column")
-        source = query.args.get("from_") or query.args.get("from")
+        if any(inner is not query for inner in query.find_all(exp.Select)):
+            raise refuse(f"{node.sql('duckdb')}: a subquery inside the lookup reads rows of "
+                         "the other table beyond the key looked up")
+        source = query.args.get("from_")
         other = _other_table(source.this if source is not None else None, parent, others)
         theirs = {other.name, other.alias_or_name}
+        columns = set(others[other.name].schema.names)
         if isinstance(node, exp.Exists):
             where = query.args.get("where")
             conjuncts = _conjuncts(where.this) if where is not None else []
-            links = [c for c in conjuncts if _columns_of(c) - theirs]
+            links = [c for c in conjuncts if _outer_columns(c, theirs, columns)]
             if len(links) != 1:
                 raise refuse(f"{node.sql('duckdb')}: EXISTS must be correlated by exactly "
                              "one condition other.key = parent.column")
@@ -408,7 +412,7 @@ def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
             if len(selected) != 1 or not _is_column(selected[0], key):
                 raise refuse(f"{node.sql('duckdb')}: IN must select the key {key!r} of "
                              f"{other.name!r}")
-            if any(_columns_of(query.args.get("where") or exp.true()) - theirs):
+            if _outer_columns(query.args.get("where") or exp.true(), theirs, columns):
                 raise refuse(f"{node.sql('duckdb')}: a correlated IN subquery; use EXISTS")
             on = _parent_column(node.this, mine)
         _refuse_unstable(query)
@@ -432,9 +436,13 @@ def _conjuncts(condition: exp.Expression) -> list[exp.Expression]:
     return list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
 
 
-def _columns_of(node: exp.Expression) -> set[str]:
-    """The table qualifiers of the columns in ``node`` ('' for unqualified ones)."""
-    return {column.table for column in node.find_all(exp.Column)}
+def _outer_columns(node: exp.Expression, theirs: set[str], columns: set[str]) -> bool:
+    """Whether ``node``, inside a subquery over the other table (named ``theirs``, with
+    ``columns``), refers to a column of the outer query: qualified by another name, or
+    unqualified and not the other table's (SQL resolves a name in the innermost scope
+    first)."""
+    return any(column.table not in theirs if column.table else column.name not in columns
+               for column in node.find_all(exp.Column))
 
 
 def _parent_column(node: exp.Expression, mine: set[str]) -> str:

@@ -197,6 +197,11 @@ def test_a_change_of_the_looked_up_table_refreshes_only_the_keys_it_reaches(serv
      "m.movie = r.movie AND random() > 0.5) GROUP BY user", "random"),
     ("SELECT r.user, count(*) AS n FROM ratings r JOIN lazy_stats s ON s.movie = r.movie "
      "GROUP BY r.user", "lazy"),
+    ("SELECT user, count(*) AS n FROM ratings r WHERE EXISTS (SELECT 1 FROM movies m WHERE "
+     "m.movie = r.movie AND m.score > (SELECT avg(score) FROM movies)) GROUP BY user",
+     "inside the lookup"),
+    ("SELECT user, count(*) AS n FROM ratings r WHERE movie IN (SELECT movie FROM movies "
+     "WHERE score > rating) GROUP BY user", "correlated IN"),
 ])
 def test_lookups_ralf_cannot_keep_exact_are_refused_with_the_reason(query, reason):
     with Ralf() as server:
@@ -206,6 +211,22 @@ def test_lookups_ralf_cannot_keep_exact_are_refused_with_the_reason(query, reaso
         movies.sql(LOOKED_UP["stats"], name="lazy_stats", lazy=True)
         with pytest.raises(SchemaError, match=reason):
             ratings.sql(query, name="t")
+
+
+def test_unqualified_columns_of_a_lookup_subquery_resolve_to_the_other_table_first(make_ralf):
+    """SQL resolves a name inside the subquery in the subquery's table first: ``score`` is
+    the movie's, not a correlation, so the lookup is accepted and maintained."""
+    query = ("SELECT user, count(*) AS n FROM ratings r WHERE EXISTS (SELECT 1 FROM movies m "
+             "WHERE m.movie = r.movie AND score > 0.5) GROUP BY user")
+    with make_ralf() as server:
+        ratings = server.create_source(QueueSource(RATINGS), name="ratings")
+        server.create_source(QueueSource(MOVIES), name="movies")
+        table = ratings.sql(query, name="t")
+        assert table.plan.lookup.table == "movies" and table.plan.lookup.on == "movie"
+        feed = _feed(random.Random(3), 20)
+        for at in range(len(feed)):
+            _step(server, feed, at)
+            _check(server, {"t": query}, "eager")
 
 
 def test_a_projection_joined_to_a_source_is_refused_it_would_give_many_rows_per_key():
