@@ -173,7 +173,7 @@ def follow_lookup(node: FeatureNode) -> None:
     if not node.lookup_changed():
         return
     read = LogRead(node.lookup.info, node.lookup_mark, node.lookup.seq, None)
-    reached = node.storage.lookup_changes(node.parent.info, node.info.lookup_on, read)
+    reached = node.storage.lookup_changes(node.parent.info, node.plan.lookup, read)
     base = node.storage.seq_base
     # a key whose mark is the start already has all its rows pending
     lowered = [k for k in reached.column("key").to_pylist() if node.marks.of(k) > base]

@@ -91,10 +91,13 @@ class KeyRecompute:
 class Lookup:
     """How a query reads one other table: the rows of ``table`` whose key equals the
     parent's column ``on`` (a JOIN, EXISTS or IN). When ``table`` changes, the parent keys
-    whose rows hold a changed key in ``on`` are stale."""
+    whose rows hold a changed key in ``on`` are stale; with ``nulls`` (an IN), those whose
+    ``on`` is NULL too (``NULL IN (set)`` is FALSE over an empty set and NULL over any
+    other, so it can change with any change of the set)."""
 
     table: str
     on: str
+    nulls: bool = False
 
 
 class Other(NamedTuple):
@@ -417,7 +420,7 @@ def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
             on = _parent_column(node.this, mine)
         _refuse_unstable(query)
         next(n for n in checked.find_all(type(node)) if n == node).replace(exp.true())
-    return Lookup(other.name, on), checked
+    return Lookup(other.name, on, nulls=not joins and isinstance(semi[0], exp.In)), checked
 
 
 def _other_table(table: exp.Expression | None, parent: exp.Table,

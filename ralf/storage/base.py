@@ -36,6 +36,7 @@ from ralf.clock import utcnow
 from ralf.errors import QueryError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
+from ralf.ivm.views import Lookup
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
 from ralf.storage.sql import (
@@ -278,20 +279,23 @@ class Storage(ABC):
             return tx.arrow(f"SELECT lookup_watermark FROM ralf.tables WHERE name = {self.mark}",
                             [table]).column(0)[0].as_py() or 0
 
-    def lookup_changes(self, parent: TableInfo, on: str, read: LogRead) -> pa.Table:
-        """The keys of ``parent`` whose rows hold, in column ``on``, a key that the looked-up
-        table's log changed within ``read`` (one column, ``key``)."""
+    def lookup_changes(self, parent: TableInfo, lookup: Lookup, read: LogRead) -> pa.Table:
+        """The keys of ``parent`` whose rows a change of the looked-up table within ``read``
+        reaches (one column, ``key``)."""
         key_type = parent.schema.arrow.field(parent.schema.primary_key).type
         with self._reading() as tx:
-            return tx.arrow(f"SELECT DISTINCT key FROM ({self._reached(parent, on, read)}) "
-                            "AS r", types={"key": key_type})
+            return tx.arrow(f"SELECT DISTINCT key FROM ({self._reached(parent, lookup, read)})"
+                            " AS r", types={"key": key_type})
 
-    def _reached(self, parent: TableInfo, on: str, read: LogRead) -> str:
-        """A SELECT of the parent keys (column ``key``) a lookup's changes reach."""
-        key = quote(parent.schema.primary_key)
+    def _reached(self, parent: TableInfo, lookup: Lookup, read: LogRead) -> str:
+        """A SELECT of the parent keys (column ``key``) a lookup's changes reach: the rows
+        naming a changed key in the lookup column (and, for an IN, the rows where it is
+        NULL: their value depends on whether the set is empty)."""
+        key, on = quote(parent.schema.primary_key), quote(lookup.on)
         other_key = quote(read.table.schema.primary_key)
+        nulls = f" OR t.{on} IS NULL" if lookup.nulls else ""
         return (f"SELECT t.{key} AS key FROM {self.user_schema}.{quote(parent.name)} t "
-                f"WHERE t.{quote(on)} IN (SELECT p.{other_key} {log_from(read)})")
+                f"WHERE t.{on} IN (SELECT p.{other_key} {log_from(read)}){nulls}")
 
     def advance_lookup(self, unit: LookupAdvance) -> None:
         """Make the reached keys stale and move the lookup mark, in one transaction."""
@@ -502,7 +506,7 @@ class Storage(ABC):
         stale_keys = f"SELECT DISTINCT {key} AS key FROM ({pending}) AS s"
         if unit.lookup is not None:
             stale_keys += (f" UNION "
-                           f"{self._reached(unit.read.table, unit.table.lookup_on, unit.lookup)}")
+                           f"{self._reached(unit.read.table, unit.plan.lookup, unit.lookup)}")
         return tx.arrow(stale_keys, types={"key": key_type})
 
     def _insert_appends(self, tx: Transaction, info: TableInfo, rows: pa.Table,

@@ -6,7 +6,7 @@ compared after every tick with the database's own evaluation of its query.
   that is not stale.
 * A table over another feature table (a chained projection or aggregate) equals its query
   over that table's current rows, for every key not stale in it.
-* A table that looks up another (JOIN, LEFT JOIN or EXISTS on the other's key, the other
+* A table that looks up another (JOIN, LEFT JOIN, EXISTS or NOT IN on the other's key, the other
   a feature table over a second source that changes in the same ticks) equals its query
   over both tables as they are.
 * Eager, lazy (some stale keys point-queried each tick) and budgeted tables; on DuckDB the
@@ -46,7 +46,7 @@ CHILDREN = [None, "SELECT user, c0 * 2 AS d FROM t0 WHERE c0 IS NOT NULL",
 outputs = st.lists(st.tuples(st.sampled_from(AGGREGATES), st.sampled_from(ARGUMENTS)),
                    min_size=1, max_size=3)
 # how a query may look up mstats (a feature table over the movies source, keyed by mid)
-LOOKUPS = [None, "JOIN", "LEFT JOIN", "EXISTS"]
+LOOKUPS = [None, "JOIN", "LEFT JOIN", "EXISTS", "NOT IN"]
 MOVIES = Schema("mid", {"mid": int, "score": float})
 MSTATS = "SELECT mid, count(*) AS mn, avg(score) AS ms FROM movies GROUP BY mid"
 queries = st.tuples(outputs, st.sampled_from(WHERE), st.sampled_from(HAVING),
@@ -76,6 +76,9 @@ def _query(spec: tuple) -> str:
         exists = ("EXISTS (SELECT 1 FROM movies m WHERE m.mid = ratings.movie "
                   "AND m.score > 0)")
         where = f"({where}) AND {exists}" if where else exists
+    elif lookup == "NOT IN":  # NULL movies depend on whether the set is empty
+        absent = "movie NOT IN (SELECT mid FROM mstats WHERE mn > 1)"
+        where = f"({where}) AND {absent}" if where else absent
     return (f"SELECT user, {', '.join(columns)} FROM {source}"
             + (f" WHERE {where}" if where else "")
             + " GROUP BY user" + (f" HAVING {having}" if having else ""))

@@ -264,3 +264,30 @@ def test_a_sum_past_the_bigint_range_that_only_the_looked_up_side_causes_isolate
         assert [server.point_query("t", u).s for u in (0, 2, 4)] == [3, 3, 3]
         assert [server.point_query("t", u).s for u in (1, 3, 5)] == [2**62] * 3
         assert all(e.key in (1, 3, 5) for e in server.errors if hasattr(e, "key"))
+
+
+def test_not_in_follows_the_null_rows_when_the_set_empties_and_fills(make_ralf):
+    """``NULL NOT IN (set)`` is TRUE over an empty set and NULL over any other: a parent
+    row whose column is NULL changes with any change of the set, not only of the keys it
+    names (the rows with a NULL in the lookup column are reached by every change of an
+    IN lookup)."""
+    query = ("SELECT user, count(*) AS n, count(movie) AS named FROM ratings "
+             "WHERE movie NOT IN (SELECT movie FROM odd) GROUP BY user")
+    with make_ralf() as server:
+        ratings = server.create_source(QueueSource(RATINGS), name="ratings")
+        movies = server.create_source(QueueSource(MOVIES), name="movies")
+        movies.sql(LOOKED_UP["odd"], name="odd")
+        table = ratings.sql(query, name="t")
+        assert table.plan.lookup.nulls
+        _queue(server, "ratings").append([
+            {"user": 1, "movie": None, "rating": 1.0}, {"user": 2, "movie": 3, "rating": 2.0},
+            {"user": 2, "movie": None, "rating": 2.0}])
+        server.step()
+        # odd: {} -> {1} -> {} -> {1}: the NULL rows count only while it is empty
+        counts = []
+        for _ in range(3):
+            _queue(server, "movies").append([{"movie": 1, "genre": "a", "score": 0.1}])
+            server.step()
+            _check(server, {"t": query}, "eager")
+            counts.append(server.sql("SELECT count(*) AS n FROM odd")["n"][0])
+        assert counts == [1, 0, 1]
