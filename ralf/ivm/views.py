@@ -149,8 +149,8 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
         statements = [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
     except sqlglot.errors.ParseError as exc:
         raise refuse(f"cannot parse the query: {exc}") from None
-    while len(statements) == 1 and isinstance(statements[0], exp.Subquery) and not (
-            statements[0].alias):  # (SELECT ...): the same SELECT
+    while len(statements) == 1 and isinstance(statements[0], exp.Subquery) and not any(
+            v for k, v in statements[0].args.items() if k != "this"):  # (SELECT ...) alone
         statements = [statements[0].this]
     if len(statements) != 1 or not isinstance(statements[0], exp.Select):
         raise refuse("expected exactly one SELECT statement (UNION, INTERSECT, EXCEPT and "
@@ -169,7 +169,7 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
         outer.set("from_", exp.From(this=table))
     if not isinstance(table, exp.Table) or table.name != parent or table.args.get("db"):
         raise refuse(f"the query must read FROM {parent!r}, the table it is defined on")
-    lookup, checked = _lookup(outer, table, others)
+    lookup, checked = _lookup(outer, table, others, columns)
     if inner is not None and lookup is not None:
         raise refuse("a lookup over a FROM-subquery: look up in the subquery's table "
                      "instead, or define the subquery as a table of its own")
@@ -227,7 +227,10 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
         return delta
     where = tree.args.get("where") is not None
     joins = tree.args.get("joins") or []
-    drops = lookup is not None and not (joins and joins[0].args.get("side") == "LEFT")
+    # an inner join or a semi-join drops the keys it no longer matches; a LEFT JOIN whose
+    # WHERE may read the other table's columns, too
+    drops = lookup is not None and not (joins and joins[0].args.get("side") == "LEFT"
+                                        and tree.args.get("where") is None)
     deletes = tree.args.get("having") is not None or drops or (
         not parent_is_source and (where or parent_deletes))
     return KeyRecompute(key, parent, tree.sql("duckdb"), deletes, lookup)
@@ -250,6 +253,12 @@ def _per_key_subquery(subquery: exp.Subquery, parent: str, key: str
                                          and _is_column(item.this, key))
                for item in inner.expressions):
         raise refuse(f"a FROM-subquery must select the key {key!r} unchanged")
+    names = [item.alias_or_name.lower() for item in inner.expressions]
+    if len(set(names)) != len(names) or any(
+            isinstance(item, exp.Star) or isinstance(item.this, exp.Star)
+            for item in inner.expressions if isinstance(item, (exp.Star, exp.Column))):
+        raise refuse("a FROM-subquery's outputs must have one name each (no *, no name "
+                     "twice): the outer query reads them by name")
     group = inner.args.get("group")
     if group is None and any(inner.find_all(exp.AggFunc)):
         raise refuse("a FROM-subquery aggregating without GROUP BY reads every key's rows")
@@ -304,20 +313,25 @@ def _group_key(tree: exp.Select, grouped: list[exp.Expression], key: str, parent
             "composite key group by one expression, e.g. SELECT a || '/' || b AS ab ... "
             "GROUP BY ab")
     group = grouped[0]
+    if isinstance(group, exp.Literal) and not group.is_string:
+        raise refuse(f"GROUP BY {group.sql('duckdb')}: a position; group by the column's name")
     expressions = {item.alias: item.this for item in tree.expressions
                    if isinstance(item, exp.Alias) and not isinstance(item.this, exp.Column)}
     if isinstance(group, exp.Column) and not group.table and group.name in expressions:
-        if group.name in columns:  # SQL would group by the column, not by the alias
-            raise refuse(f"GROUP BY {group.name!r}: the alias names a column of {parent!r} "
-                         "too; give the key expression another name")
-        return group.name, expressions[group.name]
-    if isinstance(group, exp.Column):
+        alias, expression = group.name, expressions[group.name]
+    elif isinstance(group, exp.Column):
         return group.name, None
-    for alias, expression in expressions.items():
-        if expression == group:
-            return alias, expression
-    raise refuse(f"GROUP BY {group.sql('duckdb')}: select the grouped expression with a "
-                 "name (SELECT <expression> AS k ... GROUP BY k); it is the table's key")
+    else:
+        matched = [a for a, e in expressions.items() if e == group]
+        if not matched:
+            raise refuse(f"GROUP BY {group.sql('duckdb')}: select the grouped expression "
+                         "with a name (SELECT <expression> AS k ... GROUP BY k); it is the "
+                         "table's key")
+        alias, expression = matched[0], group
+    if alias.lower() in {c.lower() for c in columns}:  # SQL would read the column instead
+        raise refuse(f"GROUP BY {alias!r}: the key expression's alias is a column of "
+                     f"{parent!r} too; give it another name")
+    return alias, expression
 
 
 def _regrouped(tree: exp.Select, parent: str, parent_is_source: bool, key: str,
@@ -361,8 +375,8 @@ def _regrouped(tree: exp.Select, parent: str, parent_is_source: bool, key: str,
     return delta
 
 
-def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
-            ) -> tuple[Lookup | None, exp.Select]:
+def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other],
+            columns: Collection[str]) -> tuple[Lookup | None, exp.Select]:
     """The one other table the query reads by its key (a JOIN, EXISTS or IN), if any, and
     the query without that read, for the checks every query passes."""
     joins = tree.args.get("joins") or []
@@ -373,7 +387,7 @@ def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
     if len(joins) + len(semi) > 1:
         raise refuse("one lookup of one other table (a JOIN, EXISTS or IN) per query: more "
                      "would make a key's row depend on rows no single key change names")
-    mine = {parent.name, parent.alias_or_name}
+    mine = {parent.alias_or_name}  # an aliased table is in scope by its alias only
     checked = tree.copy()
     if joins:
         join = joins[0]
@@ -382,7 +396,7 @@ def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
             raise refuse(f"{join.sql('duckdb')}: ralf maintains [INNER] JOIN and LEFT JOIN "
                          "... ON parent.column = other.key")
         other = _other_table(join.this, parent, others)
-        on = _key_equality(join.args.get("on"), other, others[other.name], mine)
+        on = _key_equality(join.args.get("on"), other, others[other.name], mine, columns)
         checked.set("joins", None)
     else:
         node = semi[0]
@@ -399,25 +413,25 @@ def _lookup(tree: exp.Select, parent: exp.Table, others: Mapping[str, Other]
                          "the other table beyond the key looked up")
         source = query.args.get("from_")
         other = _other_table(source.this if source is not None else None, parent, others)
-        theirs = {other.name, other.alias_or_name}
-        columns = set(others[other.name].schema.names)
+        theirs = {other.alias_or_name}
+        other_columns = set(others[other.name].schema.names)
         if isinstance(node, exp.Exists):
             where = query.args.get("where")
             conjuncts = _conjuncts(where.this) if where is not None else []
-            links = [c for c in conjuncts if _outer_columns(c, theirs, columns)]
+            links = [c for c in conjuncts if _outer_columns(c, theirs, other_columns)]
             if len(links) != 1:
                 raise refuse(f"{node.sql('duckdb')}: EXISTS must be correlated by exactly "
                              "one condition other.key = parent.column")
-            on = _key_equality(links[0], other, others[other.name], mine)
+            on = _key_equality(links[0], other, others[other.name], mine, columns)
         else:
             selected = query.expressions
             key = others[other.name].schema.primary_key
             if len(selected) != 1 or not _is_column(selected[0], key):
                 raise refuse(f"{node.sql('duckdb')}: IN must select the key {key!r} of "
                              f"{other.name!r}")
-            if _outer_columns(query.args.get("where") or exp.true(), theirs, columns):
+            if _outer_columns(query.args.get("where") or exp.true(), theirs, other_columns):
                 raise refuse(f"{node.sql('duckdb')}: a correlated IN subquery; use EXISTS")
-            on = _parent_column(node.this, mine)
+            on = _parent_column(node.this, mine, columns, tree)
         _refuse_unstable(query)
         next(n for n in checked.find_all(type(node)) if n == node).replace(exp.true())
     return Lookup(other.name, on, nulls=not joins and isinstance(semi[0], exp.In)), checked
@@ -448,22 +462,29 @@ def _outer_columns(node: exp.Expression, theirs: set[str], columns: set[str]) ->
                for column in node.find_all(exp.Column))
 
 
-def _parent_column(node: exp.Expression, mine: set[str]) -> str:
-    if not isinstance(node, exp.Column) or node.table not in mine | {""}:
-        raise refuse(f"{node.sql('duckdb')}: a lookup is by one column of the parent")
+def _parent_column(node: exp.Expression, mine: set[str], columns: Collection[str],
+                   tree: exp.Select) -> str:
+    """The parent's column an IN looks up: a column of the parent by its name (qualified by
+    the parent's alias, or unqualified and not the name of an output, which SQL would
+    read in its place)."""
+    outputs = {item.alias_or_name.lower() for item in tree.expressions}
+    if not isinstance(node, exp.Column) or node.name not in columns or (
+            node.table not in mine and (node.table or node.name.lower() in outputs)):
+        raise refuse(f"{node.sql('duckdb')}: a lookup is by one column of the parent, "
+                     "qualified by its alias")
     return node.name
 
 
 def _key_equality(condition: exp.Expression | None, other: exp.Table, facts: Other,
-                  mine: set[str]) -> str:
+                  mine: set[str], columns: Collection[str]) -> str:
     """The parent's column in ``other.key = parent.column`` (either way round)."""
-    theirs = {other.name, other.alias_or_name}
+    theirs = {other.alias_or_name}
     key = facts.schema.primary_key
     if isinstance(condition, exp.EQ):
         for a, b in ((condition.this, condition.expression),
                      (condition.expression, condition.this)):
             if isinstance(a, exp.Column) and a.table in theirs and a.name == key and (
-                    isinstance(b, exp.Column) and b.table in mine):
+                    isinstance(b, exp.Column) and b.table in mine and b.name in columns):
                 return b.name
     shown = condition.sql("duckdb") if condition is not None else "no condition"
     raise refuse(f"{shown}: a lookup of {other.name!r} must be ON {other.alias_or_name}.{key} "
@@ -480,6 +501,9 @@ def _refuse_beyond_the_key(tree: exp.Select) -> None:
         if tree.args.get(arg):
             raise refuse(f"{what} makes a row depend on the rows of other keys; ralf "
                          "maintains feature tables key by key (refused, not approximated)")
+    distinct = tree.args.get("distinct")
+    if distinct is not None and distinct.args.get("on"):
+        raise refuse("DISTINCT ON keeps one row of several keys' rows")
     if any(tree.find_all(exp.Subquery, exp.Exists)) or any(
             isinstance(node, exp.Select) for node in tree.find_all(exp.Select)
             if node is not tree):

@@ -323,6 +323,18 @@ def test_a_group_named_by_an_expression_is_maintained_by_deltas(make_ralf, query
     ("SELECT g * 2 AS g2, count(*) AS n FROM src GROUP BY g2", "IS NOT NULL"),
     ("SELECT g * 2 AS g2, median(i) AS m FROM src WHERE g * 2 IS NOT NULL GROUP BY g2",
      "deltas"),
+    # found by review: a key expression named like a column (SQL would group by the column)
+    ("SELECT g % 3 AS k, count(*) AS n FROM src WHERE (g % 3) IS NOT NULL GROUP BY g % 3",
+     "a column of 'src'"),
+    ("SELECT g % 3 AS G, count(*) AS n FROM src WHERE (g % 3) IS NOT NULL GROUP BY G",
+     "a column of 'src'"),
+    ("SELECT g AS h, 1 AS one, count(*) AS n FROM src GROUP BY 1", "a position"),
+    # ... a parenthesized SELECT with its own LIMIT, DISTINCT ON, a subquery's name twice
+    ("(SELECT k, count(*) AS n FROM src GROUP BY k) LIMIT 1", "exactly one SELECT"),
+    ("SELECT DISTINCT ON (n) k, count(*) AS n FROM src GROUP BY k ORDER BY n, k",
+     "DISTINCT ON"),
+    ("SELECT t.k, count(*) AS n FROM (SELECT DISTINCT g AS k, k FROM src) t GROUP BY t.k",
+     "one name each"),
 ])
 def test_groups_ralf_cannot_key_exactly_are_refused(query, reason):
     with Ralf() as server:

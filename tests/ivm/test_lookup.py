@@ -202,6 +202,14 @@ def test_a_change_of_the_looked_up_table_refreshes_only_the_keys_it_reaches(serv
      "inside the lookup"),
     ("SELECT user, count(*) AS n FROM ratings r WHERE movie IN (SELECT movie FROM movies "
      "WHERE score > rating) GROUP BY user", "correlated IN"),
+    # found by review: an IN operand that SQL reads as an output alias, not the column
+    ("SELECT user, max(movie) + 1 AS movie FROM ratings GROUP BY user "
+     "HAVING movie IN (SELECT movie FROM movies)", "one column of the parent"),
+    ("SELECT user, max(movie) AS m FROM ratings GROUP BY user "
+     "HAVING m IN (SELECT movie FROM movies)", "one column of the parent"),
+    # ... and aliases that swap the tables' names: only the alias is in scope
+    ("SELECT om.user, count(*) AS n FROM ratings AS om JOIN stats AS ratings "
+     "ON om.movie = ratings.n GROUP BY om.user", "key 'movie'"),
 ])
 def test_lookups_ralf_cannot_keep_exact_are_refused_with_the_reason(query, reason):
     with Ralf() as server:
@@ -227,6 +235,22 @@ def test_unqualified_columns_of_a_lookup_subquery_resolve_to_the_other_table_fir
         for at in range(len(feed)):
             _step(server, feed, at)
             _check(server, {"t": query}, "eager")
+
+
+def test_a_left_join_filtered_on_the_other_side_can_delete_so_python_children_are_refused():
+    """A LEFT JOIN keeps every parent key, but a WHERE may read the other table's columns
+    and drop the key when the other side changes: the table deletes rows."""
+    with Ralf() as server:
+        ratings = server.create_source(QueueSource(RATINGS), name="ratings")
+        movies = server.create_source(QueueSource(MOVIES), name="movies")
+        movies.sql(LOOKED_UP["odd"], name="odd")
+        table = ratings.sql("SELECT r.user, count(*) AS n FROM ratings r LEFT JOIN odd o "
+                            "ON o.movie = r.movie WHERE o.genre = 'a' GROUP BY r.user",
+                            name="t")
+        assert table.deletes
+        unfiltered = ratings.sql("SELECT r.user, count(o.genre) AS n FROM ratings r LEFT JOIN "
+                                 "odd o ON o.movie = r.movie GROUP BY r.user", name="u")
+        assert not unfiltered.deletes
 
 
 def test_a_projection_joined_to_a_source_is_refused_it_would_give_many_rows_per_key():
