@@ -467,9 +467,10 @@ def _parent_column(node: exp.Expression, mine: set[str], columns: Collection[str
     """The parent's column an IN looks up: a column of the parent by its name (qualified by
     the parent's alias, or unqualified and not the name of an output, which SQL would
     read in its place)."""
-    outputs = {item.alias_or_name.lower() for item in tree.expressions}
+    renamed = {item.alias.lower() for item in tree.expressions if isinstance(item, exp.Alias)
+               and not _is_column(item.this, item.alias)}  # outputs that are not the column
     if not isinstance(node, exp.Column) or node.name not in columns or (
-            node.table not in mine and (node.table or node.name.lower() in outputs)):
+            node.table not in mine and (node.table or node.name.lower() in renamed)):
         raise refuse(f"{node.sql('duckdb')}: a lookup is by one column of the parent, "
                      "qualified by its alias")
     return node.name
