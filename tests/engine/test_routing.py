@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ralf import Ralf, RalfError
+from ralf import Ralf, RalfError, SchemaError
 from ralf.engine.routing import KeyPartition, stable_hash
 from ralf.schema import Schema
 from ralf.storage.postgres import SHARD_BITS
@@ -60,6 +60,11 @@ def test_shards_need_postgres_and_refuse_lookup_joins(postgres_url, database):
         counts = ratings.map(CountPerKey, args=(COUNT,), name="counts")
         with pytest.raises(ValueError, match="lookup joins"):
             ratings.join(counts, Identity, args=(RATINGS,), on="user", name="joined")
+        totals = ratings.aggregate(by="user", n=("*", "count"), name="totals")
+        assert totals.name == "totals"
+        with pytest.raises(SchemaError, match="shards"):  # a SQL lookup, the same
+            ratings.sql("SELECT r.user, max(t.n) AS n FROM ratings r JOIN totals t "
+                        "ON t.user = r.user GROUP BY r.user", name="looked_up")
 
 
 def _workers(url: str, num_shards: int, crash_last_at: str | None = None) -> None:
