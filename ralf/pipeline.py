@@ -94,7 +94,7 @@ class Pipeline:
             raise SchemaError(f"SQL table: GROUP BY {plan.key!r}, not the key of "
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
                               "is refreshed whole, never lazily or under a budget")
-        lookup = self._lookup_node(plan, lazy, budget)
+        lookup = self._lookup_node(plan)
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         delta = isinstance(plan, DeltaAggregate)
@@ -115,7 +115,7 @@ class Pipeline:
         self._register(node)
         return node
 
-    def _lookup_node(self, plan: Any, lazy: bool, budget: int | None) -> Node | None:
+    def _lookup_node(self, plan: Any) -> Node | None:
         """The table a SQL table's query looks up, if any (refused where its changes could
         not reach the right keys)."""
         lookup = getattr(plan, "lookup", None)

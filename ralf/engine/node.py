@@ -374,6 +374,10 @@ class SqlTableNode(FeatureNode):
         """The looked-up table has changes this table has not followed yet."""
         return self.lookup is not None and self.lookup.seq > self.lookup_mark
 
+    def lookup_read(self) -> LogRead:
+        """The read of the looked-up table's changes not followed yet."""
+        return LogRead(self.lookup.info, self.lookup_mark, self.lookup.seq, None)
+
 
 class OperatorNode(FeatureNode, UserCode):
     """A feature table a Python operator maintains (``map`` / ``join``): the operator, its

@@ -28,7 +28,7 @@ from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.schema import Record
-from ralf.storage.units import LogRead, LookupAdvance, Refresh, SqlRefresh
+from ralf.storage.units import LookupAdvance, Refresh, SqlRefresh
 
 log = logging.getLogger("ralf")
 
@@ -172,7 +172,7 @@ def follow_lookup(node: FeatureNode) -> None:
     marks and how far the other's log was followed commit together; then memory moves."""
     if not node.lookup_changed():
         return
-    read = LogRead(node.lookup.info, node.lookup_mark, node.lookup.seq, None)
+    read = node.lookup_read()
     reached = node.storage.lookup_changes(node.parent.info, node.plan.lookup, read)
     base = node.storage.seq_base
     # a key whose mark is the start already has all its rows pending
@@ -194,8 +194,7 @@ def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, now: dt.datet
     # a whole refresh follows the looked-up table's changes in the same transaction (the
     # keys they reach are among the ones it recomputes); one leaving keys held cannot,
     # as it would recompute them too: follow_lookup has made them stale first
-    lookup = (LogRead(node.lookup.info, node.lookup_mark, node.lookup.seq, None)
-              if keys is None and not held and node.lookup_changed() else None)
+    lookup = (node.lookup_read() if keys is None and not held and node.lookup_changed() else None)
     full = keys is None or _still_stale(node, keys, keys, set()) is not None
     advance = node.marks.advance(keys or [], list(held) if full else None, read.high)
     unit = SqlRefresh(
