@@ -44,23 +44,28 @@ class RalfClient:
             raise TypeError(f"RalfClient needs a Ralf instance or a URL, got {server!r}")
 
     def point_query(self, table: str, key: Any, *, with_metadata: bool = False,
-                    as_of: Any = None) -> Record:
+                    as_of: Any = None, by: str = "event") -> Record:
         """The row of ``table`` for ``key``; a lazy table first applies the key's pending
         appends. ``with_metadata`` adds ``_ralf_updated_at``, ``_ralf_pending``,
-        ``_ralf_stale`` and ``_ralf_quarantined``. ``as_of`` (a datetime, UTC if naive)
-        gives the row as it was then, from the table's history."""
+        ``_ralf_stale``, ``_ralf_quarantined`` (and ``_ralf_event_time`` where the table
+        has event time). ``as_of`` (a datetime, UTC if naive) gives the row as it was
+        then, from the table's history, by event time where the table has it
+        (``by="processing"``: as ralf had written it by then)."""
         if self._server is not None:
             return self._server.point_query(table, key, with_metadata=with_metadata,
-                                            as_of=as_of)
-        return self._http.point(table, key, with_metadata, as_of)
+                                            as_of=as_of, by=by)
+        return self._http.point(table, key, with_metadata, as_of, by)
 
     def historical_query(self, entity_df: pd.DataFrame, features: list[str],
-                         timestamp_column: str = "event_timestamp") -> pd.DataFrame:
+                         timestamp_column: str = "event_timestamp", *, by: str = "event"
+                         ) -> pd.DataFrame:
         """Point-in-time-correct ``"table.column"`` features for each row of ``entity_df``
-        (key columns and ``timestamp_column``): training data without leakage."""
+        (key columns and ``timestamp_column``): training data without leakage. ``by``:
+        as for :meth:`point_query`."""
         if self._server is not None:
-            return self._server.historical_query(entity_df, features, timestamp_column)
-        return self._http.historical(entity_df, features, timestamp_column)
+            return self._server.historical_query(entity_df, features, timestamp_column,
+                                                 by=by)
+        return self._http.historical(entity_df, features, timestamp_column, by)
 
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
         """Every row of ``table``, one per key (a lazy table is refreshed first)."""
@@ -174,21 +179,25 @@ class _Http:
                 self._schemas[entry["name"]] = Schema.from_json(json.dumps(spec))
         return self._schemas[table]
 
-    def point(self, table: str, key: Any, with_metadata: bool, as_of: Any) -> Record:
+    def point(self, table: str, key: Any, with_metadata: bool, as_of: Any, by: str
+              ) -> Record:
         path = f"/table/{quote(table, safe='')}/{quote(_key_text(key), safe='')}"
         params = {}
         if with_metadata:
             params["metadata"] = "true"
         if as_of is not None:
             params["as_of"] = pd.Timestamp(as_of).isoformat()
+            if by != "event":
+                params["by"] = by
         if params:
             path += "?" + urlencode(params)
         fields = json.loads(self.request("GET", path).data)
         return codec.decode_record(fields, self.schema(table))
 
-    def historical(self, entity_df: pd.DataFrame, features: list[str], timestamp_column: str
-                   ) -> pd.DataFrame:
-        query = urlencode({"features": ",".join(features), "timestamp_column": timestamp_column})
+    def historical(self, entity_df: pd.DataFrame, features: list[str], timestamp_column: str,
+                   by: str) -> pd.DataFrame:
+        query = urlencode({"features": ",".join(features), "timestamp_column": timestamp_column,
+                           "by": by})
         body = codec.arrow_bytes(pa.Table.from_pandas(entity_df, preserve_index=False))
         data = self.request("POST", f"/historical?{query}", accept=codec.ARROW, body=body,
                             content_type=codec.ARROW).data

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ralf.durations import seconds
 from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode, SqlTableNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
@@ -23,7 +24,7 @@ from ralf.ivm.views import Other
 from ralf.operators import instantiate
 from ralf.schema import Schema, python_type, quote
 from ralf.storage.base import Storage
-from ralf.storage.units import FEATURE, SOURCE, TableInfo
+from ralf.storage.units import EVENT_TIME, FEATURE, SOURCE, TableInfo
 
 
 class Pipeline:
@@ -43,13 +44,27 @@ class Pipeline:
 
     # ---- adding tables ----------------------------------------------------------------------
     def add_source(self, source: Any, args: tuple, kwargs: dict, *, schema: Schema | None,
-                   name: str | None) -> SourceNode:
-        """A source table fed by a SourceOperator (a class with args, or an instance)."""
+                   name: str | None, event_time: str | None = None,
+                   allowed_lateness: float | None = None) -> SourceNode:
+        """A source table fed by a SourceOperator (a class with args, or an instance);
+        ``event_time``/``allowed_lateness``: see :meth:`ralf.Ralf.create_source`."""
         what = f"create_source({default_name(source)})"
         instance, schema = instantiate(source, args, kwargs, schema, what)
+        if event_time is not None:
+            schema = instance.schema = schema.with_event_time(event_time)
+        lateness = None if allowed_lateness is None else seconds(allowed_lateness,
+                                                                 "allowed_lateness")
+        if lateness is not None and schema.event_time is None:
+            raise SchemaError(f"{what}: allowed_lateness needs an event time (name its "
+                              "column: event_time=...)")
+        if lateness is not None and self.partition is not None:
+            raise ValueError(f"{what}: allowed_lateness is measured from the newest event "
+                             "time of the whole stream, which no shard holds alone; it is not "
+                             "supported with shards")
         name = self._new_name(name, source)
         info = self._define(TableInfo(name, SOURCE, schema))
         node = SourceNode(info, self.storage, instance)
+        node.allowed_lateness = lateness
         node.remake = _remaker(source, instance, args, kwargs, schema, what)
         node.partition = self.partition
         node.resume()
@@ -70,10 +85,22 @@ class Pipeline:
                              "its own keys of the other table")
         what = f"map({default_name(operator)})"
         instance, schema = instantiate(operator, args, kwargs, schema, what)
+        if schema.event_time is not None:
+            raise SchemaError(f"{what}: a feature table's event time is not a column of its "
+                              f"own (it is {EVENT_TIME}, kept by ralf); drop event_time from "
+                              "its schema")
         name = self._new_name(name, operator)
+        timed = parent.info.event_column is not None
+        if timed and callable(getattr(instance, "on_batch", None)):
+            raise SchemaError(f"{what}: {parent.name!r} has event time, and an on_batch "
+                              "operator gives one row per key per refresh where the history "
+                              "needs a version per event time; use on_record", table=name)
+        if timed and self.executor == "ray":
+            raise SchemaError(f"{what}: {parent.name!r} has event time; its versions per "
+                              "event time are kept by the local executor only", table=name)
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name,
-            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy))
+            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy, timed=timed))
         node = OperatorNode(info, self.storage, parent, instance, lookup, budget)
         node.remake = _remaker(operator, instance, args, kwargs, schema, what)
         if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
@@ -95,6 +122,14 @@ class Pipeline:
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
                               "is refreshed whole, never lazily or under a budget")
         lookup = self._lookup_node(plan)
+        timed = parent.info.event_column is not None
+        if timed and not isinstance(plan, DeltaAggregate):
+            raise SchemaError(
+                f"SQL table: {parent.name!r} has event time, and this query is maintained by "
+                "recomputing its keys' groups, which keeps one version per refresh where the "
+                "history needs one per event time; only aggregates ralf maintains by deltas "
+                "(count, sum, avg, min, max, the variance family; no HAVING, DISTINCT or "
+                "lookup) are supported over event time")
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         delta = isinstance(plan, DeltaAggregate)
@@ -110,7 +145,7 @@ class Pipeline:
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name, lazy=lazy, hidden=helpers,
             derived=derived, lookup=lookup.name if lookup else None,
-            lookup_on=plan.lookup.on if lookup else None))
+            lookup_on=plan.lookup.on if lookup else None, timed=timed))
         node = SqlTableNode(info, self.storage, parent, plan, budget, lookup)
         self._register(node)
         return node

@@ -150,10 +150,13 @@ class Schema:
     """A table's columns and primary key.
 
     ``Schema("user", {"user": int, "rating": float})`` or
-    ``Schema(primary_key="user", columns={...})``.
+    ``Schema(primary_key="user", columns={...})``. ``event_time`` names the TIMESTAMP
+    column that says when each record happened (event time, as opposed to the processing
+    time ralf receives it at); a record without one is rejected.
     """
 
-    def __init__(self, primary_key: str, columns: Mapping[str, Any]) -> None:
+    def __init__(self, primary_key: str, columns: Mapping[str, Any],
+                 event_time: str | None = None) -> None:
         if not isinstance(primary_key, str):
             raise SchemaError(f"primary key must be a column name, got {primary_key!r}")
         if not isinstance(columns, Mapping) or not columns:
@@ -183,6 +186,12 @@ class Schema:
             )
         if self.columns[primary_key] not in _KEY_TYPES:
             raise SchemaError(f"primary key {primary_key!r} cannot be a list", column=primary_key)
+        if event_time is not None and self.columns.get(event_time) is not dt.datetime:
+            what = "is not one of the columns" if event_time not in self.columns else (
+                f"is a {_type_name(self.columns[event_time])} column, not a datetime")
+            raise SchemaError(f"event time {event_time!r} {what} (it must name a datetime "
+                              "column)", column=event_time)
+        self.event_time = event_time
         self.names = list(self.columns)
         self._name_set = frozenset(self.names)
         self._getter = itemgetter(*self.names)
@@ -199,29 +208,36 @@ class Schema:
         return _BY_PYTHON[self.columns[column]].sql
 
     def to_json(self) -> str:
-        """The primary key and each column's SQL type, as JSON text."""
-        return json.dumps(
-            {
-                "primary_key": self.primary_key,
-                "columns": {n: _BY_PYTHON[t].sql for n, t in self.columns.items()},
-            }
-        )
+        """The primary key, each column's SQL type and the event-time column, as JSON text."""
+        data: dict[str, Any] = {
+            "primary_key": self.primary_key,
+            "columns": {n: _BY_PYTHON[t].sql for n, t in self.columns.items()},
+        }
+        if self.event_time is not None:
+            data["event_time"] = self.event_time
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Schema:
         """The schema that :meth:`to_json` describes."""
         data = json.loads(text)
         columns = {n: _BY_SQL[sql].python for n, sql in data["columns"].items()}
-        return cls(data["primary_key"], columns)
+        return cls(data["primary_key"], columns, data.get("event_time"))
+
+    def with_event_time(self, column: str | None) -> Schema:
+        """This schema with ``column`` as its event time (None: without one)."""
+        return Schema(self.primary_key, self.columns, column)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schema):
             return NotImplemented
-        return self.primary_key == other.primary_key and self.columns == other.columns
+        return (self.primary_key == other.primary_key and self.columns == other.columns
+                and self.event_time == other.event_time)
 
     def __repr__(self) -> str:
         cols = ", ".join(f"{n!r}: {_type_name(t)}" for n, t in self.columns.items())
-        return f"Schema({self.primary_key!r}, {{{cols}}})"
+        timed = f", event_time={self.event_time!r}" if self.event_time is not None else ""
+        return f"Schema({self.primary_key!r}, {{{cols}}}{timed})"
 
     # ---- keys ------------------------------------------------------------------------------
     def parse_key(self, key: Any) -> Any:
@@ -286,6 +302,17 @@ class Schema:
         Returns the accepted rows and the rejected ones; a bad record never takes good
         records of the same batch down with it.
         """
+        rows, rejected = self._convert(batch, table)
+        if self.event_time is None or rows.column(self.event_time).null_count == 0:
+            return rows, rejected
+        untimed = rows.column(self.event_time).is_null()
+        reason = (f"table {table!r}: column {self.event_time!r}: the event time is null "
+                  "(a record must say when it happened)")
+        rejected += [Rejection(table, reason, self.event_time, row)
+                     for row in rows.filter(untimed).to_pylist()]
+        return rows.filter(pc.invert(untimed)), rejected
+
+    def _convert(self, batch: Any, table: str) -> tuple[pa.Table, list[Rejection]]:
         if isinstance(batch, pa.RecordBatch):
             batch = pa.Table.from_batches([batch])
         if isinstance(batch, pa.Table):

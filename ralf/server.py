@@ -25,6 +25,7 @@ from ralf.pipeline import Pipeline
 from ralf.schema import Record, Schema, as_frame
 from ralf.sources.csv import CsvSource
 from ralf.storage import is_postgres_url, open_storage
+from ralf.storage.units import EVENT_TIME
 from ralf.table import Table
 
 log = logging.getLogger("ralf")
@@ -95,31 +96,54 @@ class Ralf:
 
     # ---- defining the pipeline ------------------------------------------------------------
     def create_source(self, source: Any, args: tuple = (), kwargs: dict | None = None, *,
-                      schema: Schema | None = None, name: str | None = None) -> Table:
-        """A source table fed by a :class:`SourceOperator` (a class with args, or an instance)."""
-        node = self.pipeline.add_source(source, args, kwargs or {}, schema=schema, name=name)
+                      schema: Schema | None = None, name: str | None = None,
+                      event_time: str | None = None, allowed_lateness: Any = None) -> Table:
+        """A source table fed by a :class:`SourceOperator` (a class with args, or an instance).
+
+        ``event_time``: the datetime column saying when each record happened (or name it
+        in the schema); the tables derived from the source then keep their history by
+        event time (see docs/time.md). ``allowed_lateness`` (``"10m"``, seconds, a
+        timedelta): a record whose event time is more than that before the newest event
+        time already appended is filed in ``ralf.rejected`` as late instead of applied
+        (None: every record is applied, in arrival order)."""
+        node = self.pipeline.add_source(source, args, kwargs or {}, schema=schema, name=name,
+                                        event_time=event_time,
+                                        allowed_lateness=allowed_lateness)
         return Table(self.pipeline, node)
 
-    def create_csv_source(self, path: str, schema: Schema, *, name: str | None = None) -> Table:
+    def create_csv_source(self, path: str, schema: Schema, *, name: str | None = None,
+                          event_time: str | None = None, allowed_lateness: Any = None
+                          ) -> Table:
         """A batch source: the CSV file as it is, read by DuckDB's CSV reader in one append
-        (and, after a reopen, what was appended to it since)."""
+        (and, after a reopen, what was appended to it since). ``event_time``,
+        ``allowed_lateness``: as for :meth:`create_source`."""
+        if event_time is not None:
+            schema = schema.with_event_time(event_time)
         return self.create_source(CsvSource, args=(path, schema), schema=schema,
-                                  name=name or _csv_name(path))
+                                  name=name or _csv_name(path),
+                                  allowed_lateness=allowed_lateness)
 
     def create_kafka_source(self, topic: str, schema: Schema, *, bootstrap_servers: str,
                             group_id: str = "ralf", format: str = "json",
-                            name: str | None = None, **options: Any) -> Table:
+                            name: str | None = None, event_time: str | None = None,
+                            allowed_lateness: Any = None, **options: Any) -> Table:
         """A streaming source on a Kafka topic, exactly once into the append table (the
         partition offsets commit with the records). ``options``: ``batch_size``,
         ``poll_timeout``, ``until_end`` (end the source once the topic has been quiet for
-        ``idle_polls`` polls), ``config`` (more librdkafka settings)."""
+        ``idle_polls`` polls), ``config`` (more librdkafka settings), ``timestamp_column``
+        (a datetime column the source fills with each message's Kafka timestamp, e.g. to
+        name as ``event_time``). ``event_time``, ``allowed_lateness``: as for
+        :meth:`create_source`."""
         from ralf.sources.kafka import KafkaSource
 
+        if event_time is not None:
+            schema = schema.with_event_time(event_time)
         return self.create_source(
             KafkaSource, args=(topic, schema),
             kwargs={"bootstrap_servers": bootstrap_servers, "group_id": group_id,
                     "format": format, **options},
-            schema=schema, name=name or re.sub(r"\W+", "_", topic))
+            schema=schema, name=name or re.sub(r"\W+", "_", topic),
+            allowed_lateness=allowed_lateness)
 
     def table(self, name: str) -> Table:
         """The table (or alias) named ``name``: its schema, kind, and the methods that
@@ -296,14 +320,16 @@ class Ralf:
 
     # ---- queries (the in-process client and the HTTP layer call these) --------------------
     def point_query(self, table: str, key: Any, *, with_metadata: bool = False,
-                    as_of: Any = None) -> Record:
+                    as_of: Any = None, by: str = "event") -> Record:
         """The row of ``table`` for ``key`` (a lazy table first applies the key's pending appends);
-        ``as_of`` gives the row as it was then, from the history. Raises KeyNotFound."""
+        ``as_of`` gives the row as it was then, from the history — by event time where the
+        table has it (``by="processing"``: as ralf had written it by then). A row older
+        than the table's TTL is missing. Raises KeyNotFound."""
         node = self._node(table)
         key = node.schema.parse_key(key)
         node.metrics.queries += 1
         if as_of is not None:
-            return self._point_as_of(node, table, key, _utc_naive(as_of), with_metadata)
+            return self._point_as_of(node, table, key, _utc_naive(as_of), with_metadata, by)
         if isinstance(node, FeatureNode):
             if node.policies.priority is not None:
                 with self._scheduler.lock:
@@ -314,12 +340,21 @@ class Ralf:
             # not cached, or (sharded) a key another shard keeps: as the database has it
             row = self.storage.point(node.info, key)
             entry = None if row is None else (
-                tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"])
+                tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"],
+                row.get(EVENT_TIME))
         if entry is None:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r}")
+        ttl = _ttl(node)
+        if ttl is not None:
+            age = self.clock.now() - (entry[2] if node.info.timed else entry[1])
+            if age > ttl:
+                raise KeyNotFound(f"table {table!r}: the row for key {key!r} has expired (it "
+                                  f"is {age} old, past the table's TTL of {ttl})")
         record = node.record(entry[0])
         if with_metadata:
             self._add_metadata(node, key, record, entry[1])
+            if node.info.event_column is not None:
+                record.__dict__[EVENT_TIME] = entry[2]
         return record
 
     def record_error(self, table: str, key: Any, error: float) -> None:
@@ -350,27 +385,42 @@ class Ralf:
             self._note([exc])
 
     def _point_as_of(self, node: Node, table: str, key: Any, at: dt.datetime,
-                     with_metadata: bool) -> Record:
-        row = self.storage.point_as_of(node.info, key, at)
+                     with_metadata: bool, by: str) -> Record:
+        row = self.storage.point_as_of(node.info, key, at, by)
         if row is None:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r} as of {at}")
+        ttl = _ttl(node)
+        if ttl is not None:
+            age = at - (row[EVENT_TIME] if node.info.timed else row["_ralf_updated_at"])
+            if age > ttl:
+                raise KeyNotFound(f"table {table!r}: the row for key {key!r} as of {at} had "
+                                  f"expired ({age} old, past the table's TTL of {ttl})")
         fields = {n: row[n] for n in node.schema.names}
         if with_metadata:
             fields["_ralf_updated_at"] = row["_ralf_updated_at"]
+            if node.info.event_column is not None:
+                fields[EVENT_TIME] = row[EVENT_TIME]
         return Record.from_dict(fields)
 
     def historical_query(self, entity_df: pd.DataFrame, features: list[str],
-                         timestamp_column: str = "event_timestamp") -> pd.DataFrame:
+                         timestamp_column: str = "event_timestamp", *, by: str = "event"
+                         ) -> pd.DataFrame:
         """Point-in-time-correct features for training data: each row of ``entity_df`` (a
         key column per table and ``timestamp_column``) gets each ``"table.column"`` as it
-        was at the row's timestamp — never a value from after it."""
+        was at the row's timestamp — never a value from after it. Tables with event time
+        answer by it (``by="processing"``: as ralf had written them by then); a value
+        older than its table's TTL at the row's timestamp is missing (null)."""
         return self.historical_arrow(
-            pa.Table.from_pandas(entity_df, preserve_index=False), features, timestamp_column
-        ).to_pandas()
+            pa.Table.from_pandas(entity_df, preserve_index=False), features, timestamp_column,
+            by=by).to_pandas()
 
     def historical_arrow(self, entities: pa.Table, features: list[str],
-                         timestamp_column: str = "event_timestamp") -> pa.Table:
+                         timestamp_column: str = "event_timestamp", *, by: str = "event"
+                         ) -> pa.Table:
         """:meth:`historical_query` on Arrow entity rows, answering Arrow."""
+        if by not in ("event", "processing"):
+            raise ValueError(f"historical_query: by must be 'event' or 'processing', got "
+                             f"{by!r}")
         if timestamp_column not in entities.column_names:
             raise SchemaError(f"historical_query: the entity rows have no column "
                               f"{timestamp_column!r}", column=timestamp_column)
@@ -398,9 +448,10 @@ class Ralf:
         for node, _ in wanted:
             if isinstance(node, FeatureNode) and node.on_lazy_path:
                 self._note(self._scheduler.ensure_fresh(node, None))
+        ttls = {n.name: _ttl(n) for n, _ in wanted if _ttl(n) is not None}
         return self.storage.historical(
             entities, timestamp_column,
-            [(n.info, c, o) for (n, c), o in zip(wanted, out_names, strict=True)])
+            [(n.info, c, o) for (n, c), o in zip(wanted, out_names, strict=True)], by, ttls)
 
     def _refresh_for_query(self, node: FeatureNode, key: Any) -> None:
         if not node.on_lazy_path:
@@ -434,7 +485,9 @@ class Ralf:
         if isinstance(node, FeatureNode) and node.on_lazy_path:
             errors = self._scheduler.ensure_fresh(node, None)
             self._note(errors)
-        return self.storage.bulk(node.info, with_metadata=with_metadata)
+        ttl = _ttl(node)
+        return self.storage.bulk(node.info, with_metadata=with_metadata,
+                                 live_since=None if ttl is None else self.clock.now() - ttl)
 
     def sql(self, query: str) -> pd.DataFrame:
         """One read-only SQL query over the database (tables are named as in the pipeline;
@@ -559,6 +612,11 @@ def _entity_column(entities: pa.Table, name: str, typ: pa.DataType, what: str) -
         raise SchemaError(f"historical_query: entity column {name!r} (the {what}) cannot be "
                           f"read as {typ}: {exc}", column=name) from None
     return entities.set_column(entities.column_names.index(name), name, converted)
+
+
+def _ttl(node: Node) -> dt.timedelta | None:
+    """A feature table's TTL (None: its rows never expire)."""
+    return getattr(node, "ttl", None)
 
 
 def _utc_naive(value: Any) -> dt.datetime:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from ralf.durations import timedelta
 from ralf.engine.node import FeatureNode, Node, SqlTableNode
 from ralf.errors import SchemaError
 from ralf.ivm import views
@@ -15,6 +17,10 @@ from ralf.storage.units import FEATURE, SOURCE
 
 if TYPE_CHECKING:
     from ralf.pipeline import Pipeline
+
+
+def _duration(ttl: Any) -> dt.timedelta | None:
+    return None if ttl is None else timedelta(ttl, "ttl")
 
 
 def _build(policy: Any, args: tuple, kwargs: dict | None, base: type, what: str) -> Any:
@@ -54,54 +60,65 @@ class Table:
 
     def map(self, operator: Any, args: tuple = (), kwargs: dict | None = None, *,
             schema: Schema | None = None, name: str | None = None, lazy: bool = False,
-            budget: int | None = None) -> Table:
-        """A feature table whose rows ``operator.on_record(record)`` derives from this one's."""
+            budget: int | None = None, ttl: Any = None) -> Table:
+        """A feature table whose rows ``operator.on_record(record)`` derives from this one's.
+        ``ttl`` (``"7d"``, seconds, a timedelta): a row not updated within it is served as
+        missing by point, bulk and historical queries (its age counts from its event
+        time, or, without one, from when ralf wrote it)."""
         self._refuse_deletions("map")
-        return self._derived(self._pipeline.add_operator_table(
+        ttl = _duration(ttl)
+        return self._with_ttl(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
-            budget=budget))
+            budget=budget), ttl)
 
     def join(self, other: Table, operator: Any, args: tuple = (), kwargs: dict | None = None,
              *, on: str, schema: Schema | None = None, name: str | None = None,
-             lazy: bool = False, budget: int | None = None) -> Table:
+             lazy: bool = False, budget: int | None = None, ttl: Any = None) -> Table:
         """A lookup join: ``on_record(record, other_row)`` with other's current row for
-        ``record.<on>`` (None if absent). New records of this table drive it."""
+        ``record.<on>`` (None if absent). New records of this table drive it. ``ttl``: as
+        for :meth:`map`."""
         if on not in self.schema.columns:
             raise SchemaError(f"join on {on!r}: table {self.name!r} has no such column",
                               table=self.name, column=on)
         if not isinstance(other, Table):
             raise TypeError(f"join expects a Table to look up into, got {type(other).__name__}")
         self._refuse_deletions("join")
-        return self._derived(self._pipeline.add_operator_table(
+        ttl = _duration(ttl)
+        return self._with_ttl(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
-            budget=budget, lookup=other._node, on=on))
+            budget=budget, lookup=other._node, on=on), ttl)
 
     def aggregate(self, by: str, *, name: str | None = None, lazy: bool = False,
-                  budget: int | None = None, **outputs: tuple[str, str]) -> Table:
+                  budget: int | None = None, ttl: Any = None, **outputs: tuple[str, str]
+                  ) -> Table:
         """A feature table of aggregates per key, maintained by SQL inside the database:
         ``ratings.aggregate(by="user", average=("rating", "avg"), n=("*", "count"))``.
 
         Functions: count, sum, avg, min, max, var_pop, var_samp (var), stddev_pop,
-        stddev_samp (stddev)."""
+        stddev_samp (stddev). ``ttl``: as for :meth:`map`."""
         self._check_key(by, "aggregate(by=...)")
+        ttl = _duration(ttl)
         plan = views.from_aggregate(self.name, self.kind == SOURCE, by,
                                     set(self.schema.columns), outputs, self.deletes)
-        return self._derived(self._pipeline.add_sql_table(
-            self._node, plan, name=name or f"{self.name}_by_{by}", lazy=lazy, budget=budget))
+        return self._with_ttl(self._pipeline.add_sql_table(
+            self._node, plan, name=name or f"{self.name}_by_{by}", lazy=lazy, budget=budget),
+            ttl)
 
-    def sql(self, query: str, *, name: str, lazy: bool = False, budget: int | None = None
-            ) -> Table:
+    def sql(self, query: str, *, name: str, lazy: bool = False, budget: int | None = None,
+            ttl: Any = None) -> Table:
         """A feature table defined by one SELECT over this table, grouped by its key:
         ``ratings.sql("SELECT user, avg(rating) AS average FROM ratings GROUP BY user",
         name="average")``. Decomposable aggregates are maintained by deltas, anything else
         by recomputing the stale keys' groups. The query may look up one other table of
         the pipeline by that table's key (``JOIN other o ON o.key = t.column``, LEFT JOIN,
-        EXISTS, IN); a change of either table refreshes the keys it reaches."""
+        EXISTS, IN); a change of either table refreshes the keys it reaches. ``ttl``: as
+        for :meth:`map`."""
+        ttl = _duration(ttl)
         plan = views.from_sql(query, self.name, self.kind == SOURCE, self.schema.primary_key,
                               self.deletes, self._pipeline.readable(),
                               self.schema.columns)
-        return self._derived(self._pipeline.add_sql_table(self._node, plan, name=name,
-                                                          lazy=lazy, budget=budget))
+        return self._with_ttl(self._pipeline.add_sql_table(self._node, plan, name=name,
+                                                           lazy=lazy, budget=budget), ttl)
 
     @property
     def deletes(self) -> bool:
@@ -170,6 +187,10 @@ class Table:
 
     def _derived(self, node: Node) -> Table:
         return Table(self._pipeline, node)
+
+    def _with_ttl(self, node: FeatureNode, ttl: dt.timedelta | None) -> Table:
+        node.ttl = ttl
+        return self._derived(node)
 
     def _feature(self, what: str) -> FeatureNode:
         if self._node.info.kind != FEATURE:

@@ -1,10 +1,12 @@
 """Deterministic helpers for testing pipelines (yours and ours).
 
 ``ListSource`` replays a list in fixed-size batches; ``ManualClock`` is a clock that only
-moves when told; ``recompute`` is the oracle (an operator run from scratch over a source's
-append table); ``replay_staleness`` replays a stream under a budget and reports each
-key's staleness after every tick; ``new_postgres_database`` / ``drop_postgres_database``
-give a test or a benchmark a database of its own on a PostgreSQL server.
+moves when told; ``EventSource`` emits timestamped events as a manual clock reaches their
+arrival times; ``recompute`` is the oracle (an operator run from scratch over a source's
+append table), ``replay_by_event_time`` and ``as_of`` the point-in-time one;
+``replay_staleness`` replays a stream under a budget and reports each key's staleness
+after every tick; ``new_postgres_database`` / ``drop_postgres_database`` give a test or a
+benchmark a database of its own on a PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from ralf import durations
 from ralf.operators import SourceOperator
 from ralf.schema import Record, Schema, quote
 
@@ -73,13 +76,86 @@ class ManualClock:
         """The time it was last moved to."""
         return self.current
 
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds``."""
+    def advance(self, seconds: float | str | dt.timedelta) -> None:
+        """Move the clock forward by ``seconds`` (or a duration: ``"1h"``, a timedelta)."""
+        if not isinstance(seconds, (int, float)):
+            seconds = durations.seconds(seconds, "advance")
         self.current += dt.timedelta(seconds=seconds)
 
     def sleep(self, seconds: float) -> None:
         """Advance instead of waiting: a tick's wait costs no real time."""
         self.advance(seconds)
+
+
+class EventSource(SourceOperator):
+    """Timestamped events as a live stream would bring them: each ``next()`` emits, in the
+    order given, the events whose arrival time the ``clock`` has reached (``arrivals``:
+    one per event; by default each event's own ``schema.event_time`` value, so an
+    in-order stream) and ``[]`` while none is due; once all are emitted it ends (None),
+    or with ``endless`` keeps answering ``[]``. Give ``arrivals`` later than the event
+    times to make late, out-of-order data."""
+
+    def __init__(self, schema: Schema, events: list[dict[str, Any]], clock: ManualClock, *,
+                 arrivals: list[dt.datetime] | None = None, endless: bool = False) -> None:
+        if schema.event_time is None and arrivals is None:
+            raise ValueError("EventSource: the schema names no event_time; give arrivals")
+        self.schema, self.events, self.clock, self.endless = schema, list(events), clock, endless
+        self.arrivals = (list(arrivals) if arrivals is not None
+                         else [e[schema.event_time] for e in self.events])
+        if len(self.arrivals) != len(self.events):
+            raise ValueError("EventSource: one arrival time per event")
+        order = sorted(range(len(self.events)), key=self.arrivals.__getitem__)
+        self._due = [self.events[i] for i in order]
+        self._at = [self.arrivals[i] for i in order]
+        self.position = 0
+
+    def next(self) -> list[dict[str, Any]] | None:
+        if self.position >= len(self._due) and not self.endless:
+            return None
+        now, start = self.clock.now(), self.position
+        while self.position < len(self._due) and self._at[self.position] <= now:
+            self.position += 1
+        return self._due[start:self.position]
+
+    def checkpoint(self) -> int:
+        """How many events it has emitted."""
+        return self.position
+
+    def restore(self, state: int) -> None:
+        """Resume after ``state`` emitted events."""
+        self.position = state
+
+
+def replay_by_event_time(events: pd.DataFrame, operator: Any, event_time: str
+                         ) -> pd.DataFrame:
+    """The point-in-time oracle of a Python operator: ``events`` (in arrival order) through
+    a fresh ``operator`` in event-time order, ties in arrival order, as ralf applies a
+    backfill; one row per output, with the event time of the record that made it in
+    column ``event_time``."""
+    ordered = events.sort_values(event_time, kind="stable")
+    made = []
+    for row in ordered.to_dict("records"):
+        result = operator.on_record(Record.from_dict(dict(row)))
+        if result is None:
+            continue
+        for out in (result,) if isinstance(result, Record) else result:
+            made.append({**out.to_dict(), event_time: row[event_time]})
+    return pd.DataFrame(made)
+
+
+def as_of(versions: pd.DataFrame, entities: pd.DataFrame, key: str, event_time: str,
+          timestamp_column: str = "event_timestamp") -> pd.DataFrame:
+    """The point-in-time join pandas does (``merge_asof``): each entity row gets the last
+    version of its key whose ``event_time`` is at or before its ``timestamp_column``
+    (NaN where there is none), rows in the entities' order."""
+    rows = entities.reset_index(drop=True).assign(__row=lambda f: range(len(f)))
+    rows = rows.sort_values(timestamp_column, kind="stable")
+    features = versions.drop_duplicates([key, event_time], keep="last")
+    features = features.sort_values(event_time, kind="stable")
+    joined = pd.merge_asof(rows, features.rename(columns={event_time: "__at"}),
+                           left_on=timestamp_column, right_on="__at", by=key)
+    return (joined.sort_values("__row").drop(columns=["__row", "__at"])
+            .reset_index(drop=True))
 
 
 def replay_staleness(

@@ -25,6 +25,9 @@ class Applied:
     failed: dict[Any, BaseException] = field(default_factory=dict)  # input key -> why
     processed: int = 0
     shed: int = 0
+    # every output row in the order made, with the index of the record that made it (kept
+    # when asked: a timed table logs a version per event time)
+    versions: list[tuple[Record | Mapping, int]] = field(default_factory=list)
 
     def merge(self, other: Applied) -> None:
         """Add what another share of the records produced (one Ray replica's) to this result."""
@@ -33,6 +36,7 @@ class Applied:
         self.failed.update(other.failed)
         self.processed += other.processed
         self.shed += other.shed
+        self.versions += other.versions
 
     def source_of(self, out_key: Any) -> Any:
         """The input key whose record produced the output row ``out_key``."""
@@ -42,15 +46,17 @@ class Applied:
 def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str, out_pk: str,
                   aligned: bool, *, others: list[Any] | None = None,
                   keep: Callable[[Record, Any, dict], bool] | None = None,
-                  skip: set[Any] | frozenset = frozenset()) -> Applied:
+                  skip: set[Any] | frozenset = frozenset(), every: bool = False) -> Applied:
     """``on_record`` for each record in order (with its lookup row when ``others`` is
     given); a key that fails (its operator or its load-shedding policy raised) is skipped
-    from then on. ``keep`` is load shedding.
+    from then on. ``keep`` is load shedding; ``every`` keeps every output in
+    ``Applied.versions``, not only each key's last.
 
     The loop runs once per record, so it does as little as it can: a Record output (the
     common case) is filed without the general path's checks."""
     result = Applied()
     outputs, origin, failed = result.outputs, result.origin, result.failed
+    versions = result.versions if every else None
     blocked = set(skip)  # skipped keys, and keys that failed in this call
     processed = 0
     for i, record in enumerate(records):
@@ -74,8 +80,11 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
             out_key = out.__dict__.get(out_pk, _MISSING)
             if out_key == key:
                 outputs[key] = out
+                if versions is not None:
+                    versions.append((out, i))
                 continue
-        problem = _file(out, key, out_pk, aligned, outputs, origin)
+        problem = _file(out, key, out_pk, aligned, outputs, origin,
+                        None if versions is None else (versions, i))
         if problem is not None:
             failed[key] = problem
             blocked.add(key)
@@ -86,9 +95,10 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
 _MISSING = object()
 
 
-def _file(out: Any, key: Any, out_pk: str, aligned: bool, outputs: dict, origin: dict
-          ) -> BaseException | None:
-    """File an operator's output rows under their keys; returns why they were refused."""
+def _file(out: Any, key: Any, out_pk: str, aligned: bool, outputs: dict, origin: dict,
+          versions: tuple[list, int] | None) -> BaseException | None:
+    """File an operator's output rows under their keys (and in ``versions``, with the
+    record's index, when kept); returns why they were refused."""
     if isinstance(out, (Record, Mapping)):
         out = (out,)
     try:
@@ -99,6 +109,8 @@ def _file(out: Any, key: Any, out_pk: str, aligned: bool, outputs: dict, origin:
                 raise LookupError(f"it returned a row for key {out_key!r} while refreshing "
                                   f"key {key!r} (the table shares its parent's key)")
             outputs[out_key] = row
+            if versions is not None:
+                versions[0].append((row, versions[1]))
             if out_key != key:
                 origin[out_key] = key
             else:

@@ -1,8 +1,8 @@
 """The serving cache: a table's current rows by key, for point queries that never wait for
 the engine.
 
-A mapping ``key -> (values, updated_at)`` kept in one numpy structured array, a record per
-key (numbers and booleans inline with a validity flag for nulls, other types as Python
+A mapping ``key -> (values, updated_at, event_time)`` kept in one numpy structured array,
+a record per key (numbers and booleans inline with a validity flag for nulls, other types as Python
 objects), and a dict from key to slot. A refresh writes its rows with one vectorised
 scatter per column; a point query reads its row with one ``item()``. As a dict of per-row
 tuples it paid for a fresh tuple per row and for freeing the old ones, scattered across
@@ -34,18 +34,22 @@ _REINDEX_MIN = 4096
 
 
 class ServingCache(Mapping):
-    """A table's current rows as a mapping ``key -> (values, updated_at)``, the values in
-    column order; the engine writes, point queries read (see the module docstring)."""
+    """A table's current rows as a mapping ``key -> (values, updated_at, event_time)``, the
+    values in column order; the engine writes, point queries read (see the module
+    docstring). ``event``: the column of the written rows that holds their event time
+    (None: the table has none, and every event_time is None)."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, event: str | None = None) -> None:
         self._schema = schema
+        self._event = event
         self._width = len(schema.names)
         self._typed = [i for i, t in enumerate(schema.columns.values()) if t in _NUMPY]
         # fields: the values (f0, f1, ...), the time (at), then a validity flag per typed
         # column (v0, ...), so a record's item() is (values..., at, flags...)
         self._dtype = np.dtype(
             [(f"f{i}", _NUMPY.get(t, object)) for i, t in enumerate(schema.columns.values())]
-            + [("at", object)] + [(f"v{i}", np.bool_) for i in self._typed])
+            + [("at", object), ("event", object)]
+            + [(f"v{i}", np.bool_) for i in self._typed])
         self._rows = np.zeros(0, self._dtype)
         self._lock = threading.Lock()  # a record's fields change together under it
         self._slots: dict[Any, int] = {}
@@ -60,28 +64,29 @@ class ServingCache(Mapping):
         self._recent: dict[Any, int] = {}
 
     # ---- reads -------------------------------------------------------------------------------
-    def __getitem__(self, key: Any) -> tuple[tuple, Any]:
+    def __getitem__(self, key: Any) -> tuple[tuple, Any, Any]:
         row = self.get(key)
         if row is None:
             raise KeyError(key)
         return row
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """The key's ``(values, updated_at)``, or ``default``; the point-query path."""
+        """The key's ``(values, updated_at, event_time)``, or ``default``; the point-query
+        path."""
         with self._lock:
             slot = self._slots.get(key)
             if slot is None:
                 return default
             record = self._rows.item(slot)
         width = self._width
-        values, flags = record[:width], record[width + 1:]
+        values, flags = record[:width], record[width + 2:]
         if not all(flags):
             values = list(values)
             for i, valid in zip(self._typed, flags, strict=True):
                 if not valid:
                     values[i] = None
             values = tuple(values)
-        return values, record[width]
+        return values, record[width], None if self._event is None else record[width + 1]
 
     def __contains__(self, key: object) -> bool:
         return key in self._slots
@@ -107,6 +112,8 @@ class ServingCache(Mapping):
             if isinstance(at, list):
                 at = [at[i] for i in last]
         fields: dict[str, Any] = {"at": _objects(at) if isinstance(at, list) else at}
+        if self._event is not None:
+            fields["event"] = _objects(rows.column(self._event).to_pylist())
         for i, (name, typ) in enumerate(self._schema.columns.items()):
             column = rows.column(name)
             if typ in _NUMPY:

@@ -7,7 +7,9 @@ import logging
 import pickle
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.errors import OperatorError, RalfError, SchemaError
@@ -80,6 +82,8 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
             rejection.table = node.name
             rejected.append(rejection)
     rows = node.storable(rows, rejected)
+    if node.allowed_lateness is not None:
+        rows = _drop_late(node, rows, rejected)
     crashpoint("ingest.after_validate")
     if node.partition is not None:  # every shard reads the stream; each keeps its own keys
         rows = node.partition.keep(node.schema, rows)
@@ -91,6 +95,32 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
         errors.append(SchemaError(first.reason + more, table=node.name, column=first.column))
     return rows.num_rows > 0
+
+
+def _drop_late(node: SourceNode, rows: pa.Table, rejected: list[Rejection]) -> pa.Table:
+    """The rows that are not late: a record is late when its event time is more than the
+    source's ``allowed_lateness`` before the newest event time the source had appended
+    before it (in arrival order, this batch's earlier records included). Late records are
+    filed in ``ralf.rejected`` with the reason."""
+    event = node.info.event_column
+    if rows.num_rows == 0:
+        return rows
+    times = rows.column(event).cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    # nothing seen yet: far enough below any time that subtracting the lateness cannot wrap
+    prior = np.iinfo(np.int64).min // 2 if node.newest_event is None else int(
+        pa.scalar(node.newest_event, pa.timestamp("us")).cast(pa.int64()).as_py())
+    newest_before = np.maximum.accumulate(np.concatenate([[prior], times]))[:-1]
+    late = times < newest_before - int(node.allowed_lateness * 1_000_000)
+    if not late.any():
+        return rows
+    bounds = pa.array(newest_before[late], pa.int64()).cast(pa.timestamp("us")).to_pylist()
+    for row, newest in zip(rows.filter(pa.array(late)).to_pylist(), bounds, strict=True):
+        reason = (f"table {node.name!r}: column {event!r}: late: event time {row[event]} is "
+                  f"more than the allowed lateness "
+                  f"({dt.timedelta(seconds=node.allowed_lateness)}) before the "
+                  f"newest event time already seen, {newest}")
+        rejected.append(Rejection(node.name, reason, event, row))
+    return rows.filter(pa.array(~late))
 
 
 def _next(node: SourceNode) -> tuple[Any, int]:
@@ -129,6 +159,10 @@ def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
     node.emitted += emitted
     node.seq += rows.num_rows
     node.metrics.ingested += rows.num_rows
+    event = node.info.event_column
+    if event is not None and rows.num_rows:
+        newest = pc.max(rows.column(event)).as_py()
+        node.newest_event = max(newest, node.newest_event or newest)
     node.metrics.rejected += len(rejected)
     if rows.num_rows:
         if node.cache is not None:  # a lookup source: its current row is the latest append

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import pickle
 from collections.abc import Callable, Collection
@@ -25,8 +26,8 @@ from ralf.policies.base import (
     wants_current,
 )
 from ralf.policies.priority import FIFO
-from ralf.schema import Record, Rejection
-from ralf.storage.base import Storage
+from ralf.schema import Record, Rejection, Schema
+from ralf.storage.base import VERSION_ORDER, Storage
 from ralf.storage.units import LogRead, TableInfo
 
 log = logging.getLogger("ralf")
@@ -80,7 +81,7 @@ class Node:
         """Fill the serving cache with the table's current rows from the database."""
         """The table's schema."""
         rows = self.storage.current_rows(self.info)
-        self.cache = ServingCache(self.schema)
+        self.cache = ServingCache(self.schema, self.info.event_column)
         self.put_rows(rows, rows.column("_ralf_updated_at").to_pylist())
 
     def put_rows(self, rows: pa.Table, at: Any) -> None:
@@ -142,6 +143,10 @@ class SourceNode(Node, UserCode):
         self.emitted = 0
         self.exhausted = False
         self.skip = 0  # records to drop on replay after a reopen (count-based resume)
+        # event time: how late a record may be (seconds; None: any), and the newest
+        # event time appended (lateness is measured from it)
+        self.allowed_lateness: float | None = None
+        self.newest_event: dt.datetime | None = None
         # where a source with checkpoint()/restore() starts, for a resume before its first
         # committed batch (a copy through pickle: the source may mutate what it returned)
         self.initial = self._initial_checkpoint()
@@ -176,6 +181,8 @@ class SourceNode(Node, UserCode):
                 self.source = self.remade()
             self.skip = emitted
         self.seq = self.storage.max_seq(self.info)
+        if self.info.event_column is not None:
+            self.newest_event = self.storage.newest_event_time(self.info)
         self.emitted, self.exhausted, self.touched = emitted, False, False
         if self.cache is not None:
             self.load_cache()
@@ -208,7 +215,10 @@ class FeatureNode(Node):
         self.marks = Watermarks()
         self.pending: PendingIndex | None = None
         self.tick = 0  # the scheduler's current tick, for backoff
-        self.cache = ServingCache(info.schema)
+        self.cache = ServingCache(info.schema, info.event_column)
+        # a row not updated within this long is served as missing (its age: from its
+        # event time, or from when ralf wrote it); None: rows never expire
+        self.ttl: dt.timedelta | None = None
 
     @property
     def quarantined(self) -> set[Any]:
@@ -391,6 +401,9 @@ class OperatorNode(FeatureNode, UserCode):
         self.replicas: Any = None  # a ralf.engine.ray_executor.Replicas when on Ray
         self.committed_state: bytes | None = None  # the operator's last committed checkpoint
         self.initial: bytes | None = None  # the operator's state as created (see resume)
+        # a timed table's outputs as checked: its columns and the order they were made in
+        self.version_schema = Schema(info.schema.primary_key,
+                                     {**info.schema.columns, VERSION_ORDER: int})
 
     def resume(self) -> None:
         """Resume as a feature table does, with the operator's state put back too."""

@@ -28,7 +28,8 @@ from ralf.engine.progress import Advance
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.schema import Record
-from ralf.storage.units import LookupAdvance, Refresh, SqlRefresh
+from ralf.storage.base import VERSION_ORDER
+from ralf.storage.units import EVENT_TIME, LookupAdvance, Refresh, SqlRefresh
 
 log = logging.getLogger("ralf")
 
@@ -230,8 +231,25 @@ def _run(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[A
         keep = ((lambda r, k, outputs: _keep(node, r, k, outputs))
                 if node.policies.shedding else None)
         result = apply_records(node.operator.on_record, *args, others=others, keep=keep,
-                               skip=skip)
+                               skip=skip, every=node.info.timed)
+    if node.info.timed:
+        return result, _version_rows(node, result, data)
     return result, _output_rows(node, result, list(result.outputs.values()))
+
+
+def _version_rows(node: OperatorNode, run: Applied, data: pa.Table) -> pa.Table:
+    """A timed table's outputs: every version the refresh made, in order, each with the
+    event time of the record that made it (storage makes it the key's newest so far)."""
+    made = [{**(row.__dict__ if isinstance(row, Record) else row), VERSION_ORDER: i}
+            for row, i in run.versions]
+    rows, rejected = node.version_schema.to_arrow(made, node.name)
+    for rejection in rejected:  # it names the schema's column, not the order
+        if isinstance(rejection.raw, dict):
+            rejection.raw.pop(VERSION_ORDER, None)
+    rows = node.storable(rows, rejected)
+    _reject_outputs(node, run, rejected)
+    return rows.append_column(EVENT_TIME, data.column(EVENT_TIME).take(
+        rows.column(VERSION_ORDER)))
 
 
 def _run_batch(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]
@@ -336,7 +354,7 @@ def _commit(node: OperatorNode, rows: pa.Table, run: Applied, keys: list[Any] | 
             refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
     advance = node.marks.advance(refreshed, _still_stale(node, keys, refreshed, skip), high)
     state = node.checkpoint() if run.processed else node.committed_state
-    node.storage.refresh(Refresh(
+    rows = node.storage.refresh(Refresh(
         table=node.info,
         rows=rows,
         version=node.seq + 1,

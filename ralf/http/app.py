@@ -13,7 +13,7 @@ import datetime as dt
 import hmac
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 from fastapi import FastAPI, Request
@@ -199,11 +199,12 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
 
     @app.get("/table/{table}/{key:path}", summary="One row by key (as_of: from history)")
     async def point(table: str, key: str, metadata: bool = False,
-                    as_of: dt.datetime | None = None) -> Response:
+                    as_of: dt.datetime | None = None,
+                    by: Literal["event", "processing"] = "event") -> Response:
         try:
             if as_of is not None or server.table(table).refreshes_on_query:
                 record = await run_in_threadpool(server.point_query, table, key,
-                                                 with_metadata=metadata, as_of=as_of)
+                                                 with_metadata=metadata, as_of=as_of, by=by)
             else:
                 record = server.point_query(table, key, with_metadata=metadata)
         except RalfError as exc:
@@ -258,7 +259,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
 
     @app.post("/historical", summary="Point-in-time features for entity rows (Arrow IPC in)")
     async def historical(request: Request, features: str,
-                         timestamp_column: str = "event_timestamp") -> Response:
+                         timestamp_column: str = "event_timestamp",
+                         by: Literal["event", "processing"] = "event") -> Response:
         body = await request.body()
         try:
             entities = codec.arrow_table(body)
@@ -266,7 +268,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             return error(400, "SchemaError", "expected the entity rows as an Arrow IPC stream")
         try:
             data = await run_in_threadpool(server.historical_arrow, entities,
-                                           features.split(","), timestamp_column)
+                                           features.split(","), timestamp_column, by=by)
         except RalfError as exc:
             return _error_for(exc)
         return _rows(data, request)

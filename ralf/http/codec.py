@@ -21,7 +21,7 @@ from ralf.schema import Record, Schema, python_values
 
 ARROW = "application/vnd.apache.arrow.stream"
 _META_TYPES = {"_ralf_updated_at": dt.datetime, "_ralf_pending": int, "_ralf_stale": bool,
-               "_ralf_quarantined": bool, "_ralf_seq": int}
+               "_ralf_quarantined": bool, "_ralf_seq": int, "_ralf_event_time": dt.datetime}
 
 
 def encode_value(value: Any) -> Any:

@@ -113,6 +113,32 @@ class DeltaAggregate:
     def new_rows(self, target: str, pending: str, types: dict[str, str]) -> str:
         """The changed rows, whole: the delta joined to the current rows, helpers merged and
         outputs derived from them (key, outputs, helpers). A read-only query."""
+        return self._merged(target, self.delta_select(pending), types, "")
+
+    def new_versions(self, target: str, pending: str, types: dict[str, str],
+                     event_time: str, order: str) -> str:
+        """Like :meth:`new_rows`, a row per key *and event time* of the pending appends
+        (column ``event_time``): the key's value once every pending append up to that
+        event time is merged, for a history valid by event time. Each row's event time
+        is never earlier than the current row's; ``order`` ranks a key's rows (the
+        latest is the key's new row)."""
+        key = self.key_expression or quote(self.key)
+        window = (f"PARTITION BY {key} ORDER BY {event_time} RANGE BETWEEN UNBOUNDED "
+                  "PRECEDING AND CURRENT ROW")
+        cols = [self._key_select(), event_time]
+        for name in self.helpers:
+            argument, kind = self._parse(name)
+            cols.append(f"{_running(kind, argument, window)} AS {quote(name)}")
+        where = f" WHERE {self.where}" if self.where else ""
+        # the appends of one event time are peers of one RANGE frame: equal running values
+        running = (f"SELECT {', '.join(cols)}, row_number() OVER (PARTITION BY {key}, "
+                   f"{event_time}) AS __ralf_peer FROM ({pending}) AS __ralf_pending{where}")
+        delta = f"SELECT * FROM ({running}) AS r WHERE __ralf_peer = 1"
+        timed = (f", greatest(d.{event_time}, o.{event_time}) AS {event_time}, "
+                 f"d.{event_time} AS {order}")
+        return self._merged(target, delta, types, timed)
+
+    def _merged(self, target: str, delta: str, types: dict[str, str], extra: str) -> str:
         key = quote(self.key)
         fresh = {n: f"d.{quote(n)}" for n in self.helpers}
         old = {n: (f"coalesce(o.{quote(n)}, 0)" if n.endswith("_cnt") else f"o.{quote(n)}")
@@ -122,7 +148,7 @@ class DeltaAggregate:
         values = [f"d.{key}", *self._outputs(merged, types).values()]
         values += [merged[n] for n in self.helpers]
         selects = ", ".join(f"{v} AS {quote(c)}" for v, c in zip(values, columns, strict=True))
-        return (f"SELECT {selects} FROM ({self.delta_select(pending)}) AS d "
+        return (f"SELECT {selects}{extra} FROM ({delta}) AS d "
                 f"LEFT JOIN {target} AS o ON o.{key} = d.{key}")
 
     def _parse(self, helper: str) -> tuple[str, str]:
@@ -181,6 +207,18 @@ class DeltaAggregate:
 
 def _call(output: Output) -> str:
     return f"{output.function}({output.argument})"
+
+
+def _running(kind: str, argument: str, window: str) -> str:
+    """A helper of ``kind`` over a running window (the same as :func:`_delta`, framed)."""
+    over = f"OVER ({window})"
+    if kind == "cnt":
+        return f"count({argument}) {over}"
+    if kind == "mean":
+        return f"avg({argument}) {over}"
+    if kind == "m2":
+        return f"coalesce(var_pop({argument}) {over} * count({argument}) {over}, 0)"
+    return f"{kind}({argument}) {over}"
 
 
 def _delta(kind: str, argument: str) -> str:

@@ -11,11 +11,14 @@ offset; JSON objects that do not fit the schema are rejected by the schema as us
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
 from ralf.operators import SourceOperator
 from ralf.schema import Rejection, Schema
+
+_EPOCH = dt.datetime(1970, 1, 1)
 
 
 class KafkaSource(SourceOperator):
@@ -25,9 +28,16 @@ class KafkaSource(SourceOperator):
     def __init__(self, topic: str, schema: Schema, *, bootstrap_servers: str,
                  group_id: str = "ralf", format: str = "json", batch_size: int = 1000,
                  poll_timeout: float = 0.2, until_end: bool = False, idle_polls: int = 3,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, timestamp_column: str | None = None
+                 ) -> None:
         if format != "json":
             raise ValueError(f"KafkaSource: unsupported format {format!r} (supported: json)")
+        if timestamp_column is not None and schema.columns.get(timestamp_column) is not (
+                dt.datetime):
+            raise ValueError(f"KafkaSource: timestamp_column {timestamp_column!r} must name a "
+                             "datetime column of the schema")
+        # filled with each message's Kafka timestamp (UTC), e.g. to use as event time
+        self.timestamp_column = timestamp_column
         self.topic = topic
         self.schema = schema
         self.batch_size = batch_size
@@ -109,6 +119,10 @@ class KafkaSource(SourceOperator):
         else:
             problem = None if isinstance(value, dict) else "not a JSON object"
         if problem is None:
+            if self.timestamp_column is not None:
+                kind, millis = message.timestamp()
+                value[self.timestamp_column] = None if kind == 0 else (
+                    _EPOCH + dt.timedelta(milliseconds=millis))  # 0: no timestamp
             return value
         raw = message.value()
         self.rejected.append(Rejection(

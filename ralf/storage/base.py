@@ -52,6 +52,7 @@ from ralf.storage.sql import (
 from ralf.storage.units import (
     BOOKKEEPING_TABLES,
     DELETED,
+    EVENT_TIME,
     FEATURE,
     HISTORY_UPGRADES,
     SOURCE,
@@ -158,6 +159,10 @@ def fetch_limited(batches: Iterable[pa.RecordBatch], schema: pa.Schema | None,
 
 
 
+# The column a timed refresh's versions are ordered by (the order they were computed in).
+VERSION_ORDER = "__ralf_order"
+
+
 class Storage(ABC):
     """What the engine needs from a database: the units of work, the reads, the catalog.
     Everything that is not the backend's own SQL dialect is written here once."""
@@ -192,16 +197,20 @@ class Storage(ABC):
 
     @abstractmethod
     def _write_rows(self, tx: Transaction, info: TableInfo, relation: str,
-                    columns: list[str], version: int, at: dt.datetime) -> None:
+                    columns: list[str], version: int, at: dt.datetime,
+                    history: str | None = None) -> None:
         """Replace the rows of the keys in the staged ``relation`` (``columns``: user
-        columns, maybe helpers) with version ``version`` written at ``at``, and log them
-        in the history (:meth:`_append_history`, or in the same statement)."""
+        columns, maybe helpers and the event time) with version ``version`` written at
+        ``at``, and log them in the history (:meth:`_append_history`, or in the same
+        statement) — or log the staged ``history`` instead, when given (a timed table's
+        versions, one per event time)."""
 
     @abstractmethod
     def _as_of_join(self, table: TableInfo, alias: str, columns: list[str],
-                    timestamp: str) -> str:
+                    timestamp: str, by: str) -> str:
         """The join that gives each entity row (alias ``e``) ``table``'s ``columns`` as of
-        the row's ``timestamp``, as ``alias``."""
+        the row's ``timestamp`` (``by``: see :func:`ralf.storage.sql.as_of_column`), as
+        ``alias``; of several versions at the same time, the newest."""
 
     @abstractmethod
     def describe(self, query: str) -> list[tuple[str, str]]:
@@ -353,9 +362,15 @@ class Storage(ABC):
         """Every table's catalog row, by name."""
         with self._reading() as tx:
             rows = tx.arrow(self._catalog_query()).to_pylist()
-        return {r["name"]: TableInfo(r["name"], r["kind"], Schema.from_json(r["schema_json"]),
-                                     r["parent"], r["lookup"], r["lookup_on"], bool(r["lazy"]),
-                                     r["watermark"]) for r in rows}
+        infos = {r["name"]: TableInfo(r["name"], r["kind"], Schema.from_json(r["schema_json"]),
+                                      r["parent"], r["lookup"], r["lookup_on"], bool(r["lazy"]),
+                                      r["watermark"]) for r in rows}
+        for info in infos.values():  # a feature table has event time if its source has
+            root = info
+            while root.kind == FEATURE and root.parent in infos:
+                root = infos[root.parent]
+            info.timed = info.kind == FEATURE and root.event_column is not None
+        return infos
 
     def create_table(self, info: TableInfo) -> None:
         """Create a source's append table, or a feature table and its history log, with its
@@ -402,12 +417,19 @@ class Storage(ABC):
             self._insert_rejected(tx, unit.rejected)
             crashpoint("append.before_commit")
 
-    def refresh(self, unit: Refresh) -> None:
+    def refresh(self, unit: Refresh) -> pa.Table:
         """A Python operator's outputs, their history, the watermarks and the operator's
-        checkpoint."""
+        checkpoint. Returns the rows written: ``unit.rows``, or a timed table's newest
+        version per key with its event time."""
         info = unit.table
+        written = unit.rows
         with self._transaction() as tx:
-            if unit.rows.num_rows:
+            if unit.rows.num_rows and info.timed:
+                tx.stage("__ralf_versions", unit.rows)
+                written = self._write_versions(
+                    tx, info, self._running_event_time(info), info.schema.names,
+                    VERSION_ORDER, unit.version, unit.updated_at)
+            elif unit.rows.num_rows:
                 tx.stage("__ralf_rows", unit.rows)
                 self._write_rows(tx, info, "__ralf_rows", unit.rows.column_names,
                                  unit.version, unit.updated_at)
@@ -416,6 +438,41 @@ class Storage(ABC):
                 self._replace(tx, "ralf.operator_state", [
                     self._progress_name(info.name), unit.state, unit.updated_at])
             crashpoint("refresh.before_commit")
+        return written
+
+    def _running_event_time(self, info: TableInfo) -> str:
+        """A Python operator's staged ``__ralf_versions`` (every output of a refresh, in
+        the order made, with its record's event time) with each version's event time the
+        newest of its key's so far, the key's current row's included."""
+        key, table = quote(info.schema.primary_key), quote(info.name)
+        cols = ", ".join(f"v.{quote(c)}" for c in info.schema.names)
+        return (f"SELECT {cols}, greatest(max(v.{EVENT_TIME}) OVER (PARTITION BY v.{key} "
+                f"ORDER BY v.{VERSION_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT "
+                f"ROW), t.{EVENT_TIME}) AS {EVENT_TIME}, v.{VERSION_ORDER} "
+                f"FROM __ralf_versions v LEFT JOIN {table} t ON t.{key} = v.{key}")
+
+    def _write_versions(self, tx: Transaction, info: TableInfo, versions: str,
+                        columns: list[str], order: str, version: int, at: dt.datetime
+                        ) -> pa.Table:
+        """A timed table's refresh: ``versions`` (a query of ``columns``, the final event
+        time and ``order``) holds every version the refresh computed; each key's row
+        becomes its last one, and the history keeps the last one per event time. Returns
+        the rows written (``columns`` and the event time)."""
+        key = quote(info.schema.primary_key)
+        names = [*columns, EVENT_TIME]
+        types = _arrow_types(info, EVENT_TIME)
+        tx.materialize("__ralf_timed", versions, names, types)
+        cols = ", ".join(quote(c) for c in names)
+
+        def newest(partition: str) -> str:
+            return (f"SELECT {cols} FROM (SELECT {cols}, row_number() OVER (PARTITION BY "
+                    f"{partition} ORDER BY {quote(order)} DESC) AS __ralf_rank FROM "
+                    "__ralf_timed) AS r WHERE __ralf_rank = 1")
+
+        rows = tx.materialize("__ralf_rows", newest(key), names, types)
+        tx.materialize("__ralf_history", newest(f"{key}, {EVENT_TIME}"), names, types)
+        self._write_rows(tx, info, "__ralf_rows", names, version, at, history="__ralf_history")
+        return rows
 
     def refresh_sql_table(self, unit: SqlRefresh) -> tuple[pa.Table, list[Any]]:
         """A SQL table's plan over the pending appends, inside the database: returns (the
@@ -433,7 +490,15 @@ class Storage(ABC):
             for name, table in registered(unit.read).items():
                 tx.stage(name, table)
             pending = self._pending_relation(tx, unit.read)
-            if isinstance(plan, DeltaAggregate):
+            if isinstance(plan, DeltaAggregate) and info.timed:
+                types = {n: info.schema.sql_type(n) for n in names}
+                columns = [plan.key, *(o.name for o in plan.outputs), *plan.helpers]
+                query = self._dialect(plan.new_versions(quote(info.name), pending, types,
+                                                        EVENT_TIME, VERSION_ORDER))
+                data = self._write_versions(tx, info, query, columns, VERSION_ORDER,
+                                            unit.version, unit.updated_at)
+                deleted, columns = [], []  # written already
+            elif isinstance(plan, DeltaAggregate):
                 types = {n: info.schema.sql_type(n) for n in names}
                 query = self._dialect(plan.new_rows(quote(info.name), pending, types))
                 data = tx.materialize("__ralf_rows", query, names, _arrow_types(info))
@@ -442,14 +507,14 @@ class Storage(ABC):
             else:
                 data, deleted = self._recompute(tx, unit, pending)
                 columns = names
-            if data.num_rows:
+            if data.num_rows and columns:
                 self._write_rows(tx, info, "__ralf_rows", columns, unit.version,
                                  unit.updated_at)
             self._write_watermarks(tx, unit)
             if unit.lookup is not None:
                 self._write_lookup_mark(tx, info.name, unit.lookup.high)
             crashpoint("sql.before_commit")
-        rows = data.select(names)
+        rows = data.select(names + ([EVENT_TIME] if info.timed else []))
         return rows.append_column("_ralf_seq", pa.array(
             np.full(rows.num_rows, unit.version, np.int64))), deleted
 
@@ -522,8 +587,9 @@ class Storage(ABC):
 
     def _append_history(self, tx: Transaction, info: TableInfo, relation: str,
                         version: int, at: dt.datetime) -> None:
-        """Log the staged rows in the history as version ``version``, valid from ``at``."""
-        cols = ", ".join(quote(c) for c in info.schema.names)
+        """Log the staged rows in the history as version ``version``, valid from ``at``
+        (and, a timed table's, from their event time)."""
+        cols = ", ".join(quote(c) for c in history_columns(info))
         tx.execute(f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
                    f"SELECT {cols}, {self.mark}, CAST({self.mark} AS TIMESTAMP) "
                    f"FROM {relation}", [version, at])
@@ -604,6 +670,13 @@ class Storage(ABC):
             return tx.arrow(f"SELECT coalesce(max(_ralf_seq), {int(self.seq_base)}) FROM "
                             f"{log_table(table)} WHERE {self._own_rows()}").column(0)[0].as_py()
 
+    def newest_event_time(self, table: TableInfo) -> dt.datetime | None:
+        """The newest event time this process appended to a source (None: none yet)."""
+        with self._reading() as tx:
+            return tx.arrow(f"SELECT max({quote(table.event_column)}) AS newest FROM "
+                            f"{log_table(table)} WHERE {self._own_rows()}",
+                            types={"newest": pa.timestamp("us")}).column(0)[0].as_py()
+
     def _log_query(self, read: LogRead, query: str, types: dict[str, pa.DataType]
                    ) -> pa.Table:
         with self._transaction() as tx:
@@ -612,9 +685,12 @@ class Storage(ABC):
             return tx.arrow(query, types=types)
 
     def read_log(self, read: LogRead) -> pa.Table:
-        """Pending appends: user columns plus ``_ralf_seq``, in seq order."""
-        return self._log_query(read, f"{pending_rows(read)} ORDER BY p._ralf_seq",
-                               _arrow_types(read.table, "_ralf_seq"))
+        """Pending appends: user columns plus ``_ralf_seq`` (and ``_ralf_event_time``), in
+        seq order — in event-time order, then seq, from a table with event time."""
+        event = read.table.event_column
+        order = "p._ralf_seq" if event is None else f"p.{quote(event)}, p._ralf_seq"
+        return self._log_query(read, f"{pending_rows(read)} ORDER BY {order}",
+                               _arrow_types(read.table, "_ralf_seq", EVENT_TIME))
 
     def pending_summary(self, read: LogRead) -> pa.Table:
         """Per key of the read: ``key, n, first_seq, last_seq, first_at``."""
@@ -625,10 +701,11 @@ class Storage(ABC):
 
     def current_rows(self, table: TableInfo) -> pa.Table:
         """A feature table's rows (this process's), or a source's latest append per key."""
-        query = current_query(table, "_ralf_updated_at", "_ralf_seq")
+        meta = ("_ralf_updated_at", "_ralf_seq", *([EVENT_TIME] if table.timed else []))
+        query = current_query(table, *meta)
         with self._reading() as tx:
             return tx.arrow(f"SELECT * FROM ({query}) AS c WHERE {self._own_rows()}",
-                            types=_arrow_types(table, "_ralf_updated_at", "_ralf_seq"))
+                            types=_arrow_types(table, *meta))
 
     def load_watermarks(self, table: str) -> dict[str, int]:
         """A table's per-key watermarks: key text -> seq."""
@@ -659,8 +736,8 @@ class Storage(ABC):
     def _one(self, table: TableInfo, query: str, params: list[Any]) -> dict[str, Any] | None:
         try:
             with self._reading() as tx:
-                rows = tx.arrow(query, params,
-                                types=_arrow_types(table, "_ralf_updated_at")).to_pylist()
+                rows = tx.arrow(query, params, types=_arrow_types(
+                    table, "_ralf_updated_at", EVENT_TIME)).to_pylist()
         except self.unreadable_value:  # a key this database cannot hold: it has no row
             return None
         return rows[0] if rows else None
@@ -669,14 +746,20 @@ class Storage(ABC):
         """A key's current row and its ``_ralf_updated_at``."""
         return self._one(table, point_query(table, self.mark), [key])
 
-    def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime) -> dict[str, Any] | None:
-        """The key's row as it was at ``at`` (the newest version valid from ``at`` or before)."""
-        return self._one(table, point_as_of_query(table, self.mark), [key, at])
+    def point_as_of(self, table: TableInfo, key: Any, at: dt.datetime, by: str = "event"
+                    ) -> dict[str, Any] | None:
+        """The key's row as it was at ``at`` (the newest version valid from ``at`` or
+        before; ``by``: see :func:`ralf.storage.sql.as_of_column`)."""
+        return self._one(table, point_as_of_query(table, self.mark, by), [key, at])
 
     def historical(self, entities: pa.Table, timestamp: str,
-                   features: list[tuple[TableInfo, str, str]]) -> pa.Table:
+                   features: list[tuple[TableInfo, str, str]], by: str = "event",
+                   ttls: dict[str, dt.timedelta] | None = None) -> pa.Table:
         """Point-in-time join: for each entity row, each (table, column, output name) as of
-        the row's timestamp; rows in the entities' order."""
+        the row's timestamp (``by``: see :func:`ralf.storage.sql.as_of_column`); rows in
+        the entities' order. ``ttls``: per table, how old a version may be at the row's
+        timestamp (older: NULL, as if missing)."""
+        ttls = ttls or {}
         kept = [c for c in entities.column_names if c != "__ralf_row"]
         selects, joins = [f"e.{quote(c)}" for c in kept], []
         types = {f.name: f.type for f in entities.schema}
@@ -685,10 +768,18 @@ class Storage(ABC):
             alias = f"h{i}"
             wanted = [(column, out) for t, column, out in features if t.name == table.name]
             marker = [DELETED] if table.kind == FEATURE else []  # a key deleted by then: NULLs
+            gone = [f"{alias}.{DELETED}"] if marker else []
+            ttl = ttls.get(table.name)
+            if ttl is not None:  # a version older than the TTL at the row's time: missing
+                age = EVENT_TIME if table.timed else "_ralf_valid_from"
+                marker.append(age)
+                micros = ttl // dt.timedelta(microseconds=1)
+                gone.append(f"{alias}.{age} < e.{quote(timestamp)} - "
+                            f"INTERVAL '{micros} microseconds'")
             joins.append(self._as_of_join(table, alias, [c for c, _ in wanted] + marker,
-                                          timestamp))
-            selects += [(f"CASE WHEN {alias}.{DELETED} THEN NULL ELSE {alias}.{quote(c)} END"
-                         if marker else f"{alias}.{quote(c)}") + f" AS {quote(out)}"
+                                          timestamp, by))
+            selects += [(f"CASE WHEN {' OR '.join(gone)} THEN NULL ELSE {alias}.{quote(c)} END"
+                         if gone else f"{alias}.{quote(c)}") + f" AS {quote(out)}"
                         for c, out in wanted]
             types.update({out: table.schema.arrow.field(c).type for c, out in wanted})
         query = (f"SELECT {', '.join(selects)} FROM __ralf_entities e {' '.join(joins)} "
@@ -700,12 +791,19 @@ class Storage(ABC):
         except Exception as exc:  # the database's refusal of these entity rows
             raise QueryError(f"historical_query: {exc}") from None
 
-    def bulk(self, table: TableInfo, with_metadata: bool = False) -> pa.Table:
-        """One row per key, sorted by key (a source: its latest append per key)."""
-        meta = ("_ralf_seq", "_ralf_updated_at") if with_metadata else ()
+    def bulk(self, table: TableInfo, with_metadata: bool = False,
+             live_since: dt.datetime | None = None) -> pa.Table:
+        """One row per key, sorted by key (a source: its latest append per key);
+        ``live_since``: only rows whose age (event time, or the time written) is no older."""
+        meta: tuple[str, ...] = ("_ralf_seq", "_ralf_updated_at") if with_metadata else ()
+        if with_metadata and table.timed:
+            meta += (EVENT_TIME,)
         key = quote(table.schema.primary_key)
+        where, params = "", []
+        if live_since is not None:
+            where, params = f" WHERE {age_column(table)} >= {self.mark}", [live_since]
         with self._reading() as tx:
-            return tx.arrow(f"{current_query(table, *meta)} ORDER BY {key}",
+            return tx.arrow(f"{current_query(table, *meta)}{where} ORDER BY {key}", params,
                             types=_arrow_types(table, *meta))
 
     def count_rows(self, table: TableInfo) -> int:
@@ -746,6 +844,18 @@ class Storage(ABC):
 def _arrow_types(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:
     """Arrow types of a table's user columns and of the bookkeeping columns named."""
     types = {f.name: f.type for f in table.schema.arrow}
-    times = {"_ralf_updated_at", "_ralf_ingested_at", "_ralf_valid_from"}
+    times = {"_ralf_updated_at", "_ralf_ingested_at", "_ralf_valid_from", EVENT_TIME}
     types.update({e: pa.timestamp("us") if e in times else pa.int64() for e in extra})
     return types
+
+
+def age_column(info: TableInfo) -> str:
+    """What a feature table's TTL measures a row's age from: its event time, or (a table
+    without one) the time ralf wrote it."""
+    return EVENT_TIME if info.timed else "_ralf_updated_at"
+
+
+def history_columns(info: TableInfo) -> list[str]:
+    """The columns a feature table's history keeps of each version besides ralf's own:
+    the user columns, and a timed table's event time."""
+    return [*info.schema.names, *([EVENT_TIME] if info.timed else [])]

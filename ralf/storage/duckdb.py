@@ -30,8 +30,8 @@ from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.schema import quote
 from ralf.storage import readonly
 from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited
-from ralf.storage.sql import time_column
-from ralf.storage.units import DELETED, SOURCE, TableInfo, log_table
+from ralf.storage.sql import as_of_column
+from ralf.storage.units import DELETED, EVENT_TIME, SOURCE, TableInfo, log_table
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
@@ -181,11 +181,12 @@ class DuckDBStorage(Storage):
             for n, c in zip(schema.names, user_cols, strict=True)
         ]
         keyed += [f"{quote(n)} {t}" for n, t in info.hidden]
+        timed = f", {EVENT_TIME} TIMESTAMP" if info.timed else ""
         return [f"CREATE TABLE {quote(info.name)} ({', '.join(keyed)}, "
-                "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL)",
+                f"_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL{timed})",
                 f"CREATE TABLE {log_table(info)} ({', '.join(user_cols)}, "
                 "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL, "
-                f"{DELETED} BOOLEAN)"]
+                f"{DELETED} BOOLEAN{timed})"]
 
     def _stored_columns(self, tx: Transaction, table: str) -> list[str]:
         """The columns a write sets: all but the ones DuckDB computes (an aggregate's
@@ -198,7 +199,8 @@ class DuckDBStorage(Storage):
         return self._stored[table]
 
     def _write_rows(self, tx: DuckDBTransaction, info: TableInfo, relation: str,
-                    columns: list[str], version: int, at: dt.datetime) -> None:
+                    columns: list[str], version: int, at: dt.datetime,
+                    history: str | None = None) -> None:
         """Update the keys that have a row in place, then insert the others; then the
         history.
 
@@ -230,13 +232,19 @@ class DuckDBStorage(Storage):
             tx.execute(f"INSERT INTO {table} ({cols}, _ralf_seq, _ralf_updated_at) "
                        f"SELECT {cols}, ?, ? FROM {relation} AS r WHERE NOT EXISTS "
                        f"(SELECT 1 FROM {table} AS t WHERE t.{key} = r.{key})", [version, at])
-        self._append_history(tx, info, relation, version, at)
+        self._append_history(tx, info, history or relation, version, at)
 
     def _as_of_join(self, table: TableInfo, alias: str, columns: list[str],
-                    timestamp: str) -> str:
-        key = quote(table.schema.primary_key)
-        return (f"ASOF LEFT JOIN {log_table(table)} {alias} ON e.{key} = {alias}.{key} "
-                f"AND e.{quote(timestamp)} >= {alias}.{time_column(table)}")
+                    timestamp: str, by: str) -> str:
+        key, time = quote(table.schema.primary_key), as_of_column(table, by)
+        log = log_table(table)
+        if time != as_of_column(table, "processing"):
+            # versions at the same event time (a late record's, a source's duplicates):
+            # ASOF picks any of them, so the log is cut to the newest of each first
+            log = (f"(SELECT * FROM {log} QUALIFY row_number() OVER (PARTITION BY {key}, "
+                   f"{time} ORDER BY _ralf_seq DESC) = 1)")
+        return (f"ASOF LEFT JOIN {log} {alias} ON e.{key} = {alias}.{key} "
+                f"AND e.{quote(timestamp)} >= {alias}.{time}")
 
     def describe(self, query: str) -> list[tuple[str, str]]:
         """Column names and types of a query's result, from DuckDB's DESCRIBE."""

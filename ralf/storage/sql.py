@@ -9,7 +9,15 @@ from __future__ import annotations
 import pyarrow.compute as pc
 
 from ralf.schema import quote
-from ralf.storage.units import DELETED, FEATURE, SOURCE, LogRead, TableInfo, log_table
+from ralf.storage.units import (
+    DELETED,
+    EVENT_TIME,
+    FEATURE,
+    SOURCE,
+    LogRead,
+    TableInfo,
+    log_table,
+)
 
 
 def time_column(table: TableInfo) -> str:
@@ -40,9 +48,13 @@ def log_from(read: LogRead) -> str:
 
 
 def pending_rows(read: LogRead) -> str:
-    """The pending appends as a subquery: user columns and ``_ralf_seq``."""
-    cols = ", ".join(f"p.{quote(c)}" for c in read.table.schema.names)
-    return f"SELECT {cols}, p._ralf_seq {log_from(read)}"
+    """The pending appends as a subquery: user columns and ``_ralf_seq`` (and, from a
+    table with event time, that time as ``_ralf_event_time``)."""
+    cols = [f"p.{quote(c)}" for c in read.table.schema.names] + ["p._ralf_seq"]
+    event = read.table.event_column
+    if event is not None:
+        cols.append(f"p.{quote(event)} AS {EVENT_TIME}")
+    return f"SELECT {', '.join(cols)} {log_from(read)}"
 
 
 def pending_summary(read: LogRead) -> str:
@@ -67,28 +79,51 @@ def current_query(table: TableInfo, *meta: str) -> str:
             f"WHERE __ralf_rank = 1")
 
 
+def _event_select(table: TableInfo) -> str:
+    """``, <event time> AS _ralf_event_time`` for a table with event time, else nothing."""
+    event = table.event_column
+    return "" if event is None else f", {quote(event)} AS {EVENT_TIME}"
+
+
 def point_query(table: TableInfo, mark: str) -> str:
-    """One key's current row and its ``_ralf_updated_at``; ``mark``: the key's placeholder."""
+    """One key's current row, its ``_ralf_updated_at`` (and ``_ralf_event_time``, if the
+    table has event time); ``mark``: the key's placeholder."""
     cols = ", ".join(quote(c) for c in table.schema.names)
+    event = _event_select(table)
     if table.kind == FEATURE:
-        return (f"SELECT {cols}, _ralf_updated_at FROM {quote(table.name)} "
+        return (f"SELECT {cols}, _ralf_updated_at{event} FROM {quote(table.name)} "
                 f"WHERE {quote(table.schema.primary_key)} = {mark}")
-    return (f"SELECT {cols}, _ralf_ingested_at AS _ralf_updated_at FROM {quote(table.name)} "
-            f"WHERE {quote(table.schema.primary_key)} = {mark} ORDER BY _ralf_seq DESC LIMIT 1")
+    return (f"SELECT {cols}, _ralf_ingested_at AS _ralf_updated_at{event} FROM "
+            f"{quote(table.name)} WHERE {quote(table.schema.primary_key)} = {mark} "
+            "ORDER BY _ralf_seq DESC LIMIT 1")
 
 
-def point_as_of_query(table: TableInfo, mark: str) -> str:
-    """One key's row as it was at a time: the newest version valid from then or before;
-    ``mark``: the placeholder (key, then time)."""
+def as_of_column(table: TableInfo, by: str) -> str:
+    """The column of a table's log an as-of question is answered by: its event time
+    (``by="event"``, for a table that has one), else the time ralf wrote each version."""
+    if by not in ("event", "processing"):
+        raise ValueError(f"by must be 'event' or 'processing', got {by!r}")
+    event = table.event_column
+    return quote(event) if by == "event" and event is not None else time_column(table)
+
+
+def point_as_of_query(table: TableInfo, mark: str, by: str = "event") -> str:
+    """One key's row as it was at a time: the newest version valid from then or before
+    (by event time where the table has it; ``by``: see :func:`as_of_column`), with the
+    time ralf wrote it as ``_ralf_updated_at`` (and its ``_ralf_event_time``); ``mark``:
+    the placeholder (key, then time)."""
     cols = ", ".join(quote(c) for c in table.schema.names)
-    time = time_column(table)
+    time, written = as_of_column(table, by), time_column(table)
+    event = _event_select(table)
     newest = (f"FROM {log_table(table)} WHERE {quote(table.schema.primary_key)} = {mark} "
-              f"AND {time} <= {mark} ORDER BY _ralf_seq DESC LIMIT 1")
+              f"AND {time} <= {mark} ORDER BY {time} DESC, _ralf_seq DESC LIMIT 1")
     if table.kind == SOURCE:
-        return f"SELECT {cols}, {time} AS _ralf_updated_at {newest}"
+        return f"SELECT {cols}, {written} AS _ralf_updated_at{event} {newest}"
     # a version recording the key's deletion: the key had no row then
-    return (f"SELECT {cols}, _ralf_updated_at FROM (SELECT {cols}, {time} AS "
-            f"_ralf_updated_at, {DELETED} {newest}) AS v WHERE v.{DELETED} IS NOT TRUE")
+    timed = f", {EVENT_TIME}" if event else ""
+    return (f"SELECT {cols}, _ralf_updated_at{timed} FROM (SELECT {cols}, {written} AS "
+            f"_ralf_updated_at{event}, {DELETED} {newest}) AS v "
+            f"WHERE v.{DELETED} IS NOT TRUE")
 
 
 def registered(read: LogRead) -> dict[str, object]:

@@ -39,6 +39,16 @@ class TableInfo:
     # output column -> SQL expression over the helpers, for a backend that computes
     # outputs rather than storing them (DuckDB: fewer columns for each refresh to update)
     derived: dict[str, str] = field(default_factory=dict)
+    # a feature table derived from a table with event time: its rows and history carry
+    # EVENT_TIME (a source's event time is the column its schema names)
+    timed: bool = False
+
+    @property
+    def event_column(self) -> str | None:
+        """The column of this table's log that holds event time, if it has one."""
+        if self.kind == SOURCE:
+            return self.schema.event_time
+        return EVENT_TIME if self.timed else None
 
 
 @dataclass
@@ -114,6 +124,10 @@ class LogRead:
     keys: pa.Table | None = None
 
 
+# A timed feature table's event time: of the newest record its row (or history version)
+# was computed from; never earlier than its previous version's, so a value is never
+# visible in the history before every record it includes happened.
+EVENT_TIME = "_ralf_event_time"
 # A history's deletion marker: true on the version that records a key's removal (its
 # other columns NULL); NULL on every version that holds a row.
 DELETED = "_ralf_deleted"

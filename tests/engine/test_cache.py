@@ -30,7 +30,7 @@ def _row(k: str, i: int | None = 1, f: float | None = 0.5) -> dict:
 def test_rows_read_back_as_python_values_with_their_nulls():
     cache = ServingCache(ALL_TYPES)
     cache.put(_rows(ALL_TYPES, [_row("a"), _row("b", i=None, f=None)]), T1)
-    values, at = cache["a"]
+    values, at, _ = cache["a"]
     assert values == ("a", 1, 0.5, None, b"\x00a", T0, [1.0, 2.0], ["a", "a"]) and at == T1
     assert [type(v) for v in values[:3]] == [str, int, float]
     assert cache.get("b")[0][1:3] == (None, None)
@@ -51,9 +51,10 @@ def test_popped_keys_are_gone_and_their_slots_serve_new_keys():
     schema = Schema("k", {"k": int, "x": float})
     cache = ServingCache(schema)
     cache.put(pa.table({"k": range(3000), "x": [float(i) for i in range(3000)]}), T0)
-    assert cache.pop(7) == ((7, 7.0), T0) and cache.pop(7, "gone") == "gone"
+    assert cache.pop(7) == ((7, 7.0), T0, None) and cache.pop(7, "gone") == "gone"
     cache.put(pa.table({"k": [-1], "x": [None]}, schema=schema.arrow), T1)
-    assert 7 not in cache and cache[-1] == ((-1, None), T1) and cache[2999][0] == (2999, 2999.0)
+    assert 7 not in cache and cache[-1] == ((-1, None), T1, None)
+    assert cache[2999][0] == (2999, 2999.0)
     for k in list(cache):
         cache.pop(k)
     assert cache == {}

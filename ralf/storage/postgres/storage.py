@@ -34,7 +34,7 @@ import sqlalchemy
 from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.schema import quote
 from ralf.storage import readonly
-from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited
+from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited, history_columns
 from ralf.storage.postgres.translate import Translator, catalog_columns
 from ralf.storage.postgres.types import (
     allow_infinities,
@@ -43,8 +43,8 @@ from ralf.storage.postgres.types import (
     record_batch,
     to_arrow,
 )
-from ralf.storage.sql import pending_rows, time_column
-from ralf.storage.units import DELETED, SOURCE, LogRead, TableInfo, log_table
+from ralf.storage.sql import as_of_column, pending_rows
+from ralf.storage.units import DELETED, EVENT_TIME, SOURCE, LogRead, TableInfo, log_table
 
 _ADVISORY_LOCK = 0x7261_6C66  # "ralf": serialises migrations and table creation
 SQL_ROLE = "ralf_sql"  # client SQL runs as this role: SELECT on the readable tables only
@@ -208,10 +208,11 @@ class PostgresStorage(Storage):
                     f"CREATE INDEX ON {name} ({key}, _ralf_seq)"]
         hidden = [f"{quote(n)} {pg_type(t)}" for n, t in info.hidden]
         log_ = log_table(info)
+        timed = f"{EVENT_TIME} TIMESTAMP, " if info.timed else ""
         return [f"CREATE TABLE {name} ({', '.join(user_cols + hidden)}, "
-                "_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL, "
+                f"_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL, {timed}"
                 f"PRIMARY KEY ({key}))",
-                f"CREATE TABLE {log_} ({', '.join(user_cols)}, "
+                f"CREATE TABLE {log_} ({', '.join(user_cols)}, {timed}"
                 "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL, "
                 f"{DELETED} BOOLEAN)",
                 f"CREATE INDEX ON {log_} (_ralf_seq)",
@@ -229,26 +230,30 @@ class PostgresStorage(Storage):
                 copy.write_row((*row, at))
 
     def _write_rows(self, tx: Transaction, info: TableInfo, relation: str,
-                    columns: list[str], version: int, at: dt.datetime) -> None:
+                    columns: list[str], version: int, at: dt.datetime,
+                    history: str | None = None) -> None:
         """Upsert the staged rows and log each written version in the history, in one
-        statement."""
+        statement (or, given ``history``, log that)."""
         names = [*columns, "_ralf_seq", "_ralf_updated_at"]
         key = quote(info.schema.primary_key)
-        user = ", ".join(quote(c) for c in info.schema.names)
+        logged = ", ".join(quote(c) for c in history_columns(info))
         sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in names
                          if c != info.schema.primary_key)
-        tx.execute(f"WITH written AS (INSERT INTO {quote(info.name)} "
-                   f"({', '.join(map(quote, names))}) SELECT "
-                   f"{', '.join(quote(c) for c in columns)}, %s::BIGINT, %s::TIMESTAMP "
-                   f"FROM {relation} ON CONFLICT ({key}) DO UPDATE SET {sets} "
-                   f"RETURNING {user}, _ralf_seq, _ralf_updated_at) "
-                   f"INSERT INTO {log_table(info)} ({user}, _ralf_seq, _ralf_valid_from) "
-                   f"SELECT {user}, _ralf_seq, _ralf_updated_at FROM written",
+        upsert = (f"INSERT INTO {quote(info.name)} ({', '.join(map(quote, names))}) SELECT "
+                  f"{', '.join(quote(c) for c in columns)}, %s::BIGINT, %s::TIMESTAMP "
+                  f"FROM {relation} ON CONFLICT ({key}) DO UPDATE SET {sets}")
+        if history is not None:
+            tx.execute(upsert, [version, at])
+            self._append_history(tx, info, history, version, at)
+            return
+        tx.execute(f"WITH written AS ({upsert} RETURNING {logged}, _ralf_seq, "
+                   f"_ralf_updated_at) INSERT INTO {log_table(info)} ({logged}, _ralf_seq, "
+                   f"_ralf_valid_from) SELECT {logged}, _ralf_seq, _ralf_updated_at FROM written",
                    [version, at])
 
     def _as_of_join(self, table: TableInfo, alias: str, columns: list[str],
-                    timestamp: str) -> str:
-        key, time_col = quote(table.schema.primary_key), time_column(table)
+                    timestamp: str, by: str) -> str:
+        key, time_col = quote(table.schema.primary_key), as_of_column(table, by)
         inner = ", ".join(quote(c) for c in columns)
         return (f"LEFT JOIN LATERAL (SELECT {inner} FROM {log_table(table)} v "
                 f"WHERE v.{key} = e.{key} AND v.{time_col} <= e.{quote(timestamp)} "
