@@ -14,6 +14,8 @@ The sections follow the tutorial:
 5. prioritizing active users: load shedding by activity
 6. prioritizing active users: lottery scheduling under a refresh budget
 7. lazy feature tables, refreshed when they are queried
+8. time: a backfill with event time, "ratings in the last 7 days", and a training set
+   whose every feature is as it was at each label's time (docs/time.md)
 
 The data is generated with numpy from a seed, so every run computes the same features.
 """
@@ -27,6 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from ralf import (
     SourceOperator,
     Table,
 )
+from ralf.testing import ListSource
 
 DIM = 8  # length of the movie and user vectors
 BATCH_SIZE = 1000  # records per RatingsSource.next()
@@ -460,6 +464,57 @@ def lazy_features(demo: Demo) -> None:
          f"{demo.stale_keys('average_lazy')} stale keys left")
 
 
+# ---- 8. Time: event time, windows and a training set from a backfill -------------------------
+EVENTS_SCHEMA = Schema("user", {"user": int, "movie": int, "rating": float, "ts": datetime},
+                       event_time="ts")
+FIRST_DAY = datetime(1997, 9, 20)  # MovieLens 100K's ratings span seven months from here
+
+
+def rating_events(data: MovieLens, seed: int) -> pd.DataFrame:
+    """The same ratings with event times: whole seconds over seven months, in time order
+    (a backfill exported ORDER BY time)."""
+    rng = np.random.default_rng(seed)
+    seconds = np.sort(rng.integers(0, 210 * 86400, len(data.ratings)))
+    frame = pd.DataFrame(data.ratings)
+    frame["ts"] = pd.Timestamp(FIRST_DAY) + pd.to_timedelta(seconds, unit="s")
+    return frame
+
+
+def time_and_training_data(demo: Demo) -> None:
+    section("8. Time: ratings in the last 7 days, and training data from a backfill")
+    events = rating_events(demo.data, seed=1)
+    source = demo.server.create_source(ListSource, args=(EVENTS_SCHEMA, events, 10_000),
+                                       name="rating_events")
+    code("schema = Schema('user', {..., 'ts': datetime}, event_time='ts')\n"
+         "events = server.create_source(ListSource, args=(schema, backfill, 10_000), "
+         "name='rating_events')")
+    source.aggregate(by="user", name="average_by_time", average=("rating", "avg"),
+                     n=("*", "count"))
+    source.aggregate(by="user", name="recent", n_7d=("*", "count", "7d"),
+                     avg_7d=("rating", "avg", "7d"))
+    code("events.aggregate(by='user', name='average_by_time', average=('rating', 'avg'), "
+         "n=('*', 'count'))\n"
+         "events.aggregate(by='user', name='recent', n_7d=('*', 'count', '7d'), "
+         "avg_7d=('rating', 'avg', '7d'))")
+    demo.run()
+    user = demo.users[0]
+    show(f"client.point_query('recent', {user}, with_metadata=True)",
+         demo.client.point_query("recent", user, with_metadata=True))
+    note("served now, years after the last rating: nobody rated in the last 7 days")
+    labels = events.sample(5, random_state=0)[["user", "rating", "ts"]]
+    entity_df = pd.DataFrame({"user": labels["user"].to_numpy(),
+                              "event_timestamp": labels["ts"].to_numpy()
+                              - np.timedelta64(1, "s"),  # just before the label happened
+                              "label": labels["rating"].to_numpy()})
+    training = demo.client.historical_query(
+        entity_df, ["average_by_time.average", "average_by_time.n", "recent.n_7d",
+                    "recent.avg_7d"])
+    show("client.historical_query(entity_df, ['average_by_time.average', "
+         "'average_by_time.n', 'recent.n_7d', 'recent.avg_7d'])", training)
+    note("each feature as it was a second before its label's rating happened, though the "
+         "whole backfill was applied in a few refreshes")
+
+
 # ---- main -----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -492,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ralf-tutorial-") as files, Ralf(str(db)) as server:
         demo = Demo(server, RalfClient(server), data, Path(files), pick_users(data))
         for step in (create_source, feature_tables, queries, user_vectors,
-                     active_user_sampling, lottery_scheduling, lazy_features):
+                     active_user_sampling, lottery_scheduling, lazy_features,
+                     time_and_training_data):
             step(demo)
 
     section("Inspecting the features")

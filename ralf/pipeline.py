@@ -21,6 +21,7 @@ from ralf.engine.scheduler import Scheduler
 from ralf.errors import SchemaError, TableNotFound
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import Other
+from ralf.ivm.windows import EXPIRES, FIRST, LAST, TILE, WindowAggregate
 from ralf.operators import instantiate
 from ralf.schema import Schema, python_type, quote
 from ralf.storage.base import Storage
@@ -80,6 +81,7 @@ class Pipeline:
         """A feature table a Python operator derives from ``parent`` (a lookup join with
         ``lookup`` when given)."""
         check_budget(budget)
+        _refuse_windowed_parent(parent)
         if lookup is not None and self.partition is not None:
             raise ValueError("lookup joins are not supported with shards: a shard holds only "
                              "its own keys of the other table")
@@ -116,12 +118,15 @@ class Pipeline:
                       budget: int | None) -> SqlTableNode:
         """A feature table maintained by SQL (``aggregate`` / ``sql``)."""
         check_budget(budget)
+        _refuse_windowed_parent(parent)
         regrouped = plan.key != parent.schema.primary_key
         if regrouped and (lazy or budget is not None):
             raise SchemaError(f"SQL table: GROUP BY {plan.key!r}, not the key of "
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
                               "is refreshed whole, never lazily or under a budget")
         lookup = self._lookup_node(plan)
+        if isinstance(plan, WindowAggregate):
+            return self._add_windowed(parent, plan, name=name, lazy=lazy, budget=budget)
         timed = parent.info.event_column is not None
         if timed and not isinstance(plan, DeltaAggregate):
             raise SchemaError(
@@ -150,6 +155,26 @@ class Pipeline:
         self._register(node)
         return node
 
+    def _add_windowed(self, parent: Node, plan: WindowAggregate, *, name: str, lazy: bool,
+                      budget: int | None) -> SqlTableNode:
+        """A windowed aggregate (ralf.ivm.windows): outputs stored, its tiles beside it."""
+        if self.partition is not None:
+            raise SchemaError("windowed aggregate: not supported with shards yet")
+        name = self._new_name(name, plan)
+        source = f"main.{quote(parent.name)}"
+        columns = {column: python_type(sql)
+                   for column, sql in self.storage.describe(plan.query(source))}
+        schema = Schema(plan.key, columns)
+        helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
+        key_type = parent.schema.sql_type(plan.key)
+        tiles = [(plan.key, key_type), (TILE, "BIGINT"), *helpers, (FIRST, "TIMESTAMP"),
+                 (LAST, "TIMESTAMP")]
+        info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
+                                      hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles))
+        node = SqlTableNode(info, self.storage, parent, plan, budget)
+        self._register(node)
+        return node
+
     def _lookup_node(self, plan: Any) -> Node | None:
         """The table a SQL table's query looks up, if any (refused where its changes could
         not reach the right keys)."""
@@ -160,6 +185,7 @@ class Pipeline:
             raise SchemaError("SQL table: a lookup of another table is not supported with "
                               "shards: a shard holds only its own keys of the other table")
         node = self.nodes[lookup.table]
+        _refuse_windowed_parent(node)
         if isinstance(node, FeatureNode) and node.on_lazy_path:
             raise SchemaError(f"SQL table: {lookup.table!r} is refreshed only when queried "
                               "(lazy), so its changes would not reach this table; look up "
@@ -239,6 +265,15 @@ class Pipeline:
         # Stored by an earlier run but not defined by this one: answer from the database.
         node = self.stored[name] = Node(info, self.storage)
         return node
+
+
+def _refuse_windowed_parent(parent: Node) -> None:
+    # its rows change as time passes, not only through its log: a child replaying the
+    # log would miss those changes
+    if isinstance(parent, SqlTableNode) and isinstance(parent.plan, WindowAggregate):
+        raise SchemaError(f"{parent.name!r} is a windowed aggregate, whose rows change as "
+                          "time passes; tables derived from it are not supported yet",
+                          table=parent.name)
 
 
 def default_name(obj: Any) -> str:

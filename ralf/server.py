@@ -386,7 +386,14 @@ class Ralf:
 
     def _point_as_of(self, node: Node, table: str, key: Any, at: dt.datetime,
                      with_metadata: bool, by: str) -> Record:
-        row = self.storage.point_as_of(node.info, key, at, by)
+        if _windowed(node) and by == "event":  # the window as of then, from the records
+            entity = pa.table({node.schema.primary_key: pa.array(
+                [key], node.schema.arrow.field(node.schema.primary_key).type),
+                "at": pa.array([at], pa.timestamp("us")), "__ralf_row": pa.array([0])})
+            row = self.storage.window_rows(node.info, node.plan, node.parent.info, entity,
+                                           "at").to_pylist()[0]
+            return Record.from_dict({n: row[n] for n in node.schema.names if n in row}
+                                    | {node.schema.primary_key: key})
         if row is None:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r} as of {at}")
         ttl = _ttl(node)
@@ -449,9 +456,18 @@ class Ralf:
             if isinstance(node, FeatureNode) and node.on_lazy_path:
                 self._note(self._scheduler.ensure_fresh(node, None))
         ttls = {n.name: _ttl(n) for n, _ in wanted if _ttl(n) is not None}
-        return self.storage.historical(
-            entities, timestamp_column,
-            [(n.info, c, o) for (n, c), o in zip(wanted, out_names, strict=True)], by, ttls)
+        windows = {n.name: n for n, _ in wanted if _windowed(n) and by == "event"}
+        kept = [(n.info, c, o) for (n, c), o in zip(wanted, out_names, strict=True)
+                if n.name not in windows]
+        result = self.storage.historical(entities, timestamp_column, kept, by, ttls)
+        for node in windows.values():  # the windows as of each row, from the records
+            rows = self.storage.window_rows(node.info, node.plan, node.parent.info,
+                                            entities, timestamp_column)
+            for (n, column), out in zip(wanted, out_names, strict=True):
+                if n is node:
+                    result = result.append_column(out, rows.column(column))
+        order = [c for c in entities.column_names if c != "__ralf_row"] + out_names
+        return result.select(order)
 
     def _refresh_for_query(self, node: FeatureNode, key: Any) -> None:
         if not node.on_lazy_path:
@@ -612,6 +628,11 @@ def _entity_column(entities: pa.Table, name: str, typ: pa.DataType, what: str) -
         raise SchemaError(f"historical_query: entity column {name!r} (the {what}) cannot be "
                           f"read as {typ}: {exc}", column=name) from None
     return entities.set_column(entities.column_names.index(name), name, converted)
+
+
+def _windowed(node: Node) -> bool:
+    """A windowed aggregate: its value at a time is computed, not looked up."""
+    return bool(getattr(node, "windowed", False))
 
 
 def _ttl(node: Node) -> dt.timedelta | None:

@@ -11,6 +11,7 @@ from ralf.errors import SchemaError
 from ralf.ivm import views
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import KeyRecompute
+from ralf.ivm.windows import WindowAggregate
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
 from ralf.schema import Schema
 from ralf.storage.units import FEATURE, SOURCE
@@ -89,17 +90,25 @@ class Table:
             budget=budget, lookup=other._node, on=on), ttl)
 
     def aggregate(self, by: str, *, name: str | None = None, lazy: bool = False,
-                  budget: int | None = None, ttl: Any = None, **outputs: tuple[str, str]
-                  ) -> Table:
+                  budget: int | None = None, ttl: Any = None, tile: Any = None,
+                  **outputs: tuple) -> Table:
         """A feature table of aggregates per key, maintained by SQL inside the database:
         ``ratings.aggregate(by="user", average=("rating", "avg"), n=("*", "count"))``.
 
         Functions: count, sum, avg, min, max, var_pop, var_samp (var), stddev_pop,
-        stddev_samp (stddev). ``ttl``: as for :meth:`map`."""
+        stddev_samp (stddev). ``ttl``: as for :meth:`map`. Over a source with event time,
+        outputs may be sliding windows: ``n_7d=("*", "count", "7d")`` aggregates the
+        records of the last 7 days (event time in ``(now - 7d, now]``), kept with tiles of
+        ``tile`` (default: a 60th of the shortest window) and refreshed as records leave
+        the window (docs/time.md)."""
         self._check_key(by, "aggregate(by=...)")
         ttl = _duration(ttl)
         plan = views.from_aggregate(self.name, self.kind == SOURCE, by,
-                                    set(self.schema.columns), outputs, self.deletes)
+                                    set(self.schema.columns), outputs, self.deletes,
+                                    self._node.info.event_column, tile)
+        if ttl is not None and isinstance(plan, WindowAggregate):
+            raise SchemaError("aggregate: a window already forgets old records; ttl applies "
+                              "to tables without one")
         return self._with_ttl(self._pipeline.add_sql_table(
             self._node, plan, name=name or f"{self.name}_by_{by}", lazy=lazy, budget=budget),
             ttl)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ralf import durations
+import ralf.durations as durations
 from ralf.operators import SourceOperator
 from ralf.schema import Record, Schema, quote
 

@@ -19,6 +19,7 @@ from ralf.engine.routing import KeyPartition
 from ralf.errors import OperatorError, RalfError
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import KeyRecompute
+from ralf.ivm.windows import WindowAggregate
 from ralf.policies.base import (
     LoadSheddingPolicy,
     PrioritizationPolicy,
@@ -219,6 +220,8 @@ class FeatureNode(Node):
         # a row not updated within this long is served as missing (its age: from its
         # event time, or from when ralf wrote it); None: rows never expire
         self.ttl: dt.timedelta | None = None
+        # the scheduler's current time (a windowed table's rows change as it passes)
+        self.now: dt.datetime | None = None
 
     @property
     def quarantined(self) -> set[Any]:
@@ -253,6 +256,11 @@ class FeatureNode(Node):
     def lookup_changed(self) -> bool:
         """A table whose stale keys come from a looked-up table too has changes there to
         follow (a Python lookup join does not: only its parent's appends drive it)."""
+        return False
+
+    def expired(self) -> bool:
+        """Some row has changed with time alone since it was written (a windowed
+        aggregate's: a record left its window), as of the scheduler's time."""
         return False
 
     def add_shedding(self, policy: LoadSheddingPolicy) -> None:
@@ -352,8 +360,8 @@ class FeatureNode(Node):
             WHOLE in self.failures.quarantined)
         if whole:
             return False
-        if self.broken or self.lookup_changed():  # not resumed yet, or not told yet
-            return True
+        if self.broken or self.lookup_changed() or self.expired():
+            return True  # not resumed yet, not told yet, or time has changed rows
         held = self.held if now_only else self.quarantined
         if self.pending is not None:
             return any(k not in held for k in self.pending.keys)
@@ -373,12 +381,25 @@ class SqlTableNode(FeatureNode):
         super().__init__(info, storage, parent, lookup, budget)
         self.plan = plan
         self.lookup_mark = 0
+        self.next_expiry: dt.datetime | None = None  # a windowed table's earliest change
+
+    @property
+    def windowed(self) -> bool:
+        """A windowed aggregate (ralf.ivm.windows): its rows change as time passes."""
+        return isinstance(self.plan, WindowAggregate)
+
+    def expired(self) -> bool:
+        """A windowed table: some row's window has lost (or gained) a record with time."""
+        return (self.next_expiry is not None and self.now is not None
+                and self.next_expiry <= self.now)
 
     def _resume_state(self) -> None:
         """A SQL table's state is the table itself; one that looks up another keeps how
-        far it has followed the other's log."""
+        far it has followed the other's log, a windowed one when its rows next change."""
         if self.lookup is not None:
             self.lookup_mark = self.storage.load_lookup_floor(self.name)
+        if self.windowed:
+            self.next_expiry = self.storage.next_expiry(self.info)
 
     def lookup_changed(self) -> bool:
         """The looked-up table has changes this table has not followed yet."""

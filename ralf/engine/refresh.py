@@ -201,13 +201,17 @@ def _refresh_sql_table(node: SqlTableNode, keys: list[Any] | None, now: dt.datet
     unit = SqlRefresh(
         table=node.info, read=read, plan=node.plan, version=node.seq + 1,
         updated_at=now, watermark=advance.floor, set_watermarks=_as_text(node, advance),
-        clear_watermarks=advance.clear, lookup=lookup)
+        clear_watermarks=advance.clear, lookup=lookup,
+        held=pa.table({"key": pa.array(list(held), node.schema.arrow.field(
+            node.schema.primary_key).type)}) if held and node.windowed else None)
     rows, deleted = node.storage.refresh_sql_table(unit)
     crashpoint("sql.after_commit")
     _move_marks(node, advance)
     if lookup is not None:
         node.lookup_mark = lookup.high
     node.put_rows(rows, now)
+    if node.windowed:
+        node.next_expiry = node.storage.next_expiry(node.info)
     for k in deleted:
         node.cache.pop(k, None)
     if keys is None:

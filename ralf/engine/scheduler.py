@@ -58,7 +58,7 @@ class Scheduler:
                 if self._due(source):
                     worked |= bool(self.guarded(source, errors, pull, source, errors, now))
             for node in self.features:
-                node.tick = self.ticks
+                node.tick, node.now = self.ticks, now
                 if not self._due(node):
                     continue
                 if not node.lazy:
@@ -134,6 +134,12 @@ class Scheduler:
 
     def _refresh_eager(self, node: FeatureNode, errors: list[RalfError], now: dt.datetime
                        ) -> int:
+        if getattr(node, "windowed", False):  # appended keys and keys time has changed
+            if node.pending is None:
+                return (refresh(node, None, errors, self.max_failures, now)
+                        if node.has_work() else 0)
+            if node.expired():  # stale like any key, under the budget and the policy
+                node.add_pending(node.storage.expired_keys(node.info, now, node.parent.seq))
         if node.pending is not None or node.held:  # else the refresh follows it itself
             follow_lookup(node)
         if node.pending is None:
@@ -212,6 +218,12 @@ class Scheduler:
 
     def _refresh_lazy(self, node: FeatureNode, key: Any, errors: list[RalfError],
                       now: dt.datetime) -> int:
+        node.now = now
+        if getattr(node, "windowed", False):  # the exact window as of now
+            if key is None:
+                return refresh(node, None, errors, self.max_failures, now)
+            return 0 if key in node.held else refresh(node, [key], errors, self.max_failures,
+                                                      now)
         follow_lookup(node)
         if node.pending is None:  # an eager table below a lazy one: refreshed in full
             return refresh(node, None, errors, self.max_failures, now) if node.has_work() else 0

@@ -138,12 +138,31 @@ class DeltaAggregate:
                  f"d.{event_time} AS {order}")
         return self._merged(target, delta, types, timed)
 
+    def helper_deltas(self) -> list[str]:
+        """Each helper over a group of appended rows, as ``<aggregate> AS <helper>``."""
+        return [f"{_delta(kind, argument)} AS {quote(name)}"
+                for name in self.helpers for argument, kind in [self._parse(name)]]
+
+    def merged_helpers(self, old: str, new: str) -> dict[str, str]:
+        """Each helper of two groups merged (the relations aliased ``old``, which may be
+        missing — a LEFT JOIN —, and ``new``): helper -> SQL expression."""
+        fresh = {n: f"{new}.{quote(n)}" for n in self.helpers}
+        before = {n: (f"coalesce({old}.{quote(n)}, 0)" if n.endswith("_cnt")
+                      else f"{old}.{quote(n)}") for n in self.helpers}
+        return {n: self._merge(n, before, fresh) for n in self.helpers}
+
+    def helper_kind(self, helper: str) -> tuple[str, str]:
+        """A helper's (argument, kind)."""
+        return self._parse(helper)
+
+    def outputs_of(self, helpers: dict[str, str], types: dict[str, str]) -> dict[str, str]:
+        """Each output as an SQL expression over the given helper expressions, cast to its
+        SQL type (``types``)."""
+        return self._outputs(helpers, types)
+
     def _merged(self, target: str, delta: str, types: dict[str, str], extra: str) -> str:
         key = quote(self.key)
-        fresh = {n: f"d.{quote(n)}" for n in self.helpers}
-        old = {n: (f"coalesce(o.{quote(n)}, 0)" if n.endswith("_cnt") else f"o.{quote(n)}")
-               for n in self.helpers}
-        merged = {n: self._merge(n, old, fresh) for n in self.helpers}
+        merged = self.merged_helpers("o", "d")
         columns = [self.key, *(o.name for o in self.outputs), *self.helpers]
         values = [f"d.{key}", *self._outputs(merged, types).values()]
         values += [merged[n] for n in self.helpers]

@@ -28,16 +28,19 @@ columns (``_ralf_*``, which the maintenance plans do not carry).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer import merge_subqueries, qualify
 
+import ralf.durations as durations
 from ralf.errors import SchemaError
 from ralf.ivm.aggregate import DeltaAggregate, Output, canonical
+from ralf.ivm.windows import WindowAggregate, WindowOutput
 from ralf.schema import Schema, quote
 
 _AGGREGATES = {
@@ -113,16 +116,25 @@ def refuse(message: str) -> SchemaError:
 
 
 def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[str],
-                   outputs: dict[str, tuple[str, str]], parent_deletes: bool = False
-                   ) -> DeltaAggregate | KeyRecompute:
-    """``table.aggregate(by=key, name=(column, function), ...)``; ``parent_deletes``: the
-    parent's rows can disappear."""
+                   outputs: dict[str, tuple], parent_deletes: bool = False,
+                   event_time: str | None = None, tile: Any = None
+                   ) -> DeltaAggregate | KeyRecompute | WindowAggregate:
+    """``table.aggregate(by=key, name=(column, function), ...)``, or with windows over
+    event time, ``name=(column, function, "7d")``; ``parent_deletes``: the parent's rows
+    can disappear; ``event_time``: the parent's event-time column; ``tile``: the windows'
+    tile size (default: a 60th of the shortest window)."""
     if not outputs:
         raise refuse("aggregate() needs at least one output, e.g. n=('rating', 'count')")
+    windowed = {n: s for n, s in outputs.items() if isinstance(s, tuple) and len(s) == 3}
+    if windowed:
+        return _windowed(key, columns, outputs, windowed, parent_is_source, event_time, tile)
+    if tile is not None:
+        raise refuse("tile= sizes the tiles of windowed outputs; these outputs have no window")
     plan = []
     for name, spec in outputs.items():
         if not (isinstance(spec, tuple) and len(spec) == 2):
-            raise refuse(f"output {name!r}: expected (column, function), got {spec!r}")
+            raise refuse(f"output {name!r}: expected (column, function) or (column, "
+                         f"function, window), got {spec!r}")
         column, function = spec
         if column != "*" and column not in columns:
             raise refuse(f"output {name!r}: the parent has no column {column!r}")
@@ -137,6 +149,40 @@ def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[s
     if parent_is_source:
         return delta
     return KeyRecompute(key, parent, delta.query(quote(parent)), parent_deletes)
+
+
+def _windowed(key: str, columns: set[str], outputs: dict[str, tuple],
+              windowed: dict[str, tuple], parent_is_source: bool, event_time: str | None,
+              tile: Any) -> WindowAggregate:
+    if len(windowed) != len(outputs):
+        lifetime = next(n for n in outputs if n not in windowed)
+        raise refuse(f"output {lifetime!r} has no window while others have: define "
+                     "lifetime and windowed outputs in two aggregate() tables")
+    if not parent_is_source or event_time is None:
+        raise refuse("a window is over event time: aggregate a source that names its "
+                     "event_time")
+    plan = []
+    for name, (column, function, window) in windowed.items():
+        if column != "*" and column not in columns:
+            raise refuse(f"output {name!r}: the parent has no column {column!r}")
+        try:
+            function = canonical(function)
+            length = durations.timedelta(window, f"output {name!r}: window")
+        except ValueError as exc:
+            raise refuse(str(exc)) from None
+        if column == "*" and function != "count":
+            raise refuse(f"output {name!r}: only count accepts '*'")
+        plan.append(WindowOutput(name, function, "*" if column == "*" else quote(column),
+                                 length // dt.timedelta(microseconds=1)))
+    shortest = min(o.window for o in plan)
+    try:
+        size = (max(1, shortest // 60) if tile is None else
+                durations.timedelta(tile, "tile") // dt.timedelta(microseconds=1))
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    if size < 1:
+        raise refuse(f"tile {tile!r} is shorter than a microsecond")
+    return WindowAggregate(key, plan, event_time, size)
 
 
 def from_sql(query: str, parent: str, parent_is_source: bool, key: str,

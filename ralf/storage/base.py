@@ -37,6 +37,7 @@ from ralf.errors import QueryError, ValueRangeError
 from ralf.faults import crashpoint
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import Lookup
+from ralf.ivm.windows import EXPIRES, TILE, WindowAggregate, timestamp
 from ralf.schema import Rejection, Schema, quote
 from ralf.storage import migrate
 from ralf.storage.sql import (
@@ -64,6 +65,7 @@ from ralf.storage.units import (
     TableInfo,
     history_table,
     log_table,
+    tiles_table,
 )
 
 
@@ -232,6 +234,10 @@ class Storage(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections and files."""
+
+    @abstractmethod
+    def _epoch_us(self, expression: str) -> str:
+        """Microseconds since 1970 of a timestamp expression, exactly, in this dialect."""
 
     def _migration_statement(self, statement: str) -> str:
         """A migration's statement as this dialect says it."""
@@ -490,7 +496,10 @@ class Storage(ABC):
             for name, table in registered(unit.read).items():
                 tx.stage(name, table)
             pending = self._pending_relation(tx, unit.read)
-            if isinstance(plan, DeltaAggregate) and info.timed:
+            if isinstance(plan, WindowAggregate):
+                data = self._refresh_windows(tx, unit, pending)
+                deleted, columns = [], []  # written already
+            elif isinstance(plan, DeltaAggregate) and info.timed:
                 types = {n: info.schema.sql_type(n) for n in names}
                 columns = [plan.key, *(o.name for o in plan.outputs), *plan.helpers]
                 query = self._dialect(plan.new_versions(quote(info.name), pending, types,
@@ -517,6 +526,72 @@ class Storage(ABC):
         rows = data.select(names + ([EVENT_TIME] if info.timed else []))
         return rows.append_column("_ralf_seq", pa.array(
             np.full(rows.num_rows, unit.version, np.int64))), deleted
+
+    def _refresh_windows(self, tx: Transaction, unit: SqlRefresh, pending: str) -> pa.Table:
+        """A windowed aggregate: the pending appends merged into the tiles, then the
+        windows of the keys they touched — and of the keys asked for, or (a whole
+        refresh) whose window changed since with time — computed as of the refresh's
+        time and written. Returns the rows written."""
+        info, plan, read = unit.table, unit.plan, unit.read
+        key, tiles = quote(plan.key), tiles_table(info.name)
+        key_type = info.schema.arrow.field(plan.key).type
+        merged = plan.merged_tiles(pending, tiles, self._epoch_us)
+        tx.materialize("__ralf_new_tiles", self._dialect(merged), [plan.key], {})
+        tx.execute(f"DELETE FROM {tiles} AS t WHERE EXISTS (SELECT 1 FROM __ralf_new_tiles n "
+                   f"WHERE n.{key} = t.{key} AND n.{TILE} = t.{TILE})")
+        tx.execute(f"INSERT INTO {tiles} SELECT * FROM __ralf_new_tiles")
+        probes = (f"SELECT {key} AS key FROM ({pending}) AS s UNION SELECT {key} AS key "
+                  f"FROM {quote(info.name)} WHERE {EXPIRES} <= {timestamp(unit.updated_at)}")
+        if read.keys is not None:  # of the keys asked for only
+            probes += f" AND {key} IN (SELECT key FROM __ralf_keys)"
+        if unit.held is not None:  # their appends wait: their windows too
+            tx.stage("__ralf_held", unit.held)
+            probes = (f"SELECT key FROM ({probes}) AS k "
+                      "WHERE key NOT IN (SELECT key FROM __ralf_held)")
+        tx.materialize("__ralf_probes", self._dialect(probes), ["key"], {"key": key_type})
+        types = {n: info.schema.sql_type(n) for n in info.schema.names}
+        query = plan.values_at(unit.updated_at, "__ralf_probes", tiles,
+                               f"{self.user_schema}.{quote(read.table.name)}",
+                               f"r._ralf_seq <= {int(read.high)}", types)
+        names = [*info.schema.names, EXPIRES]
+        data = tx.materialize("__ralf_rows", self._dialect(query), names,
+                              {**_arrow_types(info), EXPIRES: pa.timestamp("us")})
+        if data.num_rows:
+            self._write_rows(tx, info, "__ralf_rows", names, unit.version, unit.updated_at)
+        return data
+
+    def next_expiry(self, table: TableInfo) -> dt.datetime | None:
+        """The earliest time a windowed aggregate's row changes with no new record."""
+        with self._reading() as tx:
+            return tx.arrow(f"SELECT min({EXPIRES}) AS at FROM {quote(table.name)}",
+                            types={"at": pa.timestamp("us")}).column(0)[0].as_py()
+
+    def expired_keys(self, table: TableInfo, at: dt.datetime, seq: int) -> pa.Table:
+        """A windowed aggregate's keys whose rows time has changed by ``at``, as a
+        ``pending_summary`` (no appends; stale since their change, as of ``seq``)."""
+        key = quote(table.schema.primary_key)
+        with self._reading() as tx:
+            return tx.arrow(
+                f"SELECT {key} AS key, CAST(0 AS BIGINT) AS n, CAST({int(seq)} AS BIGINT) AS "
+                f"first_seq, CAST({int(seq)} AS BIGINT) AS last_seq, {EXPIRES} AS first_at "
+                f"FROM {quote(table.name)} WHERE {EXPIRES} <= {timestamp(at)}",
+                types={"key": table.schema.arrow.field(table.schema.primary_key).type,
+                       "n": pa.int64(), "first_seq": pa.int64(), "last_seq": pa.int64(),
+                       "first_at": pa.timestamp("us")})
+
+    def window_rows(self, table: TableInfo, plan: WindowAggregate, source: TableInfo,
+                    entities: pa.Table, timestamp_column: str) -> pa.Table:
+        """A windowed aggregate's outputs as of each entity row's timestamp, computed from
+        the source's records (rows in the entities' order)."""
+        types = {n: table.schema.sql_type(n) for n in table.schema.names}
+        query = plan.at_rows("__ralf_entities", timestamp_column,
+                             f"{self.user_schema}.{quote(source.name)}", types)
+        try:
+            with self._reading() as tx:
+                tx.stage("__ralf_entities", entities)
+                return tx.arrow(self._dialect(query), types=_arrow_types(table))
+        except Exception as exc:  # the database's refusal of these entity rows
+            raise QueryError(f"historical_query: {exc}") from None
 
     def _recompute(self, tx: Transaction, unit: SqlRefresh, pending: str
                    ) -> tuple[pa.Table, list[Any]]:

@@ -31,7 +31,7 @@ from ralf.schema import quote
 from ralf.storage import readonly
 from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited
 from ralf.storage.sql import as_of_column
-from ralf.storage.units import DELETED, EVENT_TIME, SOURCE, TableInfo, log_table
+from ralf.storage.units import DELETED, EVENT_TIME, SOURCE, TableInfo, log_table, tiles_table
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
@@ -182,11 +182,13 @@ class DuckDBStorage(Storage):
         ]
         keyed += [f"{quote(n)} {t}" for n, t in info.hidden]
         timed = f", {EVENT_TIME} TIMESTAMP" if info.timed else ""
+        tiles = [f"CREATE TABLE {tiles_table(info.name)} ("
+                 f"{', '.join(f'{quote(n)} {t}' for n, t in info.tiles)})"] if info.tiles else []
         return [f"CREATE TABLE {quote(info.name)} ({', '.join(keyed)}, "
                 f"_ralf_seq BIGINT NOT NULL, _ralf_updated_at TIMESTAMP NOT NULL{timed})",
                 f"CREATE TABLE {log_table(info)} ({', '.join(user_cols)}, "
                 "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL, "
-                f"{DELETED} BOOLEAN{timed})"]
+                f"{DELETED} BOOLEAN{timed})", *tiles]
 
     def _stored_columns(self, tx: Transaction, table: str) -> list[str]:
         """The columns a write sets: all but the ones DuckDB computes (an aggregate's
@@ -245,6 +247,9 @@ class DuckDBStorage(Storage):
                    f"{time} ORDER BY _ralf_seq DESC) = 1)")
         return (f"ASOF LEFT JOIN {log} {alias} ON e.{key} = {alias}.{key} "
                 f"AND e.{quote(timestamp)} >= {alias}.{time}")
+
+    def _epoch_us(self, expression: str) -> str:
+        return f"epoch_us({expression})"
 
     def describe(self, query: str) -> list[tuple[str, str]]:
         """Column names and types of a query's result, from DuckDB's DESCRIBE."""

@@ -42,6 +42,8 @@ class TableInfo:
     # a feature table derived from a table with event time: its rows and history carry
     # EVENT_TIME (a source's event time is the column its schema names)
     timed: bool = False
+    # a windowed aggregate's tiles table: its columns (name, SQL type); none for others
+    tiles: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def event_column(self) -> str | None:
@@ -96,6 +98,9 @@ class SqlRefresh:
     # the looked-up table's changes to follow in the same refresh (their reached keys
     # recomputed too, the lookup mark moved to its ``high``), if any
     lookup: LogRead | None = None
+    # keys held back (failing): a windowed table leaves their windows alone too (one
+    # column, ``key``), if any
+    held: pa.Table | None = None
 
 
 @dataclass
@@ -141,6 +146,11 @@ def log_table(table: TableInfo) -> str:
     if table.kind == SOURCE:
         return quote(table.name)
     return history_table(table.name)
+
+
+def tiles_table(feature_table: str) -> str:
+    """The qualified name of a windowed aggregate's tiles (ralf.ivm.windows)."""
+    return f"ralf.{quote(feature_table + '__tiles')}"
 
 
 def history_table(feature_table: str) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from ralf import Ralf, RalfClient
+from ralf.testing import as_of
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
@@ -115,3 +116,22 @@ def test_runs_from_the_repository_root(how: list[str], tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f'duckdb {db} -c "SELECT * FROM average LIMIT 5"' in result.stdout
     assert db.is_file()
+
+
+def test_the_training_set_from_the_backfill_is_point_in_time_correct(client: RalfClient):
+    """Section 8: features as of each label's time equal merge_asof over the events."""
+    events = tutorial.rating_events(tutorial.generate(RATINGS, 300, 80, 0), seed=1)
+    entities = pd.DataFrame({"user": events["user"].sample(100, random_state=3).to_numpy(),
+                             "event_timestamp": events["ts"].sample(100, random_state=4)
+                             .to_numpy()})
+    got = client.sql("SELECT count(*) AS n FROM rating_events")["n"][0]
+    assert got == RATINGS
+    ordered = events.sort_values("ts", kind="stable")
+    running = ordered.assign(average=ordered.groupby("user")["rating"].transform(
+        lambda r: r.expanding().mean()))
+    want = as_of(running, entities, "user", "ts")
+    history = client.sql('SELECT user, average, _ralf_event_time FROM '
+                         'ralf."average_by_time__history"')
+    answer = as_of(history.rename(columns={"_ralf_event_time": "ts"}), entities, "user", "ts")
+    np.testing.assert_allclose(answer["average"].to_numpy(float),
+                               want["average"].to_numpy(float), rtol=1e-9)

@@ -3,6 +3,7 @@ append table across restarts and kills; malformed messages to the dead-letter ta
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -127,3 +128,30 @@ def test_sigkill_mid_stream_then_restart_is_exactly_once(bootstrap, database, po
         build(server, bootstrap, topic)
         server.run(timeout=60)
         assert_exactly_once(server, 600)
+
+
+def test_the_message_timestamp_as_event_time(bootstrap, make_ralf):
+    """``timestamp_column`` fills a column with each message's Kafka timestamp (set by the
+    producer here), and naming it the event time makes the history answer by it."""
+    from confluent_kafka import Producer
+
+    from ralf import Schema
+
+    topic = new_topic(bootstrap, partitions=1)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    base = dt.datetime(2021, 5, 1)
+    for i in range(6):  # user 1 rates at base + 0 h, 1 h, ..., 5 h
+        millis = int((base + dt.timedelta(hours=i) - dt.datetime(1970, 1, 1)).total_seconds()
+                     * 1000)
+        producer.produce(topic, value=json.dumps({"user": 1, "id": i}), timestamp=millis)
+    producer.flush(30)
+    schema = Schema("user", {"user": int, "id": int, "sent": dt.datetime})
+    with make_ralf() as server:
+        source = server.create_kafka_source(topic, schema, bootstrap_servers=bootstrap,
+                                            until_end=True, name="events",
+                                            timestamp_column="sent", event_time="sent")
+        source.aggregate(by="user", name="n_by_user", n=("*", "count"))
+        server.run(timeout=60)
+        assert server.sql("SELECT max(sent) AS m FROM events")["m"][0] == (
+            base + dt.timedelta(hours=5))
+        assert server.point_query("n_by_user", 1, as_of=base + dt.timedelta(hours=2.5)).n == 3

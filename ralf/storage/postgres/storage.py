@@ -44,7 +44,15 @@ from ralf.storage.postgres.types import (
     to_arrow,
 )
 from ralf.storage.sql import as_of_column, pending_rows
-from ralf.storage.units import DELETED, EVENT_TIME, SOURCE, LogRead, TableInfo, log_table
+from ralf.storage.units import (
+    DELETED,
+    EVENT_TIME,
+    SOURCE,
+    LogRead,
+    TableInfo,
+    log_table,
+    tiles_table,
+)
 
 _ADVISORY_LOCK = 0x7261_6C66  # "ralf": serialises migrations and table creation
 SQL_ROLE = "ralf_sql"  # client SQL runs as this role: SELECT on the readable tables only
@@ -216,7 +224,18 @@ class PostgresStorage(Storage):
                 "_ralf_seq BIGINT NOT NULL, _ralf_valid_from TIMESTAMP NOT NULL, "
                 f"{DELETED} BOOLEAN)",
                 f"CREATE INDEX ON {log_} (_ralf_seq)",
-                f"CREATE INDEX ON {log_} ({key}, _ralf_seq)"]
+                f"CREATE INDEX ON {log_} ({key}, _ralf_seq)", *self._tiles_ddl(info)]
+
+    def _tiles_ddl(self, info: TableInfo) -> list[str]:
+        if not info.tiles:
+            return []
+        columns = ", ".join(f"{quote(n)} {pg_type(t)}" for n, t in info.tiles)
+        name = tiles_table(info.name)
+        return [f"CREATE TABLE {name} ({columns})",
+                f"CREATE INDEX ON {name} ({quote(info.tiles[0][0])}, {quote(info.tiles[1][0])})"]
+
+    def _epoch_us(self, expression: str) -> str:
+        return f"CAST(EXTRACT(EPOCH FROM {expression}) * 1000000 AS BIGINT)"
 
     def _insert_appends(self, tx: PostgresTransaction, info: TableInfo, rows: pa.Table,
                         first_seq: int, at: dt.datetime) -> None:
