@@ -394,6 +394,7 @@ class Ralf:
                                            "at").to_pylist()[0]
             return Record.from_dict({n: row[n] for n in node.schema.names if n in row}
                                     | {node.schema.primary_key: key})
+        row = self.storage.point_as_of(node.info, key, at, by)
         if row is None:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r} as of {at}")
         ttl = _ttl(node)
