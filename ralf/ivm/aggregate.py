@@ -128,7 +128,7 @@ class DeltaAggregate:
         cols = [self._key_select(), event_time]
         for name in self.helpers:
             argument, kind = self._parse(name)
-            cols.append(f"{_running(kind, argument, window)} AS {quote(name)}")
+            cols.append(f"{_delta(kind, argument, window)} AS {quote(name)}")
         where = f" WHERE {self.where}" if self.where else ""
         # the appends of one event time are peers of one RANGE frame: equal running values
         running = (f"SELECT {', '.join(cols)}, row_number() OVER (PARTITION BY {key}, "
@@ -228,23 +228,13 @@ def _call(output: Output) -> str:
     return f"{output.function}({output.argument})"
 
 
-def _running(kind: str, argument: str, window: str) -> str:
-    """A helper of ``kind`` over a running window (the same as :func:`_delta`, framed)."""
-    over = f"OVER ({window})"
+def _delta(kind: str, argument: str, window: str | None = None) -> str:
+    """A helper of ``kind`` over a group of rows, or over a running ``window``."""
+    over = "" if window is None else f" OVER ({window})"
     if kind == "cnt":
-        return f"count({argument}) {over}"
+        return f"count({argument}){over}"
     if kind == "mean":
-        return f"avg({argument}) {over}"
+        return f"avg({argument}){over}"
     if kind == "m2":
-        return f"coalesce(var_pop({argument}) {over} * count({argument}) {over}, 0)"
-    return f"{kind}({argument}) {over}"
-
-
-def _delta(kind: str, argument: str) -> str:
-    if kind == "cnt":
-        return f"count({argument})"
-    if kind == "mean":
-        return f"avg({argument})"
-    if kind == "m2":
-        return f"coalesce(var_pop({argument}) * count({argument}), 0)"
-    return f"{kind}({argument})"
+        return f"coalesce(var_pop({argument}){over} * count({argument}){over}, 0)"
+    return f"{kind}({argument}){over}"
