@@ -389,6 +389,7 @@ class Storage(ABC):
             for statement in self._create_ddl(info):
                 tx.execute(statement)
             created = [quote(info.name)] + ([] if info.kind == SOURCE else [log_table(info)])
+            created += [tiles_table(info.name)] if info.tiles else []
             self._after_create(tx, created)
             tx.execute("INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, "
                        "lookup, lookup_on, lazy, watermark) VALUES "

@@ -10,7 +10,8 @@ functions ...), and only table functions known to read nothing but their argumen
 the catalog.
 
 What it may read: the user tables (sources, feature tables, aliases), the feature
-tables' histories (``ralf."<table>__history"``) and ralf's catalog (``ralf.tables``).
+tables' histories (``ralf."<table>__history"``), windowed aggregates' tiles
+(``ralf."<table>__tiles"``) and ralf's catalog (``ralf.tables``).
 The rest of the ``ralf`` schema is internal: pickled operator state (code could be
 smuggled into a pickle, and it exposes an operator's internals), source positions (Kafka
 offsets, file positions), per-key watermarks and rejected records (raw input that failed
@@ -28,6 +29,7 @@ from ralf.errors import QueryError
 BOOKKEEPING_SCHEMA = "ralf"
 READABLE_BOOKKEEPING = frozenset({"tables"})
 HISTORY_SUFFIX = "__history"
+TILES_SUFFIX = "__tiles"  # a windowed aggregate's tiles (ralf.ivm.windows)
 
 # Table functions that read only their arguments or the catalog.
 TABLE_FUNCTIONS = frozenset({
@@ -56,10 +58,11 @@ def check_table(schema: str | None, name: str) -> None:
     if (schema or "").lower() != BOOKKEEPING_SCHEMA:
         return
     name = name.lower()
-    if name in READABLE_BOOKKEEPING or name.endswith(HISTORY_SUFFIX):
+    if name in READABLE_BOOKKEEPING or name.endswith((HISTORY_SUFFIX, TILES_SUFFIX)):
         return
     raise QueryError(f"table ralf.{name} is internal to ralf and cannot be queried "
-                     f"(readable in the ralf schema: tables and the *{HISTORY_SUFFIX} tables)")
+                     f"(readable in the ralf schema: tables, the *{HISTORY_SUFFIX} and the "
+                     f"*{TILES_SUFFIX} tables)")
 
 
 def check_function(name: str, table_function: bool = False) -> None:

@@ -57,6 +57,7 @@ def build(server: Ralf, n: int, lookup: bool = True) -> None:
     timed = server.create_source(GeneratorSource, args=(TIMED, n), name="timed_events")
     timed.map(CountPerKey, args=(COUNT,), name="timed_counts", budget=5)
     timed.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"), name="timed_agg")
+    timed.aggregate(by="user", n_1h=("*", "count", "1h"), name="timed_window", tile="10s")
     if lookup:
         source.sql("SELECT rating, count(*) AS n FROM events WHERE rating IS NOT NULL "
                    "GROUP BY rating", name="per_rating")
@@ -108,6 +109,13 @@ def assert_history_by_event_time(client: RalfClient, n: int) -> None:
     for column, want in (("count", counts["count"]), ("n", aggs["n"]), ("mean", aggs["mean"])):
         np.testing.assert_allclose(got[column].to_numpy(float), want.to_numpy(float),
                                    rtol=1e-9, err_msg=column)
+    # the windowed table's tiles hold each event once: per user and 10-second tile
+    tiles = client.sql('SELECT "user", _ralf_tile AS tile, _ralf_agg0_cnt AS n FROM '
+                       'ralf."timed_window__tiles"')
+    epoch = (timed["at"] - dt.datetime(1970, 1, 1)) // dt.timedelta(seconds=10)
+    want_tiles = timed.assign(tile=epoch).groupby(["user", "tile"]).size()
+    assert tiles.set_index(["user", "tile"])["n"].sort_index().to_dict() == (
+        want_tiles.sort_index().to_dict())
 
 
 def main() -> None:
