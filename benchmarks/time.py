@@ -2,6 +2,7 @@
 
     python -m benchmarks.time            # a 10M-event backfill, 1M entity rows
     python -m benchmarks.time --quick    # 1M events, 100,000 entity rows
+    python -m benchmarks.time --vs-feast /path/to/venv-with-feast/bin/python   # and Feast
 
 (a) a backfill of N MovieLens-shaped events (100,000 users, whole-second timestamps over
     seven months, sorted by time) appended in 100,000-row batches through an
@@ -13,7 +14,9 @@
 (c) ``historical_query`` of M entity rows (random users and times) over the timed
     aggregate's history, against its floor: DuckDB's own ASOF join of the same entity rows
     with the same history (no deduplication, no ordering, no conversion), and against
-    pandas ``merge_asof`` over the history read into memory;
+    pandas ``merge_asof`` over the history read into memory, and (``--vs-feast``) Feast's
+    ``get_historical_features`` over the same versions and entity rows
+    (benchmarks/feast_historical.py, file offline store);
 (d) ingestion of the (a) events through a windowed aggregate (count over 1 hour, average
     over 7 days) against the same outputs without windows;
 (e) time-driven expiry: K keys (1,000,000; 100,000 with --quick), one record each, whose
@@ -28,6 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +86,8 @@ def backfill(data: pd.DataFrame, timed: bool, python: bool, directory: Path) -> 
     return seconds, history
 
 
-def historical(data: pd.DataFrame, m: int, directory: Path) -> dict[str, float]:
+def historical(data: pd.DataFrame, m: int, directory: Path, feast: str | None
+               ) -> dict[str, float]:
     columns = {"user": int, "rating": float, "ts": dt.datetime}
     rng = np.random.default_rng(1)
     entities = pd.DataFrame({
@@ -111,7 +118,24 @@ def historical(data: pd.DataFrame, m: int, directory: Path) -> dict[str, float]:
                                by="user")
         pandas = time.perf_counter() - start
         assert len(got) == len(joined) == m
-    return {"ralf": ralf, "floor": floor, "pandas": pandas}
+    figures = {"ralf": ralf, "floor": floor, "pandas": pandas}
+    if feast is not None:
+        versions.rename(columns={"_ralf_event_time": "event_timestamp"}).assign(
+            event_timestamp=lambda f: pd.to_datetime(f["event_timestamp"], utc=True)
+        ).to_parquet(directory / "versions.parquet")
+        entities.to_parquet(directory / "entities.parquet")
+        print(f"    Feast's get_historical_features, with {feast} ...", flush=True)
+        # -P: not this folder first on the path, where benchmarks/feast.py would shadow feast
+        out = subprocess.run([feast, "-P", str(Path(__file__).with_name("feast_historical.py")),
+                              str(directory / "versions.parquet"),
+                              str(directory / "entities.parquet")],
+                             capture_output=True, text=True)
+        found = re.search(r"feast historical: ([\d.]+) s", out.stdout)
+        if found is None:
+            print(out.stdout[-2000:], out.stderr[-2000:], file=sys.stderr)
+        else:
+            figures["feast"] = float(found.group(1))
+    return figures
 
 
 def windowed_ingestion(data: pd.DataFrame, windowed: bool, directory: Path) -> float:
@@ -174,6 +198,8 @@ def expiry(keys: int, directory: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M events, 100,000 entity rows")
+    parser.add_argument("--vs-feast", metavar="PYTHON",
+                        help="an interpreter with feast installed, to time Feast too")
     args = parser.parse_args()
     n, m = (1_000_000, 100_000) if args.quick else (10_000_000, 1_000_000)
     data = events(n)
@@ -188,7 +214,7 @@ def main() -> None:
             rows.append((f"{part}, {size:,} events", f"{timed:.2f} s", f"{plain:.2f} s",
                          f"{timed / plain:.2f}x", f"{timed_rows:,} / {plain_rows:,}"))
         print(f"(c) historical_query of {m:,} entity rows ...", flush=True)
-        h = historical(data, m, directory)
+        h = historical(data, m, directory, args.vs_feast)
         print("(d) ingestion through a windowed aggregate ...", flush=True)
         windowed = windowed_ingestion(data, True, directory)
         plain = windowed_ingestion(data, False, directory)
@@ -202,7 +228,9 @@ def main() -> None:
     print()
     print(f"(c) historical_query, {m:,} rows: ralf {h['ralf']:.2f} s | floor (DuckDB ASOF "
           f"join alone) {h['floor']:.2f} s -> {h['ralf'] / h['floor']:.1f}x the floor | "
-          f"pandas merge_asof {h['pandas']:.2f} s")
+          f"pandas merge_asof {h['pandas']:.2f} s"
+          + (f" | Feast get_historical_features {h['feast']:.2f} s -> ralf is "
+             f"{h['feast'] / h['ralf']:.1f}x faster" if "feast" in h else ""))
     print(f"(d) ingestion of {n:,} events: windowed {windowed:.2f} s | without windows "
           f"{plain:.2f} s -> {windowed / plain:.2f}x")
     print(f"(e) a tick expiring {keys:,} keys: {tick:.2f} s | floor (DuckDB alone writing "

@@ -125,7 +125,7 @@ def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[s
     tile size (default: a 60th of the shortest window)."""
     if not outputs:
         raise refuse("aggregate() needs at least one output, e.g. n=('rating', 'count')")
-    windowed = {n: s for n, s in outputs.items() if isinstance(s, tuple) and len(s) == 3}
+    windowed = {n: s for n, s in outputs.items() if isinstance(s, tuple) and len(s) in (3, 4)}
     if windowed:
         return _windowed(key, columns, outputs, windowed, parent_is_source, event_time, tile)
     if tile is not None:
@@ -133,8 +133,8 @@ def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[s
     plan = []
     for name, spec in outputs.items():
         if not (isinstance(spec, tuple) and len(spec) == 2):
-            raise refuse(f"output {name!r}: expected (column, function) or (column, "
-                         f"function, window), got {spec!r}")
+            raise refuse(f"output {name!r}: expected (column, function), (column, function, "
+                     f"window) or (column, function, window, hop), got {spec!r}")
         column, function = spec
         if column != "*" and column not in columns:
             raise refuse(f"output {name!r}: the parent has no column {column!r}")
@@ -162,18 +162,22 @@ def _windowed(key: str, columns: set[str], outputs: dict[str, tuple],
         raise refuse("a window is over event time: aggregate a source that names its "
                      "event_time")
     plan = []
-    for name, (column, function, window) in windowed.items():
+    micro = dt.timedelta(microseconds=1)
+    for name, (column, function, window, *hop) in windowed.items():
         if column != "*" and column not in columns:
             raise refuse(f"output {name!r}: the parent has no column {column!r}")
         try:
             function = canonical(function)
-            length = durations.timedelta(window, f"output {name!r}: window")
+            length = durations.timedelta(window, f"output {name!r}: window") // micro
+            step = durations.timedelta(hop[0], f"output {name!r}: hop") // micro if hop else 0
         except ValueError as exc:
             raise refuse(str(exc)) from None
         if column == "*" and function != "count":
             raise refuse(f"output {name!r}: only count accepts '*'")
+        if hop and step < 1:
+            raise refuse(f"output {name!r}: hop {hop[0]!r} is shorter than a microsecond")
         plan.append(WindowOutput(name, function, "*" if column == "*" else quote(column),
-                                 length // dt.timedelta(microseconds=1)))
+                                 length, step))
     shortest = min(o.window for o in plan)
     try:
         size = (max(1, shortest // 60) if tile is None else

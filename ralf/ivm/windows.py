@@ -33,12 +33,20 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 @dataclass(frozen=True)
 class WindowOutput:
-    """One windowed output: its name, function, argument and window (microseconds)."""
+    """One windowed output: its name, function, argument, window and hop (microseconds;
+    hop 0: sliding — the window ends now —, else the window ends at the last multiple of
+    the hop since 1970: hopping, or tumbling when the hop is the window)."""
 
     name: str
     function: str
     argument: str
     window: int
+    hop: int = 0
+
+    @property
+    def frame(self) -> tuple[int, int]:
+        """(window, hop): outputs with the same frame aggregate the same records."""
+        return self.window, self.hop
 
 
 def timestamp(at: dt.datetime) -> str:
@@ -56,7 +64,7 @@ class WindowAggregate:
         self.helpers_plan = DeltaAggregate(
             key, [Output(o.name, o.function, o.argument) for o in outputs], None)
         self.helpers = self.helpers_plan.helpers
-        self.windows = sorted({o.window for o in outputs})
+        self.frames = sorted({o.frame for o in outputs})
 
     # ---- definition -----------------------------------------------------------------------
     def query(self, source: str) -> str:
@@ -74,6 +82,13 @@ class WindowAggregate:
     def tile_start(self, index: int) -> dt.datetime:
         """When tile ``index`` begins."""
         return _EPOCH + index * self.tile * _MICROSECOND
+
+    @staticmethod
+    def window_end(at: dt.datetime, hop: int) -> dt.datetime:
+        """Where a window served at ``at`` ends: ``at`` itself, or its last hop boundary."""
+        if not hop:
+            return at
+        return _EPOCH + (((at - _EPOCH) // _MICROSECOND) // hop) * hop * _MICROSECOND
 
     # ---- tiles ----------------------------------------------------------------------------
     def merged_tiles(self, pending: str, tiles: str, epoch_us: Callable[[str], str]) -> str:
@@ -102,27 +117,30 @@ class WindowAggregate:
         key = quote(self.key)
         values: dict[str, str] = {}
         joins, exits = [], []
-        for i, window in enumerate(self.windows):
-            alias = f"w{i}"
-            window_values = self._window(at, window, probes, tiles, log, log_filter, types)
-            joins.append(f"LEFT JOIN ({window_values}) AS {alias} ON {alias}.{key} = p.key")
+        for i, (window, hop) in enumerate(self.frames):
+            alias, end = f"w{i}", self.window_end(at, hop)
+            frame = self._window(end, window, hop, probes, tiles, log, log_filter, types)
+            joins.append(f"LEFT JOIN ({frame}) AS {alias} ON {alias}.{key} = p.key")
             for o in self.outputs:
-                if o.window == window:
+                if o.frame == (window, hop):
                     value = f"{alias}.{quote(o.name)}"
                     # a count over an empty window is 0
                     values[o.name] = f"coalesce({value}, 0)" if o.function == "count" else value
-            exits.append(f"{alias}.__ralf_exit")
-        joins.append(f"LEFT JOIN ({self._future(at, probes, tiles, log, log_filter)}) AS f "
-                     f"ON f.{key} = p.key")
-        exits.append("f.__ralf_next")
+            joins.append(f"LEFT JOIN ({self._future(end, probes, tiles, log, log_filter)}) "
+                         f"AS f{i} ON f{i}.{key} = p.key")
+            change = f"least({alias}.__ralf_exit, f{i}.__ralf_next)"
+            if hop:  # it changes at a hop boundary only: the first one after the change
+                change = (f"CASE WHEN {change} IS NULL THEN NULL ELSE greatest({change}, "
+                          f"{timestamp(end + hop * _MICROSECOND)}) END")
+            exits.append(change)
         outputs = ", ".join(f"{values[o.name]} AS {quote(o.name)}" for o in self.outputs)
         return (f"SELECT p.key AS {key}, {outputs}, least({', '.join(exits)}) AS {EXPIRES} "
                 f"FROM (SELECT DISTINCT key FROM {probes}) AS p {' '.join(joins)}")
 
-    def _window(self, at: dt.datetime, window: int, probes: str, tiles: str, log: str,
-                log_filter: str, types: dict[str, str]) -> str:
-        """Per key: the outputs of one window size as of ``at``, and when its oldest
-        record leaves it (``__ralf_exit``)."""
+    def _window(self, at: dt.datetime, window: int, hop: int, probes: str, tiles: str,
+                log: str, log_filter: str, types: dict[str, str]) -> str:
+        """Per key: the outputs of one frame for the window ending at ``at``, and when its
+        oldest record leaves it (``__ralf_exit``)."""
         key = quote(self.key)
         span = window * _MICROSECOND
         start = at - span  # the window is (start, at]
@@ -162,7 +180,7 @@ class WindowAggregate:
                      f"ON s.{key} = l.{key}")
         outputs = self.helpers_plan.outputs_of(combined, types)
         wanted = ", ".join(f"{outputs[o.name]} AS {quote(o.name)}" for o in self.outputs
-                           if o.window == window)
+                           if o.frame == (window, hop))
         return (f"SELECT l.{key}, {wanted}, l.__ralf_first + INTERVAL "
                 f"'{window} microseconds' AS __ralf_exit FROM {body}")
 
@@ -204,17 +222,20 @@ class WindowAggregate:
 
     # ---- from the raw log (historical queries) ------------------------------------------------
     def at_rows(self, entities: str, timestamp_column: str, log: str,
-                types: dict[str, str]) -> str:
+                types: dict[str, str], bucket: Callable[[int, str], str]) -> str:
         """Per entity row (``__ralf_row``): the outputs as of its timestamp, straight from
-        the source's log (exact SQL aggregates over each window)."""
-        key, ts = quote(self.key), f"e.{quote(timestamp_column)}"
-        event = f"r.{quote(self.event)}"
+        the source's log (exact SQL aggregates over each window). ``bucket``: the
+        dialect's start of the ``hop``-microsecond bucket (since 1970) of a timestamp."""
+        key, event = quote(self.key), f"r.{quote(self.event)}"
         selects, joins = ["e.__ralf_row"], []
-        for i, window in enumerate(self.windows):
+        for i, (window, hop) in enumerate(self.frames):
             alias = f"a{i}"
+            ts = f"e.{quote(timestamp_column)}"
+            if hop:  # the window ends at the row's last hop boundary
+                ts = bucket(hop, ts)
             calls = []
             for o in self.outputs:
-                if o.window != window:
+                if o.frame != (window, hop):
                     continue
                 argument = "r._ralf_seq" if o.argument == "*" else f"r.{o.argument}"
                 calls.append(f"CAST({o.function}({argument}) AS {types[o.name]}) AS "
@@ -224,6 +245,7 @@ class WindowAggregate:
                 f"{log} r ON r.{key} = e.{key} AND {event} > {ts} - INTERVAL "
                 f"'{window} microseconds' AND {event} <= {ts} GROUP BY e.__ralf_row) AS {alias} "
                 f"ON {alias}.__ralf_row = e.__ralf_row")
-            selects += [f"{alias}.{quote(o.name)}" for o in self.outputs if o.window == window]
+            selects += [f"{alias}.{quote(o.name)}" for o in self.outputs
+                        if o.frame == (window, hop)]
         return (f"SELECT {', '.join(selects)} FROM {entities} e {' '.join(joins)} "
                 "ORDER BY e.__ralf_row")

@@ -239,6 +239,11 @@ class Storage(ABC):
     def _epoch_us(self, expression: str) -> str:
         """Microseconds since 1970 of a timestamp expression, exactly, in this dialect."""
 
+    @abstractmethod
+    def _bucket(self, width: int, expression: str) -> str:
+        """The start of the ``width``-microsecond bucket (counted from 1970) a timestamp
+        expression falls in, in this dialect."""
+
     def _migration_statement(self, statement: str) -> str:
         """A migration's statement as this dialect says it."""
         return statement
@@ -586,7 +591,7 @@ class Storage(ABC):
         the source's records (rows in the entities' order)."""
         types = {n: table.schema.sql_type(n) for n in table.schema.names}
         query = plan.at_rows("__ralf_entities", timestamp_column,
-                             f"{self.user_schema}.{quote(source.name)}", types)
+                             f"{self.user_schema}.{quote(source.name)}", types, self._bucket)
         try:
             with self._reading() as tx:
                 tx.stage("__ralf_entities", entities)

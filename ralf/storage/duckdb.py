@@ -251,6 +251,10 @@ class DuckDBStorage(Storage):
     def _epoch_us(self, expression: str) -> str:
         return f"epoch_us({expression})"
 
+    def _bucket(self, width: int, expression: str) -> str:
+        return (f"time_bucket(INTERVAL '{width} microseconds', {expression}, "
+                "TIMESTAMP '1970-01-01')")
+
     def describe(self, query: str) -> list[tuple[str, str]]:
         """Column names and types of a query's result, from DuckDB's DESCRIBE."""
         with self._lock:

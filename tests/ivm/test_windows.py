@@ -23,7 +23,9 @@ HOUR = dt.timedelta(hours=1)
 OUTPUTS = {"n_1h": ("*", "count", "1h"), "sum_1h": ("rating", "sum", "1h"),
            "low_1h": ("rating", "min", "1h"), "avg_6h": ("rating", "avg", "6h"),
            "high_6h": ("rating", "max", "6h"), "sd_6h": ("rating", "stddev", "6h"),
-           "var_6h": ("rating", "var_pop", "6h")}
+           "var_6h": ("rating", "var_pop", "6h"),
+           # tumbling (the last whole hour) and hopping (6 hours, every 30 minutes)
+           "n_hour": ("*", "count", "1h", "1h"), "avg_hop": ("rating", "avg", "6h", "30m")}
 
 
 def stream(seed: int, n: int, users: int = 5, late: float = 0.0
@@ -54,9 +56,10 @@ def expected(events: pd.DataFrame, at: dt.datetime) -> pd.DataFrame:
     rows = []
     for user, group in events.groupby("user"):
         row = {"user": user}
-        for name, (_, function, window) in OUTPUTS.items():
+        for name, (_, function, window, *hop) in OUTPUTS.items():
             span = pd.Timedelta(window)
-            inside = group[(group.ts > at - span) & (group.ts <= at)]
+            end = pd.Timestamp(at).floor(pd.Timedelta(hop[0])) if hop else at
+            inside = group[(group.ts > end - span) & (group.ts <= end)]
             values = inside["rating"].dropna()
             row[name] = {"count": len(inside), "sum": values.sum() if len(values) else None,
                          "min": values.min() if len(values) else None,

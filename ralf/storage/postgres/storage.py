@@ -237,6 +237,10 @@ class PostgresStorage(Storage):
     def _epoch_us(self, expression: str) -> str:
         return f"CAST(EXTRACT(EPOCH FROM {expression}) * 1000000 AS BIGINT)"
 
+    def _bucket(self, width: int, expression: str) -> str:
+        return (f"date_bin(INTERVAL '{width} microseconds', {expression}, "
+                "TIMESTAMP '1970-01-01')")
+
     def _insert_appends(self, tx: PostgresTransaction, info: TableInfo, rows: pa.Table,
                         first_seq: int, at: dt.datetime) -> None:
         """Straight into the append table by COPY (staging would copy them twice)."""
