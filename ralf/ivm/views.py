@@ -579,7 +579,9 @@ def _refuse_unstable(tree: exp.Select) -> None:
                 else function.sql_name()).lower()
         if name in NONDETERMINISTIC:
             raise refuse(f"{function.sql('duckdb').lower()} gives a different value at "
-                         "every refresh")
+                         "every refresh (a window over the last hours or days is "
+                         "aggregate(name=(column, function, '7d')) over a source with "
+                         "event time; see docs/time.md)")
     for call in tree.find_all(exp.First, exp.Last, exp.AnyValue, exp.ArrayAgg,
                               exp.GroupConcat, exp.Anonymous):
         ordered = isinstance(call, (exp.ArrayAgg, exp.GroupConcat)) and any(
