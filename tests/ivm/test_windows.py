@@ -232,3 +232,31 @@ def test_windows_are_refused_where_they_cannot_be_kept_exactly(server):
                                  name="plain")
     with pytest.raises(SchemaError, match="over event time"):
         plain.aggregate(by="user", name="untimed", n_1h=("*", "count", "1h"))
+
+
+def test_historical_windows_at_the_events_own_times_equal_pandas_rolling(server):
+    """At each record's own event time, the 1-hour count and the 6-hour mean equal
+    pandas' ``rolling("1h")`` / ``rolling("6h")`` (closed right) over the user's records."""
+    events, _ = stream(13, 300)
+    clock_free = pd.DataFrame(events)
+    source = server.create_source(ListSource, args=(RATED, events, 300), name="ratings")
+    source.aggregate(by="user", name="win", n_1h=("*", "count", "1h"),
+                     avg_6h=("rating", "avg", "6h"))
+    server.run()
+    ordered = clock_free.sort_values("ts", kind="stable").drop_duplicates(["user", "ts"],
+                                                                          keep="last")
+    rolled = []
+    for _, group in clock_free.sort_values("ts", kind="stable").groupby("user"):
+        indexed = group.set_index("ts")
+        rolled.append(pd.DataFrame({
+            "user": group["user"].to_numpy(), "ts": group["ts"].to_numpy(),
+            "n_1h": indexed["rating"].fillna(0).rolling("1h").count().to_numpy(),
+            "avg_6h": indexed["rating"].rolling("6h", min_periods=1).mean().to_numpy()}))
+    want = pd.concat(rolled).drop_duplicates(["user", "ts"], keep="last")
+    entities = ordered[["user", "ts"]].rename(columns={"ts": "event_timestamp"})
+    got = server.historical_query(entities.reset_index(drop=True), ["win.n_1h", "win.avg_6h"])
+    merged = entities.reset_index(drop=True).merge(
+        want.rename(columns={"ts": "event_timestamp"}), on=["user", "event_timestamp"])
+    np.testing.assert_allclose(got["n_1h"].to_numpy(float), merged["n_1h"].to_numpy(float))
+    np.testing.assert_allclose(got["avg_6h"].to_numpy(float), merged["avg_6h"].to_numpy(float),
+                               rtol=1e-9)
