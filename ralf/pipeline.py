@@ -171,6 +171,11 @@ class Pipeline:
                  (LAST, "TIMESTAMP")]
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
                                       hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles))
+        stored = self.storage.setting(f"tiles:{name}", plan.layout())
+        if stored != plan.layout():
+            raise SchemaError(f"table {name!r} already exists in {self.path!r} with tiles of "
+                              f"another layout ({stored}); a changed tile size or function "
+                              "cannot reuse them: choose another name", table=name)
         node = SqlTableNode(info, self.storage, parent, plan, budget)
         self._register(node)
         return node

@@ -17,6 +17,7 @@ dated in the future), and the scheduler refreshes it then (see docs/time.md).
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,6 +75,12 @@ class WindowAggregate:
     def delta_select(self, source: str) -> str:
         """The helpers over ``source``'s rows per key, for their types."""
         return self.helpers_plan.delta_select(source)
+
+    def layout(self) -> str:
+        """What the stored tiles depend on (tile size, helpers), as text: a reopen with
+        another layout cannot reuse them. (Window lengths and hops can change freely.)"""
+        return json.dumps({"tile": self.tile, "key": self.key, "helpers": self.helpers,
+                           "arguments": sorted({o.argument for o in self.outputs})})
 
     def tile_of(self, at: dt.datetime) -> int:
         """The index of the tile ``at`` falls in."""

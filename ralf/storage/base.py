@@ -566,6 +566,18 @@ class Storage(ABC):
             self._write_rows(tx, info, "__ralf_rows", names, unit.version, unit.updated_at)
         return data
 
+    def setting(self, name: str, default: str) -> str:
+        """A setting the database keeps for its life (``ralf.settings``); a new one is
+        stored as ``default`` and returned."""
+        with self._transaction() as tx:
+            rows = tx.arrow(f"SELECT value FROM ralf.settings WHERE name = {self.mark}",
+                            [name]).column(0).to_pylist()
+            if rows:
+                return rows[0]
+            tx.execute(f"INSERT INTO ralf.settings VALUES ({self.mark}, {self.mark})",
+                       [name, default])
+            return default
+
     def next_expiry(self, table: TableInfo) -> dt.datetime | None:
         """The earliest time a windowed aggregate's row changes with no new record."""
         with self._reading() as tx:

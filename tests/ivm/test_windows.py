@@ -260,3 +260,17 @@ def test_historical_windows_at_the_events_own_times_equal_pandas_rolling(server)
     np.testing.assert_allclose(got["n_1h"].to_numpy(float), merged["n_1h"].to_numpy(float))
     np.testing.assert_allclose(got["avg_6h"].to_numpy(float), merged["avg_6h"].to_numpy(float),
                                rtol=1e-9)
+
+
+def test_reopening_with_other_tiles_is_refused_and_other_window_lengths_are_not(database):
+    with Ralf(database) as server:
+        source = server.create_source(ListSource, args=(RATED, []), name="ratings")
+        source.aggregate(by="user", name="win", tile="1m", low=("rating", "min", "1h"))
+    with Ralf(database) as server:  # a longer window: the same tiles serve it exactly
+        source = server.create_source(ListSource, args=(RATED, []), name="ratings")
+        source.aggregate(by="user", name="win", tile="1m", low=("rating", "min", "2h"))
+    for changed in ({"tile": "2m", "low": ("rating", "min", "1h")},
+                    {"tile": "1m", "low": ("rating", "max", "1h")}):
+        with Ralf(database) as server, pytest.raises(SchemaError, match="another layout"):
+            source = server.create_source(ListSource, args=(RATED, []), name="ratings")
+            source.aggregate(by="user", name="win", **changed)
