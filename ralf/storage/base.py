@@ -204,7 +204,7 @@ class Storage(ABC):
         """Replace the rows of the keys in the staged ``relation`` (``columns``: user
         columns, maybe helpers and the event time) with version ``version`` written at
         ``at``, and log them in the history (:meth:`_append_history`, or in the same
-        statement) — or log the staged ``history`` instead, when given (a timed table's
+        statement) — or log the relation ``history`` instead, when given (a timed table's
         versions, one per event time)."""
 
     @abstractmethod
@@ -482,8 +482,8 @@ class Storage(ABC):
                     "__ralf_timed) AS r WHERE __ralf_rank = 1")
 
         rows = tx.materialize("__ralf_rows", newest(key), names, types)
-        tx.materialize("__ralf_history", newest(f"{key}, {EVENT_TIME}"), names, types)
-        self._write_rows(tx, info, "__ralf_rows", names, version, at, history="__ralf_history")
+        history = f"({newest(f'{key}, {EVENT_TIME}')}) AS __ralf_history"  # read once
+        self._write_rows(tx, info, "__ralf_rows", names, version, at, history=history)
         return rows
 
     def refresh_sql_table(self, unit: SqlRefresh) -> tuple[pa.Table, list[Any]]:
@@ -680,8 +680,9 @@ class Storage(ABC):
 
     def _append_history(self, tx: Transaction, info: TableInfo, relation: str,
                         version: int, at: dt.datetime) -> None:
-        """Log the staged rows in the history as version ``version``, valid from ``at``
-        (and, a timed table's, from their event time)."""
+        """Log the rows of ``relation`` (a staged name, or an aliased subquery) in the
+        history as version ``version``, valid from ``at`` (and, a timed table's, from
+        their event time)."""
         cols = ", ".join(quote(c) for c in history_columns(info))
         tx.execute(f"INSERT INTO {log_table(info)} ({cols}, _ralf_seq, _ralf_valid_from) "
                    f"SELECT {cols}, {self.mark}, CAST({self.mark} AS TIMESTAMP) "
