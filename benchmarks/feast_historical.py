@@ -51,9 +51,8 @@ def main() -> None:
         result = store.get_historical_features(entity_df=entities,
                                                features=["features:average"]).to_df()
         seconds = time.perf_counter() - start
-    # Feast answers each distinct (user, timestamp) once: duplicate entity rows collapse
-    assert len(result) == len(entities.drop_duplicates(["user", "event_timestamp"]))
-    print(f"feast historical: {seconds:.3f} s for {len(result)} rows")
+    print(f"feast historical: {seconds:.3f} s for {len(result)} rows "
+          f"({len(entities)} entity rows asked)")
 
 
 if __name__ == "__main__":

@@ -198,6 +198,7 @@ def expiry(keys: int, directory: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M events, 100,000 entity rows")
+    parser.add_argument("--parts", default="abcde", help="which parts to run (default: all)")
     parser.add_argument("--vs-feast", metavar="PYTHON",
                         help="an interpreter with feast installed, to time Feast too")
     args = parser.parse_args()
@@ -207,34 +208,44 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         for python, part, size in ((False, "(a) aggregate", n), (True, "(b) Python map", n // 10)):
+            if part[1] not in args.parts:
+                continue
             subset = data.iloc[:size]
             print(f"{part}: {size:,} events ...", flush=True)
             plain, plain_rows = backfill(subset, False, python, directory)
             timed, timed_rows = backfill(subset, True, python, directory)
             rows.append((f"{part}, {size:,} events", f"{timed:.2f} s", f"{plain:.2f} s",
                          f"{timed / plain:.2f}x", f"{timed_rows:,} / {plain_rows:,}"))
-        print(f"(c) historical_query of {m:,} entity rows ...", flush=True)
-        h = historical(data, m, directory, args.vs_feast)
-        print("(d) ingestion through a windowed aggregate ...", flush=True)
-        windowed = windowed_ingestion(data, True, directory)
-        plain = windowed_ingestion(data, False, directory)
+        h = windowed = plain = tick = floor = None
+        if "c" in args.parts:
+            print(f"(c) historical_query of {m:,} entity rows ...", flush=True)
+            h = historical(data, m, directory, args.vs_feast)
+        if "d" in args.parts:
+            print("(d) ingestion through a windowed aggregate ...", flush=True)
+            windowed = windowed_ingestion(data, True, directory)
+            plain = windowed_ingestion(data, False, directory)
         keys = 100_000 if args.quick else 1_000_000
-        print(f"(e) expiry of {keys:,} keys ...", flush=True)
-        tick, floor = expiry(keys, directory)
+        if "e" in args.parts:
+            print(f"(e) expiry of {keys:,} keys ...", flush=True)
+            tick, floor = expiry(keys, directory)
     print()
     print(f"{'backfill':<34} {'by event time':>14} {'without':>10} {'ratio':>7}  history rows")
     for row in rows:
         print(f"{row[0]:<34} {row[1]:>14} {row[2]:>10} {row[3]:>7}  {row[4]}")
     print()
-    print(f"(c) historical_query, {m:,} rows: ralf {h['ralf']:.2f} s | floor (DuckDB ASOF "
-          f"join alone) {h['floor']:.2f} s -> {h['ralf'] / h['floor']:.1f}x the floor | "
-          f"pandas merge_asof {h['pandas']:.2f} s"
-          + (f" | Feast get_historical_features {h['feast']:.2f} s -> ralf is "
-             f"{h['feast'] / h['ralf']:.1f}x faster" if "feast" in h else ""))
-    print(f"(d) ingestion of {n:,} events: windowed {windowed:.2f} s | without windows "
-          f"{plain:.2f} s -> {windowed / plain:.2f}x")
-    print(f"(e) a tick expiring {keys:,} keys: {tick:.2f} s | floor (DuckDB alone writing "
-          f"the rows and their history) {floor:.2f} s -> {tick / floor:.1f}x the floor")
+    if h is not None:
+        print(f"(c) historical_query, {m:,} rows: ralf {h['ralf']:.2f} s | floor (DuckDB "
+              f"ASOF join alone) {h['floor']:.2f} s -> {h['ralf'] / h['floor']:.1f}x the floor "
+              f"| pandas merge_asof {h['pandas']:.2f} s"
+              + (f" | Feast get_historical_features {h['feast']:.2f} s -> ralf is "
+                 f"{h['feast'] / h['ralf']:.1f}x faster" if "feast" in h else ""))
+    if windowed is not None:
+        print(f"(d) ingestion of {n:,} events: windowed {windowed:.2f} s | without windows "
+              f"{plain:.2f} s -> {windowed / plain:.2f}x")
+    if tick is not None:
+        print(f"(e) a tick expiring {keys:,} keys: {tick:.2f} s | floor (DuckDB alone "
+              f"writing the rows and their history) {floor:.2f} s -> {tick / floor:.1f}x "
+              "the floor")
 
 
 if __name__ == "__main__":
