@@ -43,9 +43,9 @@ class GeneratorSource(SourceOperator):
         return batch or None
 
 
-def build(server: Ralf, n: int, lookup: bool = True) -> None:
-    """The pipeline; ``lookup=False`` leaves out the SQL table that looks up another (a
-    sharded worker cannot have one)."""
+def build(server: Ralf, n: int, sharded: bool = False) -> None:
+    """The pipeline; ``sharded`` leaves out what shards refuse: the SQL table that looks up
+    another, and the windowed aggregate."""
     source = server.create_source(GeneratorSource, args=(EVENTS, n), name="events")
     source.map(CountPerKey, args=(COUNT,), name="counts")
     source.map(AverageRating, args=(AVERAGE,), name="average")
@@ -57,8 +57,8 @@ def build(server: Ralf, n: int, lookup: bool = True) -> None:
     timed = server.create_source(GeneratorSource, args=(TIMED, n), name="timed_events")
     timed.map(CountPerKey, args=(COUNT,), name="timed_counts", budget=5)
     timed.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"), name="timed_agg")
-    timed.aggregate(by="user", n_1h=("*", "count", "1h"), name="timed_window", tile="10s")
-    if lookup:
+    if not sharded:
+        timed.aggregate(by="user", n_1h=("*", "count", "1h"), name="timed_window", tile="10s")
         source.sql("SELECT rating, count(*) AS n FROM events WHERE rating IS NOT NULL "
                    "GROUP BY rating", name="per_rating")
         source.sql("SELECT e.user, sum(p.n) AS s FROM events e JOIN per_rating p "

@@ -15,7 +15,7 @@ from tests.engine.kill_pipeline import build
 def main() -> None:
     url, shard, num_shards, n = sys.argv[1], *map(int, sys.argv[2:5])
     with Ralf(url, shard=shard, num_shards=num_shards) as server:
-        build(server, n, lookup=False)  # SQL lookups are refused with shards
+        build(server, n, sharded=True)  # SQL lookups and windows are refused with shards
         server.run()
         server.bulk_query("lazy_counts")  # a lazy table catches up on this shard's keys
         print("done", flush=True)

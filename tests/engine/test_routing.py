@@ -23,7 +23,8 @@ from tests.pipelines import COUNT, RATINGS, CountPerKey, Identity
 ROOT = Path(__file__).resolve().parents[2]
 N = 3000
 TABLES = {"counts": "user", "average": "user", "budgeted_counts": "user",
-          "lazy_counts": "user", "agg": "user", "medians": "user"}
+          "lazy_counts": "user", "agg": "user", "medians": "user", "timed_counts": "user",
+          "timed_agg": "user"}
 
 
 def test_the_stable_hash_is_the_same_in_another_process():
