@@ -14,11 +14,12 @@ from ralf.errors import (
 )
 from ralf.operators import Operator, SourceOperator
 from ralf.policies.base import LoadSheddingPolicy, PrioritizationPolicy
-from ralf.schema import Record, Schema
+from ralf.schema import Delete, Record, Schema
 from ralf.server import Ralf
 from ralf.table import Table
 
 __all__ = [
+    "Delete",
     "KeyNotFound",
     "LoadSheddingPolicy",
     "Operator",

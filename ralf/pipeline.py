@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ralf.durations import seconds
+from ralf.engine.changelog import changelog_of
 from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode, SqlTableNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
@@ -25,7 +26,7 @@ from ralf.ivm.windows import EXPIRES, FIRST, LAST, TILE, WindowAggregate
 from ralf.operators import instantiate
 from ralf.schema import Schema, python_type, quote
 from ralf.storage.base import Storage
-from ralf.storage.units import EVENT_TIME, FEATURE, SOURCE, TableInfo
+from ralf.storage.units import EVENT_TIME, FEATURE, SOURCE, TableInfo, rows_relation
 
 
 class Pipeline:
@@ -46,9 +47,11 @@ class Pipeline:
     # ---- adding tables ----------------------------------------------------------------------
     def add_source(self, source: Any, args: tuple, kwargs: dict, *, schema: Schema | None,
                    name: str | None, event_time: str | None = None,
-                   allowed_lateness: float | None = None) -> SourceNode:
+                   allowed_lateness: float | None = None, mode: str = "append",
+                   key: Any = None) -> SourceNode:
         """A source table fed by a SourceOperator (a class with args, or an instance);
-        ``event_time``/``allowed_lateness``: see :meth:`ralf.Ralf.create_source`."""
+        ``event_time``/``allowed_lateness``/``mode``/``key``: see
+        :meth:`ralf.Ralf.create_source`."""
         what = f"create_source({default_name(source)})"
         instance, schema = instantiate(source, args, kwargs, schema, what)
         if event_time is not None:
@@ -62,8 +65,12 @@ class Pipeline:
             raise ValueError(f"{what}: allowed_lateness is measured from the newest event "
                              "time of the whole stream, which no shard holds alone; it is not "
                              "supported with shards")
+        changelog = changelog_of(mode, key, schema, what)
+        if changelog is not None and self.partition is not None:
+            raise ValueError(f"{what}: a changelog source with shards is not supported yet "
+                             "(an update may move a row to another shard's key)")
         name = self._new_name(name, source)
-        info = self._define(TableInfo(name, SOURCE, schema))
+        info = self._define(TableInfo(name, SOURCE, schema, changelog=changelog))
         node = SourceNode(info, self.storage, instance)
         node.allowed_lateness = lateness
         node.remake = _remaker(source, instance, args, kwargs, schema, what)
@@ -97,12 +104,18 @@ class Pipeline:
             raise SchemaError(f"{what}: {parent.name!r} has event time, and an on_batch "
                               "operator gives one row per key per refresh where the history "
                               "needs a version per event time; use on_record", table=name)
+        if parent.info.changelog is not None and (
+                callable(getattr(instance, "on_batch", None)) or self.executor == "ray"):
+            raise SchemaError(f"{what}: {parent.name!r} is a changelog, whose retractions go "
+                              "to on_record/on_delete in the local executor; on_batch and the "
+                              "Ray executor are not supported over it yet", table=name)
         if timed and self.executor == "ray":
             raise SchemaError(f"{what}: {parent.name!r} has event time; its versions per "
                               "event time are kept by the local executor only", table=name)
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name,
-            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy, timed=timed))
+            lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy, timed=timed,
+            retracts=_retracts(parent)))
         node = OperatorNode(info, self.storage, parent, instance, lookup, budget)
         node.remake = _remaker(operator, instance, args, kwargs, schema, what)
         if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
@@ -125,6 +138,8 @@ class Pipeline:
                               f"{parent.name!r}: its stale keys are {parent.name!r}'s, so it "
                               "is refreshed whole, never lazily or under a budget")
         lookup = self._lookup_node(plan)
+        if lookup is not None and lookup.info.changelog is not None:
+            plan.lookup_rows = rows_relation(lookup.info)  # not its log of changes
         if isinstance(plan, WindowAggregate):
             return self._add_windowed(parent, plan, name=name, lazy=lazy, budget=budget)
         timed = parent.info.event_column is not None
@@ -150,7 +165,8 @@ class Pipeline:
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name, lazy=lazy, hidden=helpers,
             derived=derived, lookup=lookup.name if lookup else None,
-            lookup_on=plan.lookup.on if lookup else None, timed=timed))
+            lookup_on=plan.lookup.on if lookup else None, timed=timed,
+            retracts=_retracts(parent)))
         node = SqlTableNode(info, self.storage, parent, plan, budget, lookup)
         self._register(node)
         return node
@@ -230,7 +246,7 @@ class Pipeline:
             self.catalog[info.name] = info
             return info
         if existing.kind != info.kind or existing.schema != info.schema or (
-                existing.parent != info.parent):
+                existing.parent != info.parent) or existing.changelog != info.changelog:
             raise SchemaError(
                 f"table {info.name!r} already exists in {self.path!r} with another definition "
                 f"({existing.kind} {existing.schema!r} from {existing.parent!r}); "
@@ -270,6 +286,11 @@ class Pipeline:
         # Stored by an earlier run but not defined by this one: answer from the database.
         node = self.stored[name] = Node(info, self.storage)
         return node
+
+
+def _retracts(parent: Node) -> bool:
+    """A table derived from ``parent`` reads retractions: its root is a changelog source."""
+    return parent.info.changelog is not None or parent.info.retracts
 
 
 def _refuse_windowed_parent(parent: Node) -> None:

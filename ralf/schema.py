@@ -121,6 +121,25 @@ class Record:
         return f"Record({inner})"
 
 
+class Delete:
+    """An operator's output saying that the row of ``key`` is gone (e.g. from ``on_delete``
+    when a key's last record was retracted): the row leaves the feature table, and its
+    history records the deletion."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Delete) and other.key == self.key
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"Delete({self.key!r})"
+
+
 @dataclass
 class Rejection:
     """A record that could not enter a table, and why."""

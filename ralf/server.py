@@ -97,7 +97,8 @@ class Ralf:
     # ---- defining the pipeline ------------------------------------------------------------
     def create_source(self, source: Any, args: tuple = (), kwargs: dict | None = None, *,
                       schema: Schema | None = None, name: str | None = None,
-                      event_time: str | None = None, allowed_lateness: Any = None) -> Table:
+                      event_time: str | None = None, allowed_lateness: Any = None,
+                      mode: str = "append", key: str | list[str] | None = None) -> Table:
         """A source table fed by a :class:`SourceOperator` (a class with args, or an instance).
 
         ``event_time``: the datetime column saying when each record happened (or name it
@@ -105,45 +106,59 @@ class Ralf:
         event time (see docs/time.md). ``allowed_lateness`` (``"10m"``, seconds, a
         timedelta): a record whose event time is more than that before the newest event
         time already appended is filed in ``ralf.rejected`` as late instead of applied
-        (None: every record is applied, in arrival order)."""
+        (None: every record is applied, in arrival order).
+
+        ``mode``: ``"append"`` (every record is a new row), ``"upsert"`` (a record replaces
+        the row with the same ``key``, default the primary key; ``op="delete"`` in a record
+        is a tombstone) or ``"changelog"`` (each record's field ``op`` says insert, update
+        or delete, with the old values in ``before`` where there is no ``key``): updates
+        and deletes then flow through every table derived from the source, and the source
+        can :meth:`forget` a key (docs/changelog.md)."""
         node = self.pipeline.add_source(source, args, kwargs or {}, schema=schema, name=name,
                                         event_time=event_time,
-                                        allowed_lateness=allowed_lateness)
+                                        allowed_lateness=allowed_lateness, mode=mode, key=key)
         return Table(self.pipeline, node)
 
     def create_csv_source(self, path: str, schema: Schema, *, name: str | None = None,
-                          event_time: str | None = None, allowed_lateness: Any = None
+                          event_time: str | None = None, allowed_lateness: Any = None,
+                          mode: str = "append", key: str | list[str] | None = None
                           ) -> Table:
         """A batch source: the CSV file as it is, read by DuckDB's CSV reader in one append
         (and, after a reopen, what was appended to it since). ``event_time``,
-        ``allowed_lateness``: as for :meth:`create_source`."""
+        ``allowed_lateness``, ``mode``, ``key``: as for :meth:`create_source` (a
+        changelog's operation is its column ``op``)."""
         if event_time is not None:
             schema = schema.with_event_time(event_time)
         return self.create_source(CsvSource, args=(path, schema), schema=schema,
                                   name=name or _csv_name(path),
-                                  allowed_lateness=allowed_lateness)
+                                  allowed_lateness=allowed_lateness, mode=mode, key=key)
 
     def create_kafka_source(self, topic: str, schema: Schema, *, bootstrap_servers: str,
                             group_id: str = "ralf", format: str = "json",
                             name: str | None = None, event_time: str | None = None,
-                            allowed_lateness: Any = None, **options: Any) -> Table:
+                            allowed_lateness: Any = None, mode: str | None = None,
+                            key: str | list[str] | None = None, **options: Any) -> Table:
         """A streaming source on a Kafka topic, exactly once into the append table (the
         partition offsets commit with the records). ``options``: ``batch_size``,
         ``poll_timeout``, ``until_end`` (end the source once the topic has been quiet for
         ``idle_polls`` polls), ``config`` (more librdkafka settings), ``timestamp_column``
         (a datetime column the source fills with each message's Kafka timestamp, e.g. to
-        name as ``event_time``). ``event_time``, ``allowed_lateness``: as for
-        :meth:`create_source`."""
+        name as ``event_time``). ``event_time``, ``allowed_lateness``, ``mode``, ``key``: as
+        for :meth:`create_source`. ``format="debezium"``: each message is a Debezium change
+        event (its ``before``, ``after`` and ``op``; a schema envelope's ``payload`` too),
+        and the source is a changelog (``mode`` defaults to ``"changelog"``)."""
         from ralf.sources.kafka import KafkaSource
 
         if event_time is not None:
             schema = schema.with_event_time(event_time)
+        if mode is None:
+            mode = "changelog" if format == "debezium" else "append"
         return self.create_source(
             KafkaSource, args=(topic, schema),
             kwargs={"bootstrap_servers": bootstrap_servers, "group_id": group_id,
                     "format": format, **options},
             schema=schema, name=name or re.sub(r"\W+", "_", topic),
-            allowed_lateness=allowed_lateness)
+            allowed_lateness=allowed_lateness, mode=mode, key=key)
 
     def table(self, name: str) -> Table:
         """The table (or alias) named ``name``: its schema, kind, and the methods that

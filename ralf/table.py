@@ -131,15 +131,19 @@ class Table:
 
     @property
     def deletes(self) -> bool:
-        """Rows of this table can disappear (a SQL table whose ``HAVING`` or filter drops a
-        key it held); such a table's children see the deletions."""
+        """Rows of this table can disappear (a changelog source; a SQL table whose
+        ``HAVING`` or filter drops a key it held, or that derives from a changelog); such a
+        table's children see the deletions."""
         plan = self.plan
-        return isinstance(plan, KeyRecompute) and plan.deletes
+        if self.kind == SOURCE:
+            return self._node.info.changelog is not None
+        return self._node.info.retracts or (isinstance(plan, KeyRecompute) and plan.deletes)
 
     def _refuse_deletions(self, what: str) -> None:
-        # A Python operator receives rows, never their deletion: it would keep state for a
-        # key the parent no longer has (exact or refused).
-        if self.deletes:
+        # A Python operator receives rows, never a feature table's deletion: it would keep
+        # state for a key the parent no longer has (exact or refused). A changelog source's
+        # retractions it receives (on_delete, or its keys rebuilt: docs/changelog.md).
+        if self.deletes and self.kind != SOURCE:
             raise SchemaError(
                 f"{what}: {self.name!r} can delete rows (a HAVING or a filter drops keys) and "
                 "a Python operator cannot receive a deletion; derive from it with sql() or "

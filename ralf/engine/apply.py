@@ -12,7 +12,7 @@ from typing import Any
 
 from ralf.errors import SchemaError
 from ralf.faults import crashpoint
-from ralf.schema import Record
+from ralf.schema import Delete, Record
 
 
 @dataclass
@@ -28,6 +28,8 @@ class Applied:
     # every output row in the order made, with the index of the record that made it (kept
     # when asked: a timed table logs a version per event time)
     versions: list[tuple[Record | Mapping, int]] = field(default_factory=list)
+    # over a changelog: whether every key was rebuilt (ralf.engine.rebuild)
+    whole: bool = False
 
     def merge(self, other: Applied) -> None:
         """Add what another share of the records produced (one Ray replica's) to this result."""
@@ -95,6 +97,59 @@ def apply_records(on_record: Callable[..., Any], records: list[Record], pk: str,
 _MISSING = object()
 
 
+def apply_changes(operator: Any, records: list[Record], signs: list[int], ops: list[str],
+                  seqs: list[int], pk: str, out_pk: str, aligned: bool, *,
+                  others: list[Any] | None = None,
+                  keep: Callable[[Record, Any, dict], bool] | None = None,
+                  skip: set[Any] | frozenset = frozenset()) -> Applied:
+    """Like :func:`apply_records`, over a changelog's signed rows: a +1 row goes to
+    ``on_record``, a -1 row to ``on_delete(record)`` — or, the -1 and +1 rows of one update
+    of a key (consecutive), to ``on_update(old, new)`` when the operator defines it. An
+    output :class:`~ralf.schema.Delete` removes a key's row. Load shedding (``keep``)
+    applies to +1 rows only: a retraction is never shed (it would leave a row that no
+    longer exists counted)."""
+    on_record, on_delete = operator.on_record, operator.on_delete
+    on_update = getattr(operator, "on_update", None)
+    result = Applied()
+    blocked = set(skip)
+    processed, i, n = 0, 0, len(records)
+    while i < n:
+        record = records[i]
+        key = record.__dict__[pk]
+        at, i = i, i + 1
+        if key in blocked:
+            continue
+        crashpoint("refresh.in_operator")
+        other = () if others is None else (others[at],)
+        try:  # user code: the load-shedding policy, then the operator
+            if signs[at] > 0:
+                if keep is not None and not keep(record, key, result.outputs):
+                    result.shed += 1
+                    continue
+                out = on_record(record, *other)
+            elif (on_update is not None and ops[at] == "update" and i < n and signs[i] > 0
+                  and seqs[i] == seqs[at] + 1 and records[i].__dict__[pk] == key):
+                out = on_update(record, records[i], *(() if others is None else (others[i],)))
+                i += 1  # the update's new row: given with the old one
+            else:
+                out = on_delete(record, *other)
+        except Exception as exc:
+            result.failed[key] = exc
+            blocked.add(key)
+            continue
+        processed += 1
+        if out is None:
+            continue
+        if isinstance(out, Delete):
+            out = (out,)
+        problem = _file(out, key, out_pk, aligned, result.outputs, result.origin, None)
+        if problem is not None:
+            result.failed[key] = problem
+            blocked.add(key)
+    result.processed = processed
+    return result
+
+
 def _file(out: Any, key: Any, out_pk: str, aligned: bool, outputs: dict, origin: dict,
           versions: tuple[list, int] | None) -> BaseException | None:
     """File an operator's output rows under their keys (and in ``versions``, with the
@@ -103,7 +158,10 @@ def _file(out: Any, key: Any, out_pk: str, aligned: bool, outputs: dict, origin:
         out = (out,)
     try:
         for row in out:
-            fields = row.__dict__ if isinstance(row, Record) else row
+            if isinstance(row, Delete):  # the key's row is gone
+                fields = {out_pk: row.key}
+            else:
+                fields = row.__dict__ if isinstance(row, Record) else row
             out_key = fields[out_pk]
             if aligned and out_key != key:
                 raise LookupError(f"it returned a row for key {out_key!r} while refreshing "

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ralf.engine.changelog import resolve
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.errors import OperatorError, RalfError, SchemaError
 from ralf.faults import crashpoint
@@ -65,8 +66,14 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
     crashpoint("ingest.after_next")
     if n == 0:
         return False
+    retracted: list[int] = []
     try:
-        rows, rejected = node.schema.to_arrow(batch, node.name)
+        if node.info.changelog is not None:  # changes resolved against the current state
+            rejected = []
+            resolved = resolve(node.info, node.storage, batch, node.seq + 1, rejected)
+            rows, retracted = resolved.rows, resolved.retracted
+        else:
+            rows, rejected = node.schema.to_arrow(batch, node.name)
     except SchemaError as exc:  # the whole batch is garbage: file it, count it as read
         errors.append(exc)
         _commit(node, node.schema.arrow.empty_table(),
@@ -81,7 +88,11 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
         for rejection in taken:
             rejection.table = node.name
             rejected.append(rejection)
-    rows = node.storable(rows, rejected)
+    if node.info.changelog is None:  # a changelog's rows are numbered as resolved
+        rows = node.storable(rows, rejected)
+    elif node.storage.unstorable(rows):  # numbered as resolved: the batch is refused whole
+        node.storable(rows, rejected)  # (with the reasons)
+        rows, retracted = rows.slice(0, 0), []
     if node.allowed_lateness is not None:
         rows = _drop_late(node, rows, rejected)
     crashpoint("ingest.after_validate")
@@ -89,7 +100,7 @@ def pull(node: SourceNode, errors: list[RalfError], now: dt.datetime) -> bool:
         rows = node.partition.keep(node.schema, rows)
         if node.partition.shard != 0:
             rejected = []  # filed once, by shard 0
-    _commit(node, rows, rejected, n, now)
+    _commit(node, rows, rejected, n, now, retracted)
     if rejected:
         first = rejected[0]
         more = f" (and {len(rejected) - 1} more)" if len(rejected) > 1 else ""
@@ -147,14 +158,15 @@ def _user_error(node: SourceNode, call: str, exc: Exception) -> RalfError:
 
 
 def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
-            now: dt.datetime) -> None:
+            now: dt.datetime, retracted: list[int] | None = None) -> None:
     try:
         state = pickle.dumps(node.source.checkpoint()) if node.checkpointed else None
     except Exception as exc:  # user code
         raise _user_error(node, "checkpoint()", exc) from exc
     first_seq = node.seq + 1
     node.storage.append(Append(
-        node.info, rows, first_seq, now, state, node.emitted + emitted, node.exhausted, rejected))
+        node.info, rows, first_seq, now, state, node.emitted + emitted, node.exhausted, rejected,
+        retracted or []))
     crashpoint("append.after_commit")
     node.emitted += emitted
     node.seq += rows.num_rows
@@ -166,7 +178,7 @@ def _commit(node: SourceNode, rows: pa.Table, rejected: list, emitted: int,
     node.metrics.rejected += len(rejected)
     if rows.num_rows:
         if node.cache is not None:  # a lookup source: its current row is the latest append
-            node.put_rows(rows, now)
+            node.refresh_cache(rows, now)
         notify_children(node, first_seq - 1)
 
 

@@ -168,6 +168,21 @@ class SourceNode(Node, UserCode):
         return callable(getattr(self.source, "checkpoint", None)) and callable(
             getattr(self.source, "restore", None))
 
+    def refresh_cache(self, appended: pa.Table, at: dt.datetime) -> None:
+        """A lookup source's cache after an append: the appended rows are the keys' current
+        rows — or, a changelog source's, the keys' current rows are read back (an update
+        or delete may leave a key another live row, or none)."""
+        if self.info.changelog is None:
+            self.put_rows(appended, at)
+            return
+        key = self.schema.primary_key
+        touched = appended.column(key).unique()
+        current = self.storage.current_rows(self.info, keys=touched)
+        for gone in set(touched.to_pylist()) - set(current.column(key).to_pylist()):
+            self.cache.pop(gone, None)
+        if current.num_rows:
+            self.put_rows(current, current.column("_ralf_updated_at").to_pylist())
+
     def resume(self) -> None:
         """Put the source where the database says it stopped: at open, and after any
         failure (a restart in miniature, by the same steps). An exhausted source is polled

@@ -21,15 +21,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ralf.engine.apply import Applied, apply_records
+from ralf.engine.apply import Applied, apply_changes, apply_records
 from ralf.engine.ingest import notify_children
 from ralf.engine.node import FeatureNode, OperatorNode, SqlTableNode
 from ralf.engine.progress import Advance
+from ralf.engine.rebuild import rebuild
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError, ValueRangeError
 from ralf.faults import crashpoint
-from ralf.schema import Record
+from ralf.schema import Delete, Record
 from ralf.storage.base import VERSION_ORDER
-from ralf.storage.units import EVENT_TIME, LookupAdvance, Refresh, SqlRefresh
+from ralf.storage.units import DIFF, EVENT_TIME, OP, LookupAdvance, Refresh, SqlRefresh
 
 log = logging.getLogger("ralf")
 
@@ -77,7 +78,7 @@ def _refresh_python(node: OperatorNode, keys: list[Any] | None, errors: list[Ral
     pk = node.parent.schema.primary_key
     batch = callable(getattr(node.operator, "on_batch", None))
     data, shed = _shed(node, data, pk, per_record=batch or node.replicas is not None)
-    attempt = _run_batch if batch else _run
+    attempt = _run_batch if batch else _run_changes if DIFF in data.column_names else _run
     skip = set(node.held)
     for _ in range(_MAX_RETRY_PASSES):
         run, rows = attempt(node, data, pk, skip)
@@ -91,6 +92,11 @@ def _refresh_python(node: OperatorNode, keys: list[Any] | None, errors: list[Ral
         node.restore(node.committed_state)  # undo what the failed keys did, then replay
     crashpoint("refresh.after_operator")
     run.shed += shed
+    if run.whole:  # every key rebuilt: every pending append is applied
+        keys = None
+        data = pa.concat_tables([data.select([pk]), pa.table({pk: pa.array(
+            list(node.pending.keys) if node.pending is not None else [],
+            data.schema.field(pk).type)})])
     refreshed_keys = _refreshed(data.column(pk), keys, skip)
     _commit(node, rows, run, keys, refreshed_keys, skip, read.high, now)
     return len(refreshed_keys)
@@ -109,6 +115,11 @@ def _shed(node: OperatorNode, data: pa.Table, pk: str, per_record: bool
     for i, record in enumerate(records):
         record._ralf_row = i
     kept = records
+    retractions: list[Record] = []
+    if DIFF in data.column_names:  # a retraction is never shed: only +1 rows are chosen
+        signs = data.column(DIFF).to_pylist()
+        retractions = [r for r, sign in zip(records, signs, strict=True) if sign < 0]
+        kept = [r for r, sign in zip(records, signs, strict=True) if sign > 0]
     try:  # user code, over the refresh's records as a whole: a failure fails the table
         for policy in node.policies.selectors:
             kept = policy.select(kept, pk)
@@ -124,7 +135,7 @@ def _shed(node: OperatorNode, data: pa.Table, pk: str, per_record: bool
     except Exception as exc:
         raise OperatorError(f"table {node.name!r}: load shedding raised "
                             f"{type(exc).__name__}: {exc}", table=node.name) from exc
-    rows = [r.__dict__.pop("_ralf_row") for r in kept]
+    rows = sorted(r.__dict__.pop("_ralf_row") for r in [*kept, *retractions])
     return data.take(pa.array(rows, pa.int64())), data.num_rows - len(rows)
 
 
@@ -239,6 +250,43 @@ def _run(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[A
     if node.info.timed:
         return result, _version_rows(node, result, data)
     return result, _output_rows(node, result, list(result.outputs.values()))
+
+
+def _run_changes(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]
+                 ) -> tuple[Applied, pa.Table]:
+    """The per-record path over a changelog's signed rows: to ``on_delete`` /
+    ``on_update`` when the operator defines them, else its keys that lost a record are
+    rebuilt from the records they still have (ralf.engine.rebuild)."""
+    records = node.parent.schema.records(data)
+    signs = data.column(DIFF).to_pylist()
+    others = None
+    if node.lookup is not None:
+        on, lookup = node.info.lookup_on, node.lookup
+        others = [lookup.current(getattr(r, on)) for r in records]
+    keep = ((lambda r, k, outputs: _keep(node, r, k, outputs))
+            if node.policies.shedding else None)
+    out_pk = node.schema.primary_key
+    if callable(getattr(node.operator, "on_delete", None)):
+        result = apply_changes(node.operator, records, signs, data.column(OP).to_pylist(),
+                               data.column("_ralf_seq").to_pylist(), pk, out_pk,
+                               node.aligned, others=others, keep=keep, skip=skip)
+    else:
+        retracted: dict[Any, list[Record]] = {}
+        for record, sign in zip(records, signs, strict=True):
+            if sign < 0:
+                retracted.setdefault(record.__dict__[pk], []).append(record)
+        plain = [i for i, r in enumerate(records) if r.__dict__[pk] not in retracted]
+        result = apply_records(node.operator.on_record, [records[i] for i in plain], pk,
+                               out_pk, node.aligned, keep=keep, skip=skip,
+                               others=None if others is None else [others[i] for i in plain])
+        rebuilt = rebuild(node, list(retracted), retracted, skip | set(result.failed))
+        if rebuilt.whole:
+            result = rebuilt.run
+            result.whole = True
+        else:
+            result.merge(rebuilt.run)
+    return result, _output_rows(node, result, [o for o in result.outputs.values()
+                                               if not isinstance(o, Delete)])
 
 
 def _version_rows(node: OperatorNode, run: Applied, data: pa.Table) -> pa.Table:
@@ -358,6 +406,7 @@ def _commit(node: OperatorNode, rows: pa.Table, run: Applied, keys: list[Any] | 
             refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
     advance = node.marks.advance(refreshed, _still_stale(node, keys, refreshed, skip), high)
     state = node.checkpoint() if run.processed else node.committed_state
+    gone = [k for k, out in run.outputs.items() if isinstance(out, Delete)]
     rows = node.storage.refresh(Refresh(
         table=node.info,
         rows=rows,
@@ -367,17 +416,21 @@ def _commit(node: OperatorNode, rows: pa.Table, run: Applied, keys: list[Any] | 
         set_watermarks=_as_text(node, advance),
         clear_watermarks=advance.clear,
         state=state,
-        write_state=run.processed > 0,
+        write_state=run.processed > 0 or bool(gone),
+        deleted=pa.table({"key": pa.array(gone, node.schema.arrow.field(
+            node.schema.primary_key).type)}) if gone else None,
     ))
     crashpoint("refresh.after_commit")
     # Committed: now memory may move.
     node.committed_state = state
     _move_marks(node, advance)
     node.put_rows(rows, now)
+    for key in gone:
+        node.cache.pop(key, None)
     crashpoint("refresh.after_cache")
     node.metrics.processed += run.processed
     node.metrics.shed += run.shed
-    _after_refresh(node, refreshed, rows.num_rows, now)
+    _after_refresh(node, refreshed, rows.num_rows + len(gone), now)
 
 
 def _as_text(node: FeatureNode, advance: Advance) -> dict[str, int]:

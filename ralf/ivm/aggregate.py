@@ -58,20 +58,36 @@ class DeltaAggregate:
     from the parent's pending appends."""
 
     def __init__(self, key: str, outputs: list[Output], where: str | None,
-                 key_expression: str | None = None) -> None:
+                 key_expression: str | None = None, retracting: bool = False) -> None:
         self.key = key
         self.outputs = outputs
         self.where = where
         # the key computed from the parent's columns (a constant, a composite), if it is
         # not one of them
         self.key_expression = key_expression
+        # the parent is a changelog: its pending rows are signed (_ralf_diff), and a group
+        # whose row count reaches 0 is deleted
+        self.retracting = retracting
         arguments = list(dict.fromkeys(o.argument for o in outputs))
+        if retracting and "*" not in arguments:
+            arguments.append("*")
         self._arg_index = {a: i for i, a in enumerate(arguments)}
         kinds: dict[str, None] = {}
         for o in outputs:
             for kind in FUNCTIONS[o.function]:
                 kinds[self.helper(o.argument, kind)] = None
+        if retracting:  # the group's rows: when none is left, so is the group
+            kinds[self.helper("*", "cnt")] = None
         self.helpers = list(kinds)
+
+    def retracting_copy(self) -> DeltaAggregate:
+        """This plan over a changelog parent (see :meth:`retracted_rows`)."""
+        return DeltaAggregate(self.key, self.outputs, self.where, self.key_expression, True)
+
+    @property
+    def group_rows(self) -> str:
+        """The helper counting a group's rows (a retracting plan's)."""
+        return self.helper("*", "cnt")
 
     # ---- naming ---------------------------------------------------------------------------
     def helper(self, argument: str, kind: str) -> str:
@@ -137,6 +153,77 @@ class DeltaAggregate:
         timed = (f", greatest(d.{event_time}, o.{event_time}) AS {event_time}, "
                  f"d.{event_time} AS {order}")
         return self._merged(target, delta, types, timed)
+
+    def retracted_rows(self, target: str, pending: str, current: str,
+                       types: dict[str, str]) -> str:
+        """The changed rows of a retracting plan, whole (key, outputs, helpers): the
+        pending +1 rows merged into the key's helpers, then the -1 rows taken out by the
+        inverse of the same merge — count, sum, avg and the variance family exactly by
+        deltas (Chan et al.'s merge solved for one part), min and max recomputed from the
+        ``current`` rows of the groups that lost a row. A row whose group count is 0 is a
+        group that is gone. A read-only query."""
+        key = quote(self.key)
+        signed = f"SELECT * FROM ({pending}) AS __ralf_signed WHERE _ralf_diff"
+        added, removed = self.delta_select(f"{signed} > 0"), self.delta_select(f"{signed} < 0")
+        grouped = self.key_expression or key
+        extremes = [n for n in self.helpers if self._parse(n)[1] in ("min", "max")]
+
+        def side(alias: str) -> dict[str, str]:
+            return {n: (f"coalesce({alias}.{quote(n)}, 0)" if n.endswith("_cnt")
+                        else f"{alias}.{quote(n)}") for n in self.helpers}
+
+        merged = {n: self._merge(n, side("o"), side("i")) for n in self.helpers}
+        columns = [f"k.{key} AS {key}"]
+        columns += [f"{v} AS {quote('m' + n)}" for n, v in merged.items()]
+        columns += [f"{v} AS {quote('g' + n)}" for n, v in side("g").items()]
+        joins = (f"LEFT JOIN {target} AS o ON o.{key} = k.{key} "
+                 f"LEFT JOIN ({added}) AS i ON i.{key} = k.{key} "
+                 f"LEFT JOIN ({removed}) AS g ON g.{key} = k.{key}")
+        if extremes:
+            lost = (f"SELECT * FROM {current} AS __ralf_current WHERE {grouped} IN "
+                    f"(SELECT {key} FROM ({removed}) AS __ralf_lost)")
+            joins += f" LEFT JOIN ({self.delta_select(lost)}) AS r ON r.{key} = k.{key}"
+            columns += [f"r.{quote(n)} AS {quote('r' + n)}" for n in extremes]
+        keys = f"SELECT {key} FROM ({added}) AS a UNION SELECT {key} FROM ({removed}) AS b"
+        both = f"SELECT {', '.join(columns)} FROM ({keys}) AS k {joins}"
+        final = {n: self._unmerge(n) for n in self.helpers}
+        helpers = ", ".join(f"{v} AS {quote(n)}" for n, v in final.items())
+        left = f"SELECT {key}, {helpers} FROM ({both}) AS b"
+        outputs = self._outputs({n: quote(n) for n in self.helpers}, types)
+        selects = [key, *(f"{v} AS {quote(c)}" for c, v in outputs.items()),
+                   *(quote(n) for n in self.helpers)]
+        return f"SELECT {', '.join(selects)} FROM ({left}) AS f"
+
+    def _unmerge(self, name: str) -> str:
+        """A helper once a group's removed rows (columns ``g<helper>``) are taken out of
+        the merged group (``m<helper>``); min and max come recomputed (``r<helper>``)
+        when a row was removed."""
+        argument, kind = self._parse(name)
+
+        def m(k: str) -> str:
+            return quote("m" + self.helper(argument, k))
+
+        def g(k: str) -> str:
+            return quote("g" + self.helper(argument, k))
+
+        left = f"({m('cnt')} - {g('cnt')})" if kind != "min" and kind != "max" else ""
+        if kind == "cnt":
+            return left
+        if kind in ("min", "max"):
+            lost = quote("g" + self.group_rows)
+            return f"(CASE WHEN {lost} > 0 THEN {quote('r' + name)} ELSE {m(kind)} END)"
+        if kind == "sum":
+            return (f"(CASE WHEN {left} = 0 THEN NULL WHEN {g('cnt')} = 0 THEN {m('sum')} "
+                    f"ELSE {m('sum')} - {g('sum')} END)")
+        mean = (f"(CASE WHEN {left} = 0 THEN NULL WHEN {g('cnt')} = 0 THEN {m('mean')} ELSE "
+                f"({m('cnt')} * {m('mean')} - {g('cnt')} * {g('mean')}) / {left} END)")
+        if kind == "mean":
+            return mean
+        # m2: the merge M2 = M2_left + M2_gone + (mean_gone - mean_left)^2 n_left n_gone / n
+        # solved for M2_left (never below 0: rounding)
+        return (f"(CASE WHEN {left} = 0 THEN 0 WHEN {g('cnt')} = 0 THEN {m('m2')} ELSE "
+                f"greatest({m('m2')} - {g('m2')} - ({g('mean')} - {mean}) * ({g('mean')} - "
+                f"{mean}) * {left} * {g('cnt')} / {m('cnt')}, 0) END)")
 
     def helper_deltas(self) -> list[str]:
         """Each helper over a group of appended rows, as ``<aggregate> AS <helper>``."""

@@ -83,10 +83,16 @@ class KeyRecompute:
     deletes: bool = False
     lookup: Lookup | None = None
     whole: bool = False  # one group of every parent row (a constant key): recomputed whole
+    # where the looked-up table's rows as they are now live, when not under its name (a
+    # changelog source's current state: its own table is the log of its changes)
+    lookup_rows: str | None = None
 
     def recompute(self, parent_rows: str) -> str:
         """``parent_rows``: a SELECT of the parent's current rows whose key is stale."""
-        return (f"WITH {quote(self.parent)} AS ({parent_rows}) "
+        other = ""
+        if self.lookup is not None and self.lookup_rows is not None:
+            other = f", {quote(self.lookup.table)} AS (SELECT * FROM {self.lookup_rows})"
+        return (f"WITH {quote(self.parent)} AS ({parent_rows}){other} "
                 f"SELECT * FROM ({self.query}) AS __ralf_result")
 
 
@@ -121,8 +127,28 @@ def from_aggregate(parent: str, parent_is_source: bool, key: str, columns: set[s
                    ) -> DeltaAggregate | KeyRecompute | WindowAggregate:
     """``table.aggregate(by=key, name=(column, function), ...)``, or with windows over
     event time, ``name=(column, function, "7d")``; ``parent_deletes``: the parent's rows
-    can disappear; ``event_time``: the parent's event-time column; ``tile``: the windows'
-    tile size (default: a 60th of the shortest window)."""
+    can disappear (a source: it is a changelog); ``event_time``: the parent's event-time
+    column; ``tile``: the windows' tile size (default: a 60th of the shortest window)."""
+    return over_changelog(_aggregate(parent, parent_is_source, key, columns, outputs,
+                                     parent_deletes, event_time, tile),
+                          parent_is_source and parent_deletes)
+
+
+def over_changelog(plan: Any, changelog: bool) -> Any:
+    """A plan over a changelog source: deltas that retract, or recomputed groups that may
+    disappear (unchanged over any other parent)."""
+    if not changelog:
+        return plan
+    if isinstance(plan, DeltaAggregate):
+        return plan.retracting_copy()
+    if isinstance(plan, KeyRecompute):
+        plan.deletes = True
+    return plan
+
+
+def _aggregate(parent: str, parent_is_source: bool, key: str, columns: set[str],
+               outputs: dict[str, tuple], parent_deletes: bool, event_time: str | None,
+               tile: Any) -> DeltaAggregate | KeyRecompute | WindowAggregate:
     if not outputs:
         raise refuse("aggregate() needs at least one output, e.g. n=('rating', 'count')")
     windowed = {n: s for n, s in outputs.items() if isinstance(s, tuple) and len(s) in (3, 4)}
@@ -193,8 +219,16 @@ def from_sql(query: str, parent: str, parent_is_source: bool, key: str,
              parent_deletes: bool = False, others: Mapping[str, Other] | None = None,
              columns: Collection[str] = ()) -> DeltaAggregate | KeyRecompute:
     """``table.sql("SELECT key, ... FROM parent ... GROUP BY key")``; ``parent_deletes``:
-    the parent's rows can disappear; ``others``: the pipeline's other tables a query may
-    look up (name -> schema); ``columns``: the parent's columns."""
+    the parent's rows can disappear (a source: it is a changelog); ``others``: the
+    pipeline's other tables a query may look up (name -> schema); ``columns``: the parent's
+    columns."""
+    return over_changelog(_sql(query, parent, parent_is_source, key, parent_deletes, others,
+                               columns), parent_is_source and parent_deletes)
+
+
+def _sql(query: str, parent: str, parent_is_source: bool, key: str, parent_deletes: bool,
+         others: Mapping[str, Other] | None, columns: Collection[str]
+         ) -> DeltaAggregate | KeyRecompute:
     try:
         statements = [s for s in sqlglot.parse(query, read="duckdb") if s is not None]
     except sqlglot.errors.ParseError as exc:

@@ -52,19 +52,25 @@ from ralf.storage.sql import (
 )
 from ralf.storage.units import (
     BOOKKEEPING_TABLES,
+    CHANGE_COLUMNS,
     DELETED,
+    DIFF,
     EVENT_TIME,
     FEATURE,
     HISTORY_UPGRADES,
+    OP,
     SOURCE,
     Append,
+    Changelog,
     LogRead,
     LookupAdvance,
     Refresh,
     SqlRefresh,
     TableInfo,
+    current_table,
     history_table,
     log_table,
+    rows_relation,
     tiles_table,
 )
 
@@ -331,8 +337,8 @@ class Storage(ABC):
                    f"{self.mark}", [mark, table])
 
     def _catalog_query(self) -> str:
-        return ("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, watermark "
-                "FROM ralf.tables")
+        return ("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, watermark, "
+                "changelog FROM ralf.tables")
 
     # ---- catalog ----------------------------------------------------------------------------
     def migrate(self) -> list[int]:
@@ -375,12 +381,15 @@ class Storage(ABC):
             rows = tx.arrow(self._catalog_query()).to_pylist()
         infos = {r["name"]: TableInfo(r["name"], r["kind"], Schema.from_json(r["schema_json"]),
                                       r["parent"], r["lookup"], r["lookup_on"], bool(r["lazy"]),
-                                      r["watermark"]) for r in rows}
+                                      r["watermark"],
+                                      changelog=Changelog.from_json(r["changelog"]))
+                 for r in rows}
         for info in infos.values():  # a feature table has event time if its source has
             root = info
             while root.kind == FEATURE and root.parent in infos:
                 root = infos[root.parent]
             info.timed = info.kind == FEATURE and root.event_column is not None
+            info.retracts = info.kind == FEATURE and root.changelog is not None
         return infos
 
     def create_table(self, info: TableInfo) -> None:
@@ -395,12 +404,14 @@ class Storage(ABC):
                 tx.execute(statement)
             created = [quote(info.name)] + ([] if info.kind == SOURCE else [log_table(info)])
             created += [tiles_table(info.name)] if info.tiles else []
+            created += [current_table(info.name)] if info.changelog else []
             self._after_create(tx, created)
             tx.execute("INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, "
-                       "lookup, lookup_on, lazy, watermark) VALUES "
-                       f"({', '.join([mark] * 8)}, 0)",
+                       "lookup, lookup_on, lazy, changelog, watermark) VALUES "
+                       f"({', '.join([mark] * 9)}, 0)",
                        [info.name, info.kind, info.schema.to_json(), info.parent, utcnow(),
-                        info.lookup, info.lookup_on, info.lazy])
+                        info.lookup, info.lookup_on, info.lazy,
+                        info.changelog.to_json() if info.changelog else None])
 
     def create_alias(self, alias: str, table: str) -> None:
         """A view named ``alias`` over ``table``."""
@@ -423,11 +434,55 @@ class Storage(ABC):
         with self._transaction() as tx:
             if unit.rows.num_rows:
                 self._insert_appends(tx, info, unit.rows, unit.first_seq, unit.ingested_at)
+            if info.changelog is not None and unit.rows.num_rows:
+                self._change_current(tx, info, unit)
             self._replace(tx, "ralf.source_state", [
                 self._progress_name(info.name), unit.source_state, unit.emitted,
                 unit.exhausted, unit.ingested_at])
             self._insert_rejected(tx, unit.rejected)
             crashpoint("append.before_commit")
+
+    def _change_current(self, tx: Transaction, info: TableInfo, unit: Append) -> None:
+        """A changelog source's current state follows its appended changes: the retracted
+        rows leave, the +1 rows that were not retracted in the same batch enter."""
+        current, mark = current_table(info.name), self.mark
+        first, last = unit.first_seq, unit.first_seq + unit.rows.num_rows - 1
+        if unit.retracted:
+            tx.stage("__ralf_retracted", pa.table({"seq": pa.array(unit.retracted, pa.int64())}))
+            tx.execute(f"DELETE FROM {current} WHERE _ralf_seq IN "
+                       "(SELECT seq FROM __ralf_retracted)")
+        cols = ", ".join(quote(c) for c in info.schema.names)
+        tx.execute(f"INSERT INTO {current} ({cols}, _ralf_seq, _ralf_ingested_at) "
+                   f"SELECT {cols}, _ralf_seq, _ralf_ingested_at FROM {quote(info.name)} a "
+                   f"WHERE a._ralf_seq >= {mark} AND a._ralf_seq <= {mark} AND a._ralf_diff > 0 "
+                   f"AND NOT EXISTS (SELECT 1 FROM {quote(info.name)} r WHERE r._ralf_seq >= "
+                   f"{mark} AND r._ralf_seq <= {mark} AND r._ralf_retracts = a._ralf_seq)",
+                   [first, last, first, last])
+
+    def current_changes(self, info: TableInfo, identities: pa.Table) -> pa.Table:
+        """A changelog source's current rows whose identity (the columns of
+        ``identities``) is among ``identities``': user columns and ``_ralf_seq``."""
+        on = " AND ".join(f"c.{quote(n)} IS NOT DISTINCT FROM i.{quote(n)}"
+                          for n in identities.column_names)
+        cols = ", ".join(f"c.{quote(c)}" for c in info.schema.names)
+        with self._reading() as tx:
+            tx.stage("__ralf_identities", identities)
+            return tx.arrow(f"SELECT {cols}, c._ralf_seq FROM {current_table(info.name)} c "
+                            f"WHERE EXISTS (SELECT 1 FROM __ralf_identities i WHERE {on}) "
+                            "ORDER BY c._ralf_seq", types=_arrow_types(info, "_ralf_seq"))
+
+    def live_rows(self, info: TableInfo, keys: pa.Array | None) -> pa.Table:
+        """A changelog source's current rows (of ``keys``, or all), oldest first: user
+        columns and ``_ralf_seq``."""
+        cols = ", ".join(quote(c) for c in info.schema.names)
+        where = ""
+        with self._reading() as tx:
+            if keys is not None:
+                tx.stage("__ralf_wanted", pa.table({"key": keys}))
+                where = (f" WHERE {quote(info.schema.primary_key)} IN "
+                         "(SELECT key FROM __ralf_wanted)")
+            return tx.arrow(f"SELECT {cols}, _ralf_seq FROM {current_table(info.name)}{where} "
+                            "ORDER BY _ralf_seq", types=_arrow_types(info, "_ralf_seq"))
 
     def refresh(self, unit: Refresh) -> pa.Table:
         """A Python operator's outputs, their history, the watermarks and the operator's
@@ -445,6 +500,8 @@ class Storage(ABC):
                 tx.stage("__ralf_rows", unit.rows)
                 self._write_rows(tx, info, "__ralf_rows", unit.rows.column_names,
                                  unit.version, unit.updated_at)
+            if unit.deleted is not None and unit.deleted.num_rows:
+                self._delete_keys(tx, info, unit.deleted, unit.version, unit.updated_at)
             self._write_watermarks(tx, unit)
             if unit.write_state:
                 self._replace(tx, "ralf.operator_state", [
@@ -513,6 +570,9 @@ class Storage(ABC):
                 data = self._write_versions(tx, info, query, columns, VERSION_ORDER,
                                             unit.version, unit.updated_at)
                 deleted, columns = [], []  # written already
+            elif isinstance(plan, DeltaAggregate) and plan.retracting:
+                data, deleted = self._retract(tx, unit, pending)
+                columns = [plan.key, *(o.name for o in plan.outputs), *plan.helpers]
             elif isinstance(plan, DeltaAggregate):
                 types = {n: info.schema.sql_type(n) for n in names}
                 query = self._dialect(plan.new_rows(quote(info.name), pending, types))
@@ -532,6 +592,27 @@ class Storage(ABC):
         rows = data.select(names + ([EVENT_TIME] if info.timed else []))
         return rows.append_column("_ralf_seq", pa.array(
             np.full(rows.num_rows, unit.version, np.int64))), deleted
+
+    def _retract(self, tx: Transaction, unit: SqlRefresh, pending: str
+                 ) -> tuple[pa.Table, list[Any]]:
+        """An aggregate over a changelog: the changed groups (signed deltas, see
+        :meth:`DeltaAggregate.retracted_rows`) staged as ``__ralf_rows``; the groups left
+        without rows deleted. Returns both."""
+        info, plan = unit.table, unit.plan
+        names = info.schema.names
+        types = {n: info.schema.sql_type(n) for n in names}
+        current = rows_relation(unit.read.table, self.user_schema)
+        query = self._dialect(plan.retracted_rows(quote(info.name), pending, current, types))
+        rows = quote(plan.group_rows)
+        key_type = info.schema.arrow.field(plan.key).type
+        tx.materialize("__ralf_changed", query, [plan.key], {plan.key: key_type})
+        gone = tx.arrow(f"SELECT {quote(plan.key)} AS key FROM __ralf_changed WHERE "
+                        f"{rows} = 0", types={"key": key_type})
+        data = tx.materialize("__ralf_rows", f"SELECT * FROM __ralf_changed WHERE {rows} > 0",
+                              names, _arrow_types(info))
+        deleted = (self._delete_keys(tx, info, gone, unit.version, unit.updated_at)
+                   if gone.num_rows else [])
+        return data, deleted
 
     def _refresh_windows(self, tx: Transaction, unit: SqlRefresh, pending: str) -> pa.Table:
         """A windowed aggregate: the pending appends merged into the tiles, then the
@@ -630,7 +711,7 @@ class Storage(ABC):
                 return info.schema.arrow.empty_table(), []
             tx.stage("__ralf_stale", stale)
             cols = ", ".join(quote(c) for c in parent.schema.names)
-            parent_rows = (f"SELECT {cols} FROM {self.user_schema}.{quote(parent.name)} "
+            parent_rows = (f"SELECT {cols} FROM {rows_relation(parent, self.user_schema)} "
                            f"WHERE {key} IN (SELECT key FROM __ralf_stale)")
             result = tx.arrow(self._dialect(plan.recompute(parent_rows)),
                               types=_arrow_types(info))
@@ -642,19 +723,31 @@ class Storage(ABC):
         gone = [k for k in stale.column("key").to_pylist() if k not in kept]
         deleted: list[Any] = []
         if gone:  # of the keys without a group now, the ones that had a row: deleted
-            tx.stage("__ralf_gone", pa.table({"key": pa.array(gone, key_type)}))
-            had_row = (f"SELECT {key} AS key FROM {quote(info.name)} WHERE {key} IN "
-                       "(SELECT key FROM __ralf_gone)")
-            deleted = tx.arrow(had_row, types={"key": key_type}).column(0).to_pylist()
-        if deleted:
-            # the history records the removal, so as_of answers and children see it
-            tx.execute(f"INSERT INTO {log_table(info)} ({key}, _ralf_seq, _ralf_valid_from, "
-                       f"{DELETED}) SELECT key, {self.mark}, CAST({self.mark} AS TIMESTAMP), "
-                       f"true FROM ({had_row}) AS d", [unit.version, unit.updated_at])
-            tx.execute(f"DELETE FROM {quote(info.name)} WHERE {key} IN "
-                       "(SELECT key FROM __ralf_gone)")
+            deleted = self._delete_keys(tx, info, pa.table({"key": pa.array(gone, key_type)}),
+                                        unit.version, unit.updated_at)
         tx.stage("__ralf_rows", data)
         return data, deleted
+
+    def _delete_keys(self, tx: Transaction, info: TableInfo, keys: pa.Table, version: int,
+                     at: dt.datetime) -> list[Any]:
+        """Delete the rows of ``keys`` (one column, ``key``) from a feature table; the
+        history records each removal as version ``version`` (so as_of answers and children
+        see it). Returns the keys that had a row."""
+        key, key_type = quote(info.schema.primary_key), keys.schema.field("key").type
+        tx.stage("__ralf_gone", keys)
+        had_row = (f"SELECT {key} AS key FROM {quote(info.name)} WHERE {key} IN "
+                   "(SELECT key FROM __ralf_gone)")
+        deleted = tx.arrow(had_row, types={"key": key_type}).column(0).to_pylist()
+        if deleted:
+            timed = f", {EVENT_TIME}" if info.timed else ""
+            tx.execute(f"INSERT INTO {log_table(info)} ({key}, _ralf_seq, _ralf_valid_from, "
+                       f"{DELETED}{timed}) SELECT d.key, {self.mark}, CAST({self.mark} AS "
+                       f"TIMESTAMP), true{', t.' + EVENT_TIME if timed else ''} FROM "
+                       f"({had_row}) AS d JOIN {quote(info.name)} t ON t.{key} = d.key",
+                       [version, at])
+            tx.execute(f"DELETE FROM {quote(info.name)} WHERE {key} IN "
+                       "(SELECT key FROM __ralf_gone)")
+        return deleted
 
     def _stale_keys(self, tx: Transaction, unit: SqlRefresh, pending: str,
                     key_type: pa.DataType) -> pa.Table:
@@ -673,7 +766,7 @@ class Storage(ABC):
         data = rows.append_column("_ralf_seq", pa.array(
             np.arange(first_seq, first_seq + rows.num_rows, dtype=np.int64)))
         tx.stage("__ralf_rows", data)
-        cols = ", ".join(quote(c) for c in info.schema.names)
+        cols = ", ".join(quote(c) for c in append_columns(info))
         tx.execute(f"INSERT INTO {quote(info.name)} ({cols}, _ralf_seq, _ralf_ingested_at) "
                    f"SELECT {cols}, _ralf_seq, CAST({self.mark} AS TIMESTAMP) FROM __ralf_rows",
                    [at])
@@ -784,7 +877,7 @@ class Storage(ABC):
         event = read.table.event_column
         order = "p._ralf_seq" if event is None else f"p.{quote(event)}, p._ralf_seq"
         return self._log_query(read, f"{pending_rows(read)} ORDER BY {order}",
-                               _arrow_types(read.table, "_ralf_seq", EVENT_TIME))
+                               _arrow_types(read.table, "_ralf_seq", EVENT_TIME, DIFF, OP))
 
     def pending_summary(self, read: LogRead) -> pa.Table:
         """Per key of the read: ``key, n, first_seq, last_seq, first_at``."""
@@ -793,13 +886,17 @@ class Storage(ABC):
             "key": key_type, "n": pa.int64(), "first_seq": pa.int64(),
             "last_seq": pa.int64(), "first_at": pa.timestamp("us")})
 
-    def current_rows(self, table: TableInfo) -> pa.Table:
-        """A feature table's rows (this process's), or a source's latest append per key."""
+    def current_rows(self, table: TableInfo, keys: pa.Array | None = None) -> pa.Table:
+        """A feature table's rows (this process's), or a source's latest append per key
+        (a changelog source's latest current row); ``keys``: of those keys only."""
         meta = ("_ralf_updated_at", "_ralf_seq", *([EVENT_TIME] if table.timed else []))
-        query = current_query(table, *meta)
+        query = f"SELECT * FROM ({current_query(table, *meta)}) AS c WHERE {self._own_rows()}"
         with self._reading() as tx:
-            return tx.arrow(f"SELECT * FROM ({query}) AS c WHERE {self._own_rows()}",
-                            types=_arrow_types(table, *meta))
+            if keys is not None:
+                tx.stage("__ralf_wanted", pa.table({"key": keys}))
+                query += (f" AND {quote(table.schema.primary_key)} IN "
+                          "(SELECT key FROM __ralf_wanted)")
+            return tx.arrow(query, types=_arrow_types(table, *meta))
 
     def load_watermarks(self, table: str) -> dict[str, int]:
         """A table's per-key watermarks: key text -> seq."""
@@ -921,6 +1018,7 @@ class Storage(ABC):
         catalog = self.catalog().values()
         names = [quote(info.name) for info in catalog]
         names += [log_table(info) for info in catalog if info.kind != SOURCE]
+        names += [current_table(info.name) for info in catalog if info.changelog is not None]
         names += [f"ralf.{quote(t)}" for t in BOOKKEEPING_TABLES]
         digests = {}
         with self._reading() as tx:
@@ -939,8 +1037,15 @@ def _arrow_types(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:
     """Arrow types of a table's user columns and of the bookkeeping columns named."""
     types = {f.name: f.type for f in table.schema.arrow}
     times = {"_ralf_updated_at", "_ralf_ingested_at", "_ralf_valid_from", EVENT_TIME}
-    types.update({e: pa.timestamp("us") if e in times else pa.int64() for e in extra})
+    types.update({e: pa.timestamp("us") if e in times else pa.string() if e == OP
+                  else pa.int64() for e in extra})
     return types
+
+
+def append_columns(info: TableInfo) -> list[str]:
+    """The columns an append writes besides ralf's numbering: the user's, and a changelog
+    source's signs (``CHANGE_COLUMNS``)."""
+    return [*info.schema.names, *(CHANGE_COLUMNS if info.changelog is not None else ())]
 
 
 def age_column(info: TableInfo) -> str:

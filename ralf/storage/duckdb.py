@@ -31,7 +31,16 @@ from ralf.schema import quote
 from ralf.storage import readonly
 from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited
 from ralf.storage.sql import as_of_column
-from ralf.storage.units import DELETED, EVENT_TIME, SOURCE, TableInfo, log_table, tiles_table
+from ralf.storage.units import (
+    CHANGE_DDL,
+    DELETED,
+    EVENT_TIME,
+    SOURCE,
+    TableInfo,
+    current_table,
+    log_table,
+    tiles_table,
+)
 
 # The duckdb command-line shell on PyPI lags the library; files in this format open in both.
 STORAGE_VERSION = "v1.4.0"
@@ -173,8 +182,13 @@ class DuckDBStorage(Storage):
         self._stored.pop(info.name, None)
         user_cols = [f"{quote(n)} {schema.sql_type(n)}" for n in schema.names]
         if info.kind == SOURCE:
-            return [f"CREATE TABLE {quote(info.name)} ({', '.join(user_cols)}, "
-                    "_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL)"]
+            changes = CHANGE_DDL if info.changelog is not None else ""
+            ddl = [f"CREATE TABLE {quote(info.name)} ({', '.join(user_cols)}, "
+                   f"_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL{changes})"]
+            if info.changelog is not None:
+                ddl.append(f"CREATE TABLE {current_table(info.name)} ({', '.join(user_cols)}, "
+                           "_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL)")
+            return ddl
         keyed = [
             c + (" PRIMARY KEY" if n == schema.primary_key else "")
             + (f" GENERATED ALWAYS AS ({info.derived[n]}) VIRTUAL" if n in info.derived else "")

@@ -11,7 +11,8 @@ the catalog.
 
 What it may read: the user tables (sources, feature tables, aliases), the feature
 tables' histories (``ralf."<table>__history"``), windowed aggregates' tiles
-(``ralf."<table>__tiles"``) and ralf's catalog (``ralf.tables``).
+(``ralf."<table>__tiles"``), changelog sources' current state (``ralf."<source>__current"``)
+and ralf's catalog (``ralf.tables``).
 The rest of the ``ralf`` schema is internal: pickled operator state (code could be
 smuggled into a pickle, and it exposes an operator's internals), source positions (Kafka
 offsets, file positions), per-key watermarks and rejected records (raw input that failed
@@ -30,6 +31,7 @@ BOOKKEEPING_SCHEMA = "ralf"
 READABLE_BOOKKEEPING = frozenset({"tables"})
 HISTORY_SUFFIX = "__history"
 TILES_SUFFIX = "__tiles"  # a windowed aggregate's tiles (ralf.ivm.windows)
+CURRENT_SUFFIX = "__current"  # a changelog source's current state (docs/changelog.md)
 
 # Table functions that read only their arguments or the catalog.
 TABLE_FUNCTIONS = frozenset({
@@ -58,11 +60,12 @@ def check_table(schema: str | None, name: str) -> None:
     if (schema or "").lower() != BOOKKEEPING_SCHEMA:
         return
     name = name.lower()
-    if name in READABLE_BOOKKEEPING or name.endswith((HISTORY_SUFFIX, TILES_SUFFIX)):
+    if name in READABLE_BOOKKEEPING or name.endswith((HISTORY_SUFFIX, TILES_SUFFIX,
+                                                       CURRENT_SUFFIX)):
         return
     raise QueryError(f"table ralf.{name} is internal to ralf and cannot be queried "
-                     f"(readable in the ralf schema: tables, the *{HISTORY_SUFFIX} and the "
-                     f"*{TILES_SUFFIX} tables)")
+                     f"(readable in the ralf schema: tables, the *{HISTORY_SUFFIX}, the "
+                     f"*{TILES_SUFFIX} and the *{CURRENT_SUFFIX} tables)")
 
 
 def check_function(name: str, table_function: bool = False) -> None:

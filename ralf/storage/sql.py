@@ -11,12 +11,15 @@ import pyarrow.compute as pc
 from ralf.schema import quote
 from ralf.storage.units import (
     DELETED,
+    DIFF,
     EVENT_TIME,
     FEATURE,
+    OP,
     SOURCE,
     LogRead,
     TableInfo,
     log_table,
+    rows_relation,
 )
 
 
@@ -54,6 +57,8 @@ def pending_rows(read: LogRead) -> str:
     event = read.table.event_column
     if event is not None:
         cols.append(f"p.{quote(event)} AS {EVENT_TIME}")
+    if read.table.changelog is not None:  # each row's sign and change
+        cols += [f"p.{DIFF}", f"p.{OP}"]
     return f"SELECT {', '.join(cols)} {log_from(read)}"
 
 
@@ -67,15 +72,17 @@ def pending_summary(read: LogRead) -> str:
 
 def current_query(table: TableInfo, *meta: str) -> str:
     """A SELECT of each key's current row: a feature table's row, a source's latest append
-    (whose ``_ralf_ingested_at`` is its ``_ralf_updated_at``); user columns, then ``meta``."""
+    (whose ``_ralf_ingested_at`` is its ``_ralf_updated_at``; of a changelog source, the
+    latest of its current rows); user columns, then ``meta``."""
     columns = [quote(c) for c in table.schema.names]
     if table.kind == FEATURE:
         return f"SELECT {', '.join(columns + list(meta))} FROM {quote(table.name)}"
+    rows = quote(table.name) if table.changelog is None else rows_relation(table)
     inner = columns + ["_ralf_ingested_at AS _ralf_updated_at" if m == "_ralf_updated_at" else m
                        for m in meta]
     return (f"SELECT {', '.join(columns + list(meta))} FROM (SELECT {', '.join(inner)}, "
             f"row_number() OVER (PARTITION BY {quote(table.schema.primary_key)} "
-            f"ORDER BY _ralf_seq DESC) AS __ralf_rank FROM {quote(table.name)}) AS latest "
+            f"ORDER BY _ralf_seq DESC) AS __ralf_rank FROM {rows}) AS latest "
             f"WHERE __ralf_rank = 1")
 
 
@@ -93,8 +100,9 @@ def point_query(table: TableInfo, mark: str) -> str:
     if table.kind == FEATURE:
         return (f"SELECT {cols}, _ralf_updated_at{event} FROM {quote(table.name)} "
                 f"WHERE {quote(table.schema.primary_key)} = {mark}")
+    rows = quote(table.name) if table.changelog is None else rows_relation(table)
     return (f"SELECT {cols}, _ralf_ingested_at AS _ralf_updated_at{event} FROM "
-            f"{quote(table.name)} WHERE {quote(table.schema.primary_key)} = {mark} "
+            f"{rows} WHERE {quote(table.schema.primary_key)} = {mark} "
             "ORDER BY _ralf_seq DESC LIMIT 1")
 
 

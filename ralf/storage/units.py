@@ -8,6 +8,7 @@ nowhere else.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,39 @@ SOURCE = "source"
 FEATURE = "feature"
 # ralf's own tables in the ralf schema (migrations/)
 BOOKKEEPING_TABLES = ("tables", "watermarks", "operator_state", "source_state", "rejected",
-                      "schema_migrations", "shard_floors")
+                      "schema_migrations", "shard_floors", "forgotten")
+
+# A changelog source's log columns beside the user's: the sign of each logged row (+1 a
+# row that enters the source's current state, -1 one that leaves it), the change it came
+# from (insert / update / delete) and, on a -1 row, the _ralf_seq of the +1 row it retracts.
+DIFF = "_ralf_diff"
+OP = "_ralf_op"
+RETRACTS = "_ralf_retracts"
+CHANGE_COLUMNS = (DIFF, OP, RETRACTS)
+CHANGE_DDL = f", {DIFF} BIGINT NOT NULL, {OP} VARCHAR NOT NULL, {RETRACTS} BIGINT"
+
+
+@dataclass(frozen=True)
+class Changelog:
+    """How a source's records change its rows: ``mode`` "upsert" (a record replaces the
+    current row of its identity key; a delete removes it) or "changelog" (each record
+    says insert, update or delete); ``key``: the identity key's columns (None: a row is
+    identified by all its values, and the source is a multiset of rows)."""
+
+    mode: str
+    key: tuple[str, ...] | None = None
+
+    def to_json(self) -> str:
+        """The catalog's text of it."""
+        return json.dumps({"mode": self.mode, "key": None if self.key is None else list(self.key)})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Changelog | None:
+        """The changelog :meth:`to_json` describes (None: an append-only source)."""
+        if text is None:
+            return None
+        data = json.loads(text)
+        return cls(data["mode"], None if data["key"] is None else tuple(data["key"]))
 
 
 
@@ -44,6 +77,11 @@ class TableInfo:
     timed: bool = False
     # a windowed aggregate's tiles table: its columns (name, SQL type); none for others
     tiles: list[tuple[str, str]] = field(default_factory=list)
+    # a source whose records update and delete rows (its log holds signed rows); None for
+    # an append-only source and for feature tables
+    changelog: Changelog | None = None
+    # a feature table derived from a changelog source: its parent's log retracts rows
+    retracts: bool = False
 
     @property
     def event_column(self) -> str | None:
@@ -65,6 +103,9 @@ class Append:
     emitted: int
     exhausted: bool
     rejected: list[Rejection] = field(default_factory=list)
+    # a changelog source: ``rows`` carry CHANGE_COLUMNS; the current state loses the rows
+    # whose _ralf_seq is listed in ``retracted`` and gains ``rows``' +1 rows not retracted
+    retracted: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -80,6 +121,9 @@ class Refresh:
     clear_watermarks: bool  # drop every override first
     state: bytes | None
     write_state: bool
+    # keys whose rows go (an operator deleted them, or a rebuild left them no row): one
+    # column, ``key``; their removal is a version of the history
+    deleted: pa.Table | None = None
 
 
 @dataclass
@@ -146,6 +190,19 @@ def log_table(table: TableInfo) -> str:
     if table.kind == SOURCE:
         return quote(table.name)
     return history_table(table.name)
+
+
+def current_table(source: str) -> str:
+    """The qualified name of a changelog source's current state: its live rows."""
+    return f"ralf.{quote(source + '__current')}"
+
+
+def rows_relation(table: TableInfo, schema: str = "main") -> str:
+    """Where a table's rows as they are now live: a feature table's rows, an append-only
+    source's appends, a changelog source's current state (``schema``: the user schema)."""
+    if table.changelog is not None:
+        return current_table(table.name)
+    return f"{schema}.{quote(table.name)}"
 
 
 def tiles_table(feature_table: str) -> str:

@@ -6,8 +6,13 @@ github.com/sraoss/pg_ivm, commit 377a37dc72a922486d9d3d0c8caf2f7e91900c93 (2026-
 ``sql/refresh_immv.sql`` with their expected output ``expected/*.out``. The cases are data:
 tests/ivm/ports/pg_ivm.json, one case per ``pgivm.create_immv(name, query)`` call, named
 ``<file>:<line>:<immv>`` (the line of the call). How a case runs: tests/ivm/ports/harness.py,
-as an OpenIVM case (tests/ivm/test_port_openivm.py); a case stops at the first statement
-ralf cannot run yet (an UPDATE, DELETE, TRUNCATE, or a data-modifying WITH).
+as an OpenIVM case (tests/ivm/test_port_openivm.py); a case runs the peer's DELETE, UPDATE and
+TRUNCATE of its base tables too (changelog sources: the changed rows as delete and update
+records), and stops at the first statement ralf cannot run yet (a data-modifying WITH, a
+ROLLBACK of changes made before the view's transaction, a check of an aggregate without GROUP
+BY over no rows). The 11 IMMVs ralf maintains that stopped at a DELETE/UPDATE/TRUNCATE now
+run past it: 8 to the end, 3 up to that aggregate of no rows (tests/ivm/ports/extend.py added
+their steps from the peer's files).
 
 A check's expected rows are those of the peer's expected output (``psql``'s table, its cells
 tab-separated). pg_ivm's own hidden columns (``__ivm_count__`` ...) are left out of them

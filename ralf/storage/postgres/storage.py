@@ -34,7 +34,14 @@ import sqlalchemy
 from ralf.errors import QueryError, RalfError, SchemaError
 from ralf.schema import quote
 from ralf.storage import readonly
-from ralf.storage.base import Storage, Transaction, Watchdog, fetch_limited, history_columns
+from ralf.storage.base import (
+    Storage,
+    Transaction,
+    Watchdog,
+    append_columns,
+    fetch_limited,
+    history_columns,
+)
 from ralf.storage.postgres.translate import Translator, catalog_columns
 from ralf.storage.postgres.types import (
     allow_infinities,
@@ -45,11 +52,13 @@ from ralf.storage.postgres.types import (
 )
 from ralf.storage.sql import as_of_column, pending_rows
 from ralf.storage.units import (
+    CHANGE_DDL,
     DELETED,
     EVENT_TIME,
     SOURCE,
     LogRead,
     TableInfo,
+    current_table,
     log_table,
     tiles_table,
 )
@@ -210,10 +219,17 @@ class PostgresStorage(Storage):
         user_cols = [f"{quote(n)} {pg_type(schema.sql_type(n))}" for n in schema.names]
         key = quote(schema.primary_key)
         if info.kind == SOURCE:
-            return [f"CREATE TABLE {name} ({', '.join(user_cols)}, "
-                    "_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL)",
-                    f"CREATE INDEX ON {name} (_ralf_seq)",
-                    f"CREATE INDEX ON {name} ({key}, _ralf_seq)"]
+            ddl = [f"CREATE TABLE {name} ({', '.join(user_cols)}, "
+                   f"_ralf_seq BIGINT NOT NULL, _ralf_ingested_at TIMESTAMP NOT NULL"
+                   f"{CHANGE_DDL if info.changelog else ''})",
+                   f"CREATE INDEX ON {name} (_ralf_seq)",
+                   f"CREATE INDEX ON {name} ({key}, _ralf_seq)"]
+            if info.changelog is not None:
+                current = current_table(info.name)
+                ddl += [f"CREATE TABLE {current} ({', '.join(user_cols)}, "
+                        "_ralf_seq BIGINT PRIMARY KEY, _ralf_ingested_at TIMESTAMP NOT NULL)",
+                        f"CREATE INDEX ON {current} ({key})"]
+            return ddl
         hidden = [f"{quote(n)} {pg_type(t)}" for n, t in info.hidden]
         log_ = log_table(info)
         timed = f"{EVENT_TIME} TIMESTAMP, " if info.timed else ""
@@ -244,9 +260,10 @@ class PostgresStorage(Storage):
     def _insert_appends(self, tx: PostgresTransaction, info: TableInfo, rows: pa.Table,
                         first_seq: int, at: dt.datetime) -> None:
         """Straight into the append table by COPY (staging would copy them twice)."""
-        names = [*info.schema.names, "_ralf_seq", "_ralf_ingested_at"]
+        written = append_columns(info)
+        names = [*written, "_ralf_seq", "_ralf_ingested_at"]
         seqs = range(first_seq, first_seq + rows.num_rows)
-        columns = [rows.column(c).to_pylist() for c in info.schema.names]
+        columns = [rows.column(c).to_pylist() for c in written]
         with tx.cur.copy(f"COPY {quote(info.name)} ({', '.join(map(quote, names))}) "
                          "FROM STDIN") as copy:
             for row in zip(*columns, seqs, strict=True):
@@ -354,7 +371,7 @@ class PostgresStorage(Storage):
         if not self.sharded:
             return super()._catalog_query()
         return ("SELECT t.name, kind, schema_json, parent, lookup, lookup_on, lazy, "
-                f"coalesce(f.watermark, {int(self.seq_base)}) AS watermark "
+                f"coalesce(f.watermark, {int(self.seq_base)}) AS watermark, changelog "
                 "FROM ralf.tables t LEFT JOIN ralf.shard_floors f "
                 f"ON f.name = t.name || '#{int(self.shard)}'")
 

@@ -14,22 +14,37 @@ from the peer's file:
   the view exists), run by DuckDB (PostgreSQL's ``INSERT ... VALUES`` and ``ALTER TABLE ... DROP
   COLUMN`` run there as they are). A base table becomes a ralf source of the same name, keyed
   on ``keys[table]``, whose first batch is the rows the table holds when the peer defines the
-  view;
+  view. When the steps DELETE, UPDATE or TRUNCATE, the sources are changelogs
+  (``mode="changelog"``, no ``key=``: a source's rows are a multiset, a row is its values);
+  otherwise append-only sources, as before;
 * ``views``: the view (after the views it reads, for a view over views) as ``[name, the peer's
   SELECT, ralf's SELECT or null when it is the same]``; a name with a column list (``mv(a,
-  b)``) gives the view's column names;
+  b)``) gives the view's column names (a peer query reads ralf's key column, which keeps its
+  own name, under the peer's);
 * ``steps``: the peer's statements after the definition, in order, up to the first one ralf
-  cannot run yet (``stop``: ``[kind, line]``, a DELETE/UPDATE/ALTER/TRUNCATE of a base table, a
-  data-modifying WITH, a concurrent loop, the view replaced). A step is ``["insert", line,
-  statement]``: one batch of its table's source and one ``server.step()``, after which each
-  view must equal its SELECT recomputed by DuckDB over ralf's tables; ``["check", line, query,
-  rows]``: the peer's own query of the view, which must return the peer's expected rows (each
-  a line of tab-separated values as the peer prints them: compared as multisets, a number to
-  the decimals printed, a DATE to the day); ``["peer", line, statement]``: a statement on a
-  table the view does not read, that a later INSERT reads. A peer query whose expected rows
-  are not the view's current contents (a query of the peer's metadata, or of a view
-  deliberately left stale before a refresh) is left out, as are the peer's refreshes (ralf
-  refreshes at every step) and settings;
+  cannot run yet (``stop``: ``[kind, line]``, or null when the case runs to its end: see
+  below). A step is ``["insert", line, statement]``: one batch of its table's source and one
+  ``server.step()``, after which each view must equal its SELECT recomputed by DuckDB over
+  ralf's tables; ``["delete" | "update" | "truncate", line, statement]``: a plain DELETE,
+  UPDATE or TRUNCATE of one base table, run on the peer's DuckDB database to learn the rows it
+  changes (``_changes``: a DELETE's ``RETURNING *``; an UPDATE's matching rows and their new
+  values read by one SELECT before it runs; a TRUNCATE deletes every row), which become one
+  batch of changelog records (``op`` delete, or update with the old row in ``before``) and one
+  ``server.step()``, checked as an INSERT is; ``["check", line, query, rows]``: the peer's own
+  query of the view, which must return the peer's expected rows (each a line of tab-separated
+  values as the peer prints them: compared as multisets, a number to the decimals printed, a
+  DATE to the day); ``["peer", line, statement]``: a statement on a table the view does not
+  read, that a later INSERT reads. A peer query whose expected rows are not the view's current
+  contents (a query of the peer's metadata, or of a view deliberately left stale before a
+  refresh) is left out, as are the peer's refreshes (ralf refreshes at every step) and
+  settings. A recomputation, and a peer query, read a changelog source's current state,
+  ``ralf."<name>__current"`` (its user columns), not its table (the log of its changes).
+  ``stop``'s kinds: an ALTER/DROP TABLE of a base table, an upsert, a data-modifying WITH, a
+  DELETE ... USING (an UPDATE ... FROM), a concurrent loop, the view replaced, a ROLLBACK of
+  changes made before the view's transaction (pg_ivm), a statement DuckDB cannot run as
+  written, ``aggregate of no rows`` (the peer's aggregate without GROUP BY has one row over no
+  rows; ralf's, grouped by a constant, has none). The steps past a DELETE/UPDATE/TRUNCATE
+  were added from the peer's files by ``extend.py``;
 * ``refused``: null, or a word of the reason ralf refuses the view with (a regular
   expression): the case is a test that defining the view raises SchemaError. The cases whose
   view may become maintainable (a join, EXISTS, a one-expression group) keep their data and
@@ -97,11 +112,13 @@ def _plain(table):
     return table.split("(")[0].strip().split(".")[-1].strip('"').lower()
 
 
-def _rewrite(query, names, columns=None):
+def _rewrite(query, names, columns=None, current=None):
     """``query`` reading ralf's tables: each peer table under its ralf name (``names``) and, when
     ``columns`` are given, as those columns only (ralf's tables carry ``_ralf_*`` bookkeeping
     columns besides), so that the peer's own statements (``SELECT * FROM mv``, ``... EXCEPT
-    ALL ...``) run unchanged. Aliased to the peer's name, so qualified columns still bind."""
+    ALL ...``) run unchanged. Aliased to the peer's name, so qualified columns still bind.
+    ``current``: the changelog sources' current state (``ralf."<name>__current"``), read
+    instead of their tables (a changelog source's table is the log of its changes)."""
     tree = sqlglot.parse_one(query, read="duckdb")
     ctes = {c.alias_or_name.lower() for c in tree.find_all(exp.CTE)}
     for table in list(tree.find_all(exp.Table)):
@@ -118,9 +135,11 @@ def _rewrite(query, names, columns=None):
             table.set("db", None)
             table.set("catalog", None)
             continue
-        select = ", ".join(f'"{c}"' for c in columns[name])
+        select = ", ".join(f'"{c}"' if isinstance(c, str) else f'"{c[0]}" AS "{c[1]}"'
+                           for c in columns[name])
+        relation = (current or {}).get(name) or f'"{names[name]}"'
         table.replace(sqlglot.parse_one(
-            f'(SELECT {select} FROM "{names[name]}") AS "{alias}"', read="duckdb"))
+            f'(SELECT {select} FROM {relation}) AS "{alias}"', read="duckdb"))
     if columns is not None and not (tree.args.get("limit") or tree.args.get("offset")):
         tree.set("order", None)  # rows are compared as multisets
     return tree.sql("duckdb")
@@ -209,6 +228,15 @@ def _record(columns, row):
     return {c: _python(v) for c, v in zip(columns, row, strict=True)}
 
 
+def _change(columns, op, row, before):
+    """A changelog record: a delete carries the deleted row's values, an update the new
+    values and the old row's in ``before`` (the source has no key: a row is its values)."""
+    record = {**_record(columns, row), "op": op}
+    if before is not None:
+        record["before"] = _record(columns, before)
+    return record
+
+
 def _from_table(query, known):
     """The ralf table a view's SQL is defined on: the first of its tables that ralf has (the
     case's first table when it reads none)."""
@@ -222,6 +250,78 @@ def _target(statement):
     return _plain(re.match(r"\s*insert\s+into\s+([\w.\"-]+)", statement, re.I).group(1))
 
 
+# The changes of a base table a step makes (besides INSERT): the statement's table as written.
+_CHANGES = {
+    "delete": r"\s*delete\s+from\s+([\w.\"-]+)",
+    "update": r"\s*update\s+([\w.\"-]+)",
+    "truncate": r"\s*truncate\s+(?:table\s+)?([\w.\"-]+)",
+}
+
+
+def _multiset(rows):
+    counts = {}
+    for row in rows:
+        counts[repr(row)] = counts.get(repr(row), 0) + 1
+    return counts
+
+
+def _duckdb(statement):
+    """A peer statement as DuckDB runs it: PostgreSQL's default schema ``public.`` is DuckDB's
+    ``main.``."""
+    return re.sub(r'(?i)(?<![\w."])public\.(?=[\w"])', "main.", statement)
+
+
+def _changes(peer, kind, statement):
+    """Run a DELETE, UPDATE or TRUNCATE of one table on the peer's database: (the table as
+    the statement writes it, the changed rows as ``(op, row, before)``). A DELETE's rows are
+    its ``RETURNING *``; a TRUNCATE deletes every row the table holds; an UPDATE's old rows and
+    their new values are read first by one SELECT of the rows its WHERE matches (each SET
+    expression cast to its column's type), before the UPDATE runs. The table's rows after the
+    statement must be its rows before with the changes applied."""
+    statement = _duckdb(statement).rstrip().rstrip(";")
+    table = re.match(_CHANGES[kind], statement, re.I).group(1)
+    before = peer.execute(f"SELECT * FROM {table}").fetchall()
+    if kind == "delete":
+        changes = [("delete", row, None)
+                   for row in peer.execute(f"{statement} RETURNING *").fetchall()]
+    elif kind == "truncate":
+        peer.execute(statement)
+        changes = [("delete", row, None) for row in before]
+    else:
+        tree = sqlglot.parse_one(statement, read="duckdb")
+        target = tree.this
+        described = peer.execute(f"DESCRIBE {target.sql('duckdb')}").fetchall()
+        sets = {eq.this.name.lower(): eq.expression for eq in tree.expressions}
+        assert all(isinstance(eq, exp.EQ) for eq in tree.expressions), statement
+        old = [f'"{target.alias_or_name}"."{c}"' for c, *_ in described]
+        new = [f"CAST(({sets[c.lower()].sql('duckdb')}) AS {t})" if c.lower() in sets else o
+               for (c, t, *_), o in zip(described, old, strict=True)]
+        where = tree.args.get("where")
+        rows = peer.execute(f"SELECT {', '.join(old + new)} FROM {target.sql('duckdb')} "
+                            + (where.sql("duckdb") if where else "")).fetchall()
+        peer.execute(statement)
+        n = len(described)
+        changes = [("update", row[n:], row[:n]) for row in rows]
+    after = dict(_multiset(before))
+    for op, row, old_row in changes:
+        for gone in [old_row if op == "update" else row]:
+            after[repr(gone)] -= 1
+        if op == "update":
+            after[repr(row)] = after.get(repr(row), 0) + 1
+    want = {k: v for k, v in after.items() if v}
+    got = _multiset(peer.execute(f"SELECT * FROM {table}").fetchall())
+    assert want == got, (statement, "the rows changed are not the ones captured")
+    return table, changes
+
+
+def _as_peer(peer_columns, ralf_columns):
+    """A view's columns as the peer names them: ralf's column of that name, else ``(ralf's
+    column, the peer's name)`` with the next of ralf's columns no peer column names (a key
+    column keeps ralf's name where the peer renames it: pg_ivm's ``mv_ivm_agg(a)``)."""
+    spare = [c for c in ralf_columns if c not in peer_columns]
+    return [c if c in ralf_columns or not spare else (spare.pop(0), c) for c in peer_columns]
+
+
 def _define(case, server, peer, suffix, empty=None):
     """The peer's base tables as ralf sources, each holding as its first batch the rows the
     peer's table holds when the peer creates the view, and the view(s) defined on them. Each
@@ -231,20 +331,26 @@ def _define(case, server, peer, suffix, empty=None):
     (name, columns, key): a definition needs no data."""
     for _, statement in case["setup"]:
         peer.execute(statement)
-    built = {"names": {}, "columns": {}, "ralf_columns": {}, "queues": {}, "tables": {}}
+    built = {"names": {}, "columns": {}, "ralf_columns": {}, "queues": {}, "tables": {},
+             "current": {}}
     names, tables = built["names"], built["tables"]
+    # a DELETE/UPDATE/TRUNCATE among the steps: the base tables are changelog sources
+    changelog = any(step[0] in _CHANGES for step in case["steps"])
+    mode = {"mode": "changelog"} if changelog else {}
     for table, key in case["keys"].items():
         described = peer.execute(f"DESCRIBE {table}").fetchall()
         name = _plain(table)
         columns = {c: _ralf_type(t) for c, t, *_ in described}
         built["columns"][name] = built["ralf_columns"][name] = list(columns)
-        shape = (name, tuple(columns.items()), key)
+        shape = (name, tuple(columns.items()), key, changelog)
         if empty is not None and shape in empty:
             names[name], tables[name] = empty[shape]
             continue
         names[name] = f"{name}_{suffix}"
         built["queues"][name] = QueueSource(Schema(key, columns))
-        tables[name] = server.create_source(built["queues"][name], name=names[name])
+        tables[name] = server.create_source(built["queues"][name], name=names[name], **mode)
+        if changelog:
+            built["current"][name] = f'ralf."{names[name]}__current"'
         if empty is not None:
             empty[shape] = names[name], tables[name]
             continue
@@ -258,8 +364,9 @@ def _define(case, server, peer, suffix, empty=None):
                                                               name=names[name])
         peer.execute(f"CREATE VIEW {peer_name} AS {query}")
         described = peer.execute(f"DESCRIBE {peer_name.split('(')[0]}").fetchall()
-        built["columns"][name] = [c for c, *_ in described]
         built["ralf_columns"][name] = list(tables[name].schema.columns)
+        built["columns"][name] = _as_peer([c for c, *_ in described],
+                                          built["ralf_columns"][name])
     return built
 
 
@@ -270,11 +377,13 @@ def _run(case, server, peer, suffix):
     expected rows."""
     built = _define(case, server, peer, suffix)
     names, columns, queues = built["names"], built["columns"], built["queues"]
+    current = built["current"]
     recomputations = []
     for peer_name, query, adapted in case["views"]:
         name = _plain(peer_name)
         select = ", ".join(f'"{c}"' for c in built["ralf_columns"][name])
-        recomputations.append((name, _rewrite(adapted or query, names, built["ralf_columns"]),
+        recomputations.append((name, _rewrite(adapted or query, names, built["ralf_columns"],
+                                              current),
                                f'SELECT {select} FROM "{names[name]}"'))
 
     def recomputed():
@@ -287,14 +396,21 @@ def _run(case, server, peer, suffix):
     for kind, line, statement, *expected in case["steps"]:
         if kind == "insert":
             table = _target(statement)
-            inserted = peer.execute(statement.rstrip().rstrip(";") + " RETURNING *").fetchall()
+            inserted = peer.execute(
+                _duckdb(statement).rstrip().rstrip(";") + " RETURNING *").fetchall()
             queues[table].queue.append([_record(columns[table], r) for r in inserted])
+            server.step()
+            recomputed()
+        elif kind in _CHANGES:  # a DELETE/UPDATE/TRUNCATE: one batch of changelog records
+            written, changes = _changes(peer, kind, statement)
+            table = _plain(written)
+            queues[table].queue.append([_change(columns[table], *change) for change in changes])
             server.step()
             recomputed()
         elif kind == "peer":  # a table the view does not read, that a later INSERT reads
             peer.execute(statement)
         else:
-            _assert_rows(expected[0], _rows(server, _rewrite(statement, names, columns)),
+            _assert_rows(expected[0], _rows(server, _rewrite(statement, names, columns, current)),
                          f"line {line}: {statement}")
 
 
