@@ -15,6 +15,7 @@ CREATE TABLE ralf.forgotten (
     table_name   VARCHAR NOT NULL,
     key_text     VARCHAR,              -- Schema.key_to_text of the key, until done
     key_sha256   VARCHAR NOT NULL,
+    seq          BIGINT NOT NULL,      -- the source's _ralf_seq before the retraction
     requested_at TIMESTAMP NOT NULL,
     done_at      TIMESTAMP,
     removed      VARCHAR               -- JSON: table -> rows removed (records, rows, versions)

@@ -91,6 +91,14 @@ def query(args: argparse.Namespace) -> int:
     return 0
 
 
+def forget(args: argparse.Namespace) -> int:
+    """Forget a key of a changelog source on the server; print what was removed."""
+    removed = _client(args).forget(args.table, args.key)
+    for table, rows in sorted(removed.items()):
+        print(f"{table:<40} {rows:>10,} removed")
+    return 0
+
+
 def bulk(args: argparse.Namespace) -> int:
     """Print all rows of a table (as CSV with ``--csv``); how long the fetch took goes to
     stderr."""
@@ -237,6 +245,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", action="store_true", help="also staleness metadata")
     _add_connection(p)
     p.set_defaults(run=query)
+
+    p = sub.add_parser("forget", help="forget a key of a changelog source",
+                       description="Remove a key's records from a changelog source and every "
+                                   "row, history version and operator state derived from "
+                                   "them (the server must run with a token).")
+    p.add_argument("table", help="the changelog source")
+    p.add_argument("key")
+    _add_connection(p)
+    p.set_defaults(run=forget)
 
     p = sub.add_parser("bulk", help="all rows of a table", description="Print all rows.")
     p.add_argument("table")

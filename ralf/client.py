@@ -88,6 +88,14 @@ class RalfClient:
             body = json.dumps({"table": table, "key": _key_text(key), "error": error})
             self._http.request("POST", "/feedback", body=body.encode())
 
+    def forget(self, table: str, key: Any) -> dict[str, int]:
+        """Forget a key of a changelog source (:meth:`ralf.Ralf.forget`); returns rows
+        removed per table. Over HTTP the server must run with a token."""
+        if self._server is not None:
+            return self._server.forget(table, key)
+        path = f"/forget/{quote(table, safe='')}/{quote(_key_text(key), safe='')}"
+        return json.loads(self._http.request("POST", path).data)["removed"]
+
     def rejected(self, table: str | None = None, limit: int = 100) -> pd.DataFrame:
         """Records refused at the door of ``table`` (or of any table), newest first."""
         if self._server is not None:

@@ -227,6 +227,25 @@ class Ralf:
                 keys = []
             return released + sum(node.failures.release(k) for k in keys)
 
+    def forget(self, table: str, key: Any) -> dict[str, int]:
+        """Forget a key of a changelog source: its records, every row derived from them in
+        every table, the history versions of the tables keyed like the source and the
+        key's part of operator state go, durably and exactly once (a crash in the middle
+        is finished on reopen); ``ralf.forgotten`` keeps an audit row saying what was
+        removed and when, not the data. Returns rows removed per table (docs/changelog.md
+        says what a forget cannot reach)."""
+        self._check_open()
+        node = self._node(table)
+        if not isinstance(node, SourceNode):
+            raise SchemaError(f"forget: {table!r} is not a source of this pipeline; forget a "
+                              "key of the source its records come from", table=table)
+        return self._scheduler.forget(node, key)
+
+    def forgotten(self) -> pd.DataFrame:
+        """The audit of forgets: per request, the table, a SHA-256 of the key, when it was
+        asked and done, and what it removed (JSON)."""
+        return self.storage.forgotten().to_pandas()
+
     def snapshot(self, directory: str | None = None) -> str:
         """A consistent copy of the database file (for ``ralf shell`` while serving). On
         PostgreSQL, which gives every session a consistent view itself, the database's URL

@@ -222,3 +222,10 @@ def _table(schema: Schema, rows: list[dict[str, Any]]) -> pa.Table:
     fields = [*schema.arrow, pa.field(DIFF, pa.int64()), pa.field(OP, pa.string()),
               pa.field(RETRACTS, pa.int64())]
     return pa.Table.from_pylist(rows, schema=pa.schema(fields))
+
+
+def retractions(schema: Schema, live: pa.Table) -> pa.Table:
+    """Log rows retracting ``live`` (current rows with their ``_ralf_seq``): a delete each."""
+    rows = [{**{c: row[c] for c in schema.names}, DIFF: -1, OP: "delete",
+             RETRACTS: row["_ralf_seq"]} for row in live.to_pylist()]
+    return _table(schema, rows)

@@ -50,7 +50,7 @@ def rebuild(node: OperatorNode, keys: list[Any], retracted: dict[Any, list[Recor
     """Rebuild ``keys`` of a Python operator's table from their surviving records (see the
     module docstring); ``retracted``: each key's retracted records, to observe its state."""
     pk = node.parent.schema.primary_key
-    keyed = _keyed_attributes(node, keys, retracted) if node.aligned else None
+    keyed = keyed_attributes(node, keys, retracted) if node.aligned else None
     if keyed is None:
         return _whole(node, skip)
     survivors = node.storage.live_rows(node.parent.info, pa.array(
@@ -92,7 +92,7 @@ def _replay(node: OperatorNode, records: list[Record], skip: set[Any]) -> Applie
                          node.schema.primary_key, node.aligned, others=others, skip=skip)
 
 
-def _keyed_attributes(node: OperatorNode, keys: Iterable[Any],
+def keyed_attributes(node: OperatorNode, keys: Iterable[Any],
                       retracted: dict[Any, list[Record]]) -> set[str] | None:
     """The operator's attributes that hold per-key state, observed on a fresh copy given
     each key's retracted records; None when its state mixes keys (or cannot be

@@ -17,6 +17,7 @@ from typing import Any
 
 from ralf.clock import Clock, SystemClock
 from ralf.engine.failures import WHOLE
+from ralf.engine.forget import finish, forget
 from ralf.engine.ingest import pull
 from ralf.engine.node import FeatureNode, Node, SourceNode
 from ralf.engine.progress import StaleKeys
@@ -42,6 +43,7 @@ class Scheduler:
         self.ticks = 0
         self.history_retention = history_retention
         self._compacted_at: dt.datetime | None = None
+        self._forgets_finished = False  # the forgets a crash left open (first tick)
 
     # ---- one tick -------------------------------------------------------------------------
     def tick(self) -> tuple[bool, list[RalfError]]:
@@ -54,6 +56,8 @@ class Scheduler:
         worked = False
         with self.lock:
             now = self.clock.now()
+            if not self._forgets_finished:
+                self._finish_forgets(errors, now)
             for source in self.sources:
                 if self._due(source):
                     worked |= bool(self.guarded(source, errors, pull, source, errors, now))
@@ -70,6 +74,44 @@ class Scheduler:
             self._compact(now, errors)
             crashpoint("tick.end")
         return worked, errors
+
+    def forget(self, source: SourceNode, key: Any) -> dict[str, int]:
+        """Forget a key of a changelog source (ralf.engine.forget); returns what was
+        removed. A failure leaves the request open, finished later; every node it touched
+        is resumed from the database first (a restart in miniature)."""
+        with self.lock:
+            try:
+                return forget(source, self.features, key, self.max_failures, self.clock.now())
+            except Exception:
+                self._resume_all()
+                raise
+
+    def _finish_forgets(self, errors: list[RalfError], now: dt.datetime) -> None:
+        """Finish the forgets a crash interrupted (their request committed: acknowledged),
+        before anything else runs."""
+        sources = {node.name: node for node in self.sources}
+        storage = next(iter(sources.values())).storage if sources else None
+        for request, table, text in storage.open_forgets() if storage else []:
+            source = sources.get(table)
+            if source is None:
+                continue  # its pipeline is not defined here: finished where it is
+            key = source.schema.key_from_text(text)
+            try:
+                finish(source, self.features, key, request, self.max_failures, now)
+            except Exception as exc:
+                errors.append(exc if isinstance(exc, RalfError) else TableError(
+                    f"forget of a key of {table!r}: {exc}", table=table))
+                self._resume_all()
+                return
+        self._forgets_finished = True
+
+    def _resume_all(self) -> None:
+        for node in [*self.sources, *self.features]:
+            node.broken = True
+            try:
+                self._resume(node)
+            except Exception as exc:  # the database is down: resumed before next use
+                log.error("%r could not be resumed yet: %s", node.name, exc)
 
     def _due(self, node: Node) -> bool:
         """Not given up on, and not waiting out a backoff."""

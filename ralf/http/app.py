@@ -247,6 +247,18 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             return _error_for(exc)
         return Response(status_code=204)
 
+    @app.post("/forget/{table}/{key:path}",
+              summary="Forget a key of a changelog source (needs a server with a token)")
+    def forget(table: str, key: str) -> Response:
+        if token is None:  # erasing data is never open to whoever reaches the port
+            return error(403, "Forbidden", "forget needs a server started with a bearer "
+                                            "token (--token or RALF_TOKEN)")
+        try:
+            removed = server.forget(table, key)
+        except RalfError as exc:
+            return _error_for(exc)
+        return Response(codec.dumps({"removed": removed}), media_type=JSON)
+
     @app.post("/snapshot", summary="Write a consistent read-only copy of the database file")
     def snapshot() -> Response:
         return Response(codec.dumps({"path": server.snapshot()}), media_type=JSON)

@@ -6,7 +6,9 @@ they produced. On restart the consumer resumes from the offsets in the database,
 record is lost or appended twice; Kafka's own consumer-group offsets are not used.
 
 Messages that are not JSON objects go to ``ralf.rejected`` with their partition and
-offset; JSON objects that do not fit the schema are rejected by the schema as usual.
+offset; JSON objects that do not fit the schema are rejected by the schema as usual. With
+``format="debezium"`` each message is a Debezium change event, turned into a changelog
+record (:func:`debezium_change`) for a changelog source (docs/changelog.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,33 @@ from ralf.schema import Rejection, Schema
 _EPOCH = dt.datetime(1970, 1, 1)
 
 
+FORMATS = ("json", "debezium")
+# Debezium's operations: create, read (a snapshot), update, delete
+_DEBEZIUM_OPS = {"c": "insert", "r": "insert", "u": "update", "d": "delete"}
+
+
+def debezium_change(event: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """A Debezium change event (its ``payload`` when the schema envelope is on) as a
+    changelog record: the ``after`` row (the ``before`` one for a delete) with ``op`` and,
+    for an update, ``before``. Returns (record, None) or (None, why it is refused)."""
+    if "payload" in event and "schema" in event:
+        event = event["payload"]
+    if not isinstance(event, dict):
+        return None, "a Debezium event's payload is not a JSON object"
+    op = _DEBEZIUM_OPS.get(event.get("op"))
+    if op is None:
+        return None, (f"Debezium op {event.get('op')!r} is not c, r, u or d (a truncate "
+                      "event is not supported: delete the rows)")
+    row = event.get("before") if op == "delete" else event.get("after")
+    if not isinstance(row, dict):
+        side = "before" if op == "delete" else "after"
+        return None, f"a Debezium {op} event without its {side!r} row"
+    record = {**row, "op": op}
+    if op == "update" and isinstance(event.get("before"), dict):
+        record["before"] = event["before"]
+    return record, None
+
+
 class KafkaSource(SourceOperator):
     """A Kafka topic of JSON objects, every partition read from the offsets in the
     checkpoint; with ``until_end`` it ends once the topic stays quiet for ``idle_polls`` polls."""
@@ -30,8 +59,10 @@ class KafkaSource(SourceOperator):
                  poll_timeout: float = 0.2, until_end: bool = False, idle_polls: int = 3,
                  config: dict[str, Any] | None = None, timestamp_column: str | None = None
                  ) -> None:
-        if format != "json":
-            raise ValueError(f"KafkaSource: unsupported format {format!r} (supported: json)")
+        if format not in FORMATS:
+            raise ValueError(f"KafkaSource: unsupported format {format!r} (supported: "
+                             f"{', '.join(FORMATS)})")
+        self.format = format
         if timestamp_column is not None and schema.columns.get(timestamp_column) is not (
                 dt.datetime):
             raise ValueError(f"KafkaSource: timestamp_column {timestamp_column!r} must name a "
@@ -112,12 +143,16 @@ class KafkaSource(SourceOperator):
         return rows
 
     def _decode(self, message: Any) -> dict[str, Any] | None:
+        if self.format == "debezium" and message.value() is None:
+            return None  # the tombstone Kafka compaction gets after a delete: no change
         try:
             value = json.loads(message.value())
         except (TypeError, ValueError, UnicodeDecodeError) as exc:
             value, problem = None, f"not JSON ({exc})"
         else:
             problem = None if isinstance(value, dict) else "not a JSON object"
+        if problem is None and self.format == "debezium":
+            value, problem = debezium_change(value)
         if problem is None:
             if self.timestamp_column is not None:
                 kind, millis = message.timestamp()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -62,6 +63,7 @@ from ralf.storage.units import (
     SOURCE,
     Append,
     Changelog,
+    Erase,
     LogRead,
     LookupAdvance,
     Refresh,
@@ -470,6 +472,99 @@ class Storage(ABC):
             return tx.arrow(f"SELECT {cols}, c._ralf_seq FROM {current_table(info.name)} c "
                             f"WHERE EXISTS (SELECT 1 FROM __ralf_identities i WHERE {on}) "
                             "ORDER BY c._ralf_seq", types=_arrow_types(info, "_ralf_seq"))
+
+    # ---- forgetting a key (ralf.engine.forget) ------------------------------------------
+    def forget_requested(self, table: str, key_text: str) -> int | None:
+        """The open forget request of a key, if any."""
+        with self._reading() as tx:
+            rows = tx.arrow(f"SELECT id FROM ralf.forgotten WHERE table_name = {self.mark} "
+                            f"AND key_text = {self.mark} AND done_at IS NULL",
+                            [table, key_text]).column(0).to_pylist()
+        return rows[0] if rows else None
+
+    def open_forgets(self) -> list[tuple[int, str, str]]:
+        """The forget requests a crash left open: (id, table, key text), oldest first."""
+        with self._reading() as tx:
+            rows = tx.arrow("SELECT id, table_name, key_text FROM ralf.forgotten WHERE "
+                            "done_at IS NULL ORDER BY id").to_pylist()
+        return [(r["id"], r["table_name"], r["key_text"]) for r in rows]
+
+    def ask_forget(self, unit: Append, key_text: str, sha256: str) -> int:
+        """A forget request with the retraction of the key's current rows (``unit``), in
+        one transaction; returns the request's id."""
+        info, mark = unit.table, self.mark
+        with self._transaction() as tx:
+            if unit.rows.num_rows:
+                self._insert_appends(tx, info, unit.rows, unit.first_seq, unit.ingested_at)
+                self._change_current(tx, info, unit)
+            tx.execute("INSERT INTO ralf.forgotten (table_name, key_text, key_sha256, seq, "
+                       f"requested_at) VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
+                       [info.name, key_text, sha256, unit.first_seq - 1, unit.ingested_at])
+            request = tx.arrow(f"SELECT max(id) FROM ralf.forgotten WHERE table_name = {mark} "
+                               f"AND key_text = {mark}", [info.name, key_text]
+                               ).column(0)[0].as_py()
+            crashpoint("forget.before_commit")
+        return request
+
+    def forgotten(self) -> pa.Table:
+        """The forget audit, oldest first (no key: its SHA-256)."""
+        with self._reading() as tx:
+            return tx.arrow("SELECT id, table_name, key_sha256, requested_at, done_at, removed "
+                            "FROM ralf.forgotten ORDER BY id")
+
+    def forget_seq(self, info: TableInfo, request: int) -> int:
+        """The source's sequence number before a forget's retraction."""
+        with self._reading() as tx:
+            return tx.arrow(f"SELECT seq FROM ralf.forgotten WHERE id = {self.mark}",
+                            [request]).column(0)[0].as_py()
+
+    def source_records(self, info: TableInfo, key: Any) -> pa.Table:
+        """Every record a changelog source logged for a key (its +1 rows), oldest first."""
+        cols = ", ".join(quote(c) for c in info.schema.names)
+        with self._reading() as tx:
+            return tx.arrow(f"SELECT {cols} FROM {quote(info.name)} WHERE "
+                            f"{quote(info.schema.primary_key)} = {self.mark} AND {DIFF} > 0 "
+                            "ORDER BY _ralf_seq", [key], types=_arrow_types(info))
+
+    def erase(self, unit: Erase) -> dict[str, int]:
+        """The last step of a forget, in one transaction; returns rows removed per table
+        (``<table>``: records or rows, ``<table>__history``: versions)."""
+        mark, removed = self.mark, {}
+        with self._transaction() as tx:
+            source = unit.source
+            removed[source.name] = self._erase_log(tx, quote(source.name), source, unit.key,
+                                                   f"{DIFF} = 0, {OP} = 'forgotten'")
+            tx.execute(f"DELETE FROM {current_table(source.name)} WHERE "
+                       f"{quote(source.schema.primary_key)} = {mark}", [unit.key])
+            for info in unit.aligned:
+                key = quote(info.schema.primary_key)
+                removed[info.name] = tx.execute(f"DELETE FROM {quote(info.name)} WHERE {key} = "
+                                                f"{mark}", [unit.key])
+                removed[info.name + "__history"] = self._erase_log(
+                    tx, log_table(info), info, unit.key, f"{DELETED} = true")
+            for name in unit.marked:
+                tx.execute(f"DELETE FROM ralf.watermarks WHERE table_name = {mark} AND key = "
+                           f"{mark}", [self._progress_name(name), unit.key_text])
+            for name, state in unit.states.items():
+                self._replace(tx, "ralf.operator_state", [self._progress_name(name), state,
+                                                          unit.at])
+            tx.execute(f"UPDATE ralf.forgotten SET key_text = NULL, done_at = {mark}, "
+                       f"removed = {mark} WHERE id = {mark}",
+                       [unit.at, json.dumps(removed, sort_keys=True), unit.request])
+            crashpoint("erase.before_commit")
+        return removed
+
+    def _erase_log(self, tx: Transaction, table: str, info: TableInfo, key: Any,
+                   scrubbed: str) -> int:
+        """Delete a key's rows from a log (a source's, a history) — but for the newest row
+        of the log, if it is the key's: that one is scrubbed (its values NULL, ``scrubbed``
+        set) and kept, so the log's newest sequence number, which its readers' watermarks
+        count from, stays where it is. Returns the rows removed."""
+        mark, pk = self.mark, quote(info.schema.primary_key)
+        nulls = ", ".join(f"{quote(c)} = NULL" for c in info.schema.names)
+        kept = tx.execute(f"UPDATE {table} SET {nulls}, {scrubbed} WHERE {pk} = {mark} AND "
+                          f"_ralf_seq = (SELECT max(_ralf_seq) FROM {table})", [key])
+        return max(kept, 0) + tx.execute(f"DELETE FROM {table} WHERE {pk} = {mark}", [key])
 
     def live_rows(self, info: TableInfo, keys: pa.Array | None) -> pa.Table:
         """A changelog source's current rows (of ``keys``, or all), oldest first: user

@@ -47,6 +47,8 @@ def log_from(read: LogRead) -> str:
     else:
         joins = ""
         where = f"p._ralf_seq > {int(read.floor)} AND p._ralf_seq <= {high}"
+    if read.table.changelog is not None:  # a forgotten key's scrubbed row: no change
+        where += f" AND p.{DIFF} <> 0"
     return f"FROM {log_table(read.table)} p {joins} WHERE {where}"
 
 

@@ -148,6 +148,23 @@ class SqlRefresh:
 
 
 @dataclass
+class Erase:
+    """The last step of a forget (ralf.engine.forget): the key's records leave the
+    ``source``'s log; its rows and history leave the ``aligned`` tables; the watermarks
+    the ``marked`` tables keep under its text go; the operator ``states`` (table -> new
+    checkpoint) are written; request ``request`` is closed with what was removed."""
+
+    source: TableInfo
+    key: Any
+    key_text: str
+    aligned: list[TableInfo]
+    marked: list[str]
+    states: dict[str, bytes | None]
+    request: int
+    at: dt.datetime
+
+
+@dataclass
 class LookupAdvance:
     """A SQL table that looks up another has followed the other's log up to ``lookup_mark``:
     the keys it reached are made stale (``set_watermarks``: key text -> lowered mark), with
