@@ -50,6 +50,16 @@ WINDOWS: dict[str, str] = {
                             "written in an open transaction",
     "lookup.after_commit": "the lookup mark committed; marks and stale-key index in memory "
                            "not yet moved",
+    # forgetting a key (ralf.engine.forget)
+    "forget.before_commit": "the forget request and the key's retraction written in an open "
+                            "transaction",
+    "forget.after_ask": "the forget request committed (acknowledged); nothing derived from "
+                        "it refreshed yet",
+    "forget.after_retract": "every derived table refreshed the retraction; nothing erased",
+    "erase.before_commit": "the key's records, rows, history and state erased and the audit "
+                           "row completed in an open transaction",
+    "forget.after_erase": "the erasure committed; caches and watermarks in memory not yet "
+                          "moved",
     # lazy refresh on query, and the tick boundary
     "lazy.before_refresh": "a query about to refresh a lazy table's key",
     "tick.end": "a tick done (history compacted)",

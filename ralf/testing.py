@@ -5,7 +5,9 @@ moves when told; ``EventSource`` emits timestamped events as a manual clock reac
 arrival times; ``recompute`` is the oracle (an operator run from scratch over a source's
 append table), ``replay_by_event_time`` and ``as_of`` the point-in-time one;
 ``replay_staleness`` replays a stream under a budget and reports each key's staleness
-after every tick; ``new_postgres_database`` / ``drop_postgres_database`` give a test or a
+after every tick; ``Changes`` writes a valid changelog (inserts, updates, deletes) and
+keeps the current state it leads to, the oracle of a changelog source;
+``new_postgres_database`` / ``drop_postgres_database`` give a test or a
 benchmark a database of its own on a PostgreSQL server.
 """
 
@@ -230,6 +232,70 @@ def recompute(server: Any, source: str, operator: Any, key: str) -> pd.DataFrame
     if frame.empty:
         return frame
     return frame.sort_values(key).reset_index(drop=True)
+
+
+class Changes:
+    """A changelog for ``create_source(mode=...)``, written change by change, with the
+    current state it leads to kept beside it (the oracle of a changelog source).
+
+    ``mode="changelog"`` writes records with ``op`` (and ``before`` where ``key`` is None:
+    rows are then a multiset); ``mode="upsert"`` writes plain records (an insert or update
+    of the ``key``) and tombstones. An update or delete names a live row by position
+    (modulo the number of live rows; nothing is written when there is none)."""
+
+    def __init__(self, mode: str = "changelog", key: list[str] | None = None) -> None:
+        if mode not in ("changelog", "upsert") or (mode == "upsert" and not key):
+            raise ValueError("Changes: mode 'changelog', or 'upsert' with key=[columns]")
+        self.mode, self.key = mode, key
+        self.live: list[dict[str, Any]] = []  # the current rows, oldest first
+        self.records: list[dict[str, Any]] = []  # what the source emits
+
+    def _index(self, row: dict[str, Any]) -> int | None:
+        if self.key is None:
+            return None
+        ident = [row[c] for c in self.key]
+        return next((i for i, r in enumerate(self.live) if [r[c] for c in self.key] == ident),
+                    None)
+
+    def insert(self, row: dict[str, Any]) -> None:
+        """A new row (upsert mode: it replaces the row of its key, if any; changelog mode
+        with a key: written as an update when its key has a row)."""
+        at = self._index(row)
+        if at is not None:
+            self.live.pop(at)
+            op = "update"
+        else:
+            op = "insert"
+        self.live.append(dict(row))
+        self.records.append(dict(row) if self.mode == "upsert" else {**row, "op": op})
+
+    def update(self, position: int, **values: Any) -> None:
+        """Change some values of a live row (with a key, never the key's columns: the new
+        values are a row of the same key)."""
+        if not self.live:
+            return
+        old = self.live.pop(position % len(self.live))
+        new = {**old, **values, **{c: old[c] for c in self.key or ()}}
+        self.live.append(new)
+        if self.mode == "upsert":
+            self.records.append(dict(new))
+        else:
+            self.records.append({**new, "op": "update", "before": dict(old)})
+
+    def delete(self, position: int) -> None:
+        """Remove a live row."""
+        if not self.live:
+            return
+        self.records.append(self._deletion(self.live.pop(position % len(self.live))))
+
+    def _deletion(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self.key is not None:  # a tombstone: the key is enough
+            return {**{c: row[c] for c in self.key}, "op": "delete"}
+        return {**row, "op": "delete"}
+
+    def current(self) -> pd.DataFrame:
+        """The source's current rows, as the changes so far leave them."""
+        return pd.DataFrame(self.live)
 
 
 def new_postgres_database(server_url: str) -> str:

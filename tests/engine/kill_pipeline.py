@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ralf import Ralf, RalfClient, Record, Schema, SourceOperator
-from ralf.testing import as_of, recompute, replay_by_event_time
+from ralf import Delete, Ralf, RalfClient, Record, Schema, SourceOperator
+from ralf.testing import Changes, as_of, recompute, replay_by_event_time
 from tests.pipelines import AVERAGE, COUNT, AverageRating, CountPerKey
 
 EVENTS = Schema("user", {"user": int, "id": int, "rating": float})
@@ -32,11 +32,62 @@ def timed_events(n: int) -> list[dict]:
     return [{**e, "at": T0 + dt.timedelta(seconds=e["id"] // 3)} for e in events(n)]
 
 
+# A changelog source (docs/changelog.md): inserts, updates and deletes of (user, id) rows,
+# and a key forgotten once the source has emitted FORGET_AT of them (a batch boundary)
+CHANGES = Schema("user", {"user": int, "id": int, "rating": float})
+FORGOTTEN, FORGET_AT = 5, 300
+
+
+def _changelog(n: int) -> Changes:
+    """``n // 3`` changes of a changelog keyed by (user, id): inserts, and updates and
+    deletes of earlier rows, deterministic. After FORGET_AT changes (a batch boundary) the
+    FORGOTTEN key's rows are gone (the pipeline forgets it there) and it gets no more."""
+    written = Changes("changelog", ["user", "id"])
+    for i in range(n // 3):
+        if i == FORGET_AT:
+            written.live = [r for r in written.live if r["user"] != FORGOTTEN]
+        if i % 5 == 3:
+            written.update(i * 31, rating=float(i % 4 + 1))
+        elif i % 5 == 4:
+            written.delete(i * 17)
+        else:
+            user = (i * 7919) % 11
+            if i >= FORGET_AT and user == FORGOTTEN:
+                user += 1
+            written.insert({"user": user, "id": i, "rating": float(i % 5 + 1)})
+    return written
+
+
+def changes(n: int) -> list[dict]:
+    """The changelog's records (:func:`_changelog`)."""
+    return _changelog(n).records
+
+
+def current_changes(n: int) -> pd.DataFrame:
+    """The changelog's current rows once FORGOTTEN is forgotten after FORGET_AT changes."""
+    return pd.DataFrame(_changelog(n).live, columns=CHANGES.names)
+
+
+class AverageWithRetraction(AverageRating):
+    """Takes a retracted record out of its sums (ralf.engine.apply.apply_changes)."""
+
+    def on_delete(self, record: Record) -> Record | Delete:
+        s, n = self.sums[record.user]
+        s, n = s - record.rating, n - 1
+        if n == 0:
+            del self.sums[record.user]
+            return Delete(record.user)
+        self.sums[record.user] = (s, n)
+        return Record(user=record.user, average=s / n, n=n)
+
+
 class GeneratorSource(SourceOperator):
     """No checkpoint(): ralf resumes it by replaying and skipping what was ingested."""
 
     def __init__(self, schema: Schema, n: int) -> None:
-        self.rows = iter(timed_events(n) if schema.event_time else events(n))
+        rows = (timed_events(n) if schema.event_time else
+                changes(n) if schema is CHANGES else events(n))
+        self.rows = iter(rows)
 
     def next(self) -> list[Record] | None:
         batch = [Record(**r) for _, r in zip(range(50), self.rows, strict=False)]
@@ -58,6 +109,14 @@ def build(server: Ralf, n: int, sharded: bool = False) -> None:
     timed.map(CountPerKey, args=(COUNT,), name="timed_counts", budget=5)
     timed.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"), name="timed_agg")
     if not sharded:
+        changelog = server.create_source(GeneratorSource, args=(CHANGES, n), name="changes",
+                                         mode="changelog", key=["user", "id"])
+        changelog.map(AverageRating, args=(AVERAGE,), name="changes_rebuilt", budget=3)
+        changelog.map(AverageWithRetraction, args=(AVERAGE,), name="changes_average")
+        changelog.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"),
+                            top=("rating", "max"), name="changes_agg", lazy=True)
+        changelog.sql("SELECT user, median(rating) AS med FROM changes GROUP BY user",
+                      name="changes_median")
         timed.aggregate(by="user", n_1h=("*", "count", "1h"), name="timed_window", tile="10s")
         source.sql("SELECT rating, count(*) AS n FROM events WHERE rating IS NOT NULL "
                    "GROUP BY rating", name="per_rating")
@@ -89,6 +148,39 @@ def assert_equals_oracle(server: Ralf, n: int) -> None:
     got = client.bulk_query("average").sort_values("user").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, expected, check_dtype=False)
     assert_history_by_event_time(client, n)
+    assert_changelog(server, client, n)
+
+
+def assert_changelog(server: Ralf, client: RalfClient, n: int) -> None:
+    """The changelog's tables equal their recomputation over its current rows; the
+    forgotten key is gone from its records, rows and histories, and forgotten once."""
+    live = current_changes(n)
+    current = server.sql('SELECT "user", id, rating FROM ralf."changes__current"')
+    assert sorted(map(tuple, current.values.tolist())) == sorted(
+        map(tuple, live.values.tolist()))
+    grouped = live.groupby("user")["rating"]
+    for table in ("changes_rebuilt", "changes_average"):
+        got = client.bulk_query(table).set_index("user")
+        assert got["n"].to_dict() == grouped.count().to_dict(), table
+        assert (abs(got["average"] - grouped.mean()) < 1e-9).all(), table
+    agg = client.bulk_query("changes_agg").set_index("user")
+    assert agg["n"].to_dict() == grouped.count().to_dict()
+    assert (abs(agg["mean"] - grouped.mean()) < 1e-9).all()
+    assert agg["top"].to_dict() == grouped.max().to_dict()
+    medians = client.bulk_query("changes_median").set_index("user")["med"]
+    assert (abs(medians - grouped.median()) < 1e-9).all()
+    assert len(server.forgotten()) == 1 and server.forgotten()["done_at"].notna().all()
+    for table in ("changes", "ralf.changes_rebuilt__history", "ralf.changes_agg__history"):
+        name = table if "." not in table else 'ralf."' + table.split(".")[1] + '"'
+        assert server.sql(f'SELECT count(*) AS n FROM {name} WHERE "user" = '
+                          f'{FORGOTTEN}')["n"][0] == 0, table
+
+
+def forget_when_due(server: Ralf) -> None:
+    """Forget FORGOTTEN once the changelog has emitted FORGET_AT changes, once (a crash
+    in the middle is finished by the restart, which then finds it done)."""
+    if server.pipeline.node("changes").emitted >= FORGET_AT and server.forgotten().empty:
+        server.forget("changes", FORGOTTEN)
 
 
 def assert_history_by_event_time(client: RalfClient, n: int) -> None:
@@ -125,6 +217,7 @@ def main() -> None:
         tick = 0
         while True:
             server.step()
+            forget_when_due(server)
             tick += 1
             try:
                 server.point_query("lazy_counts", tick % 37)  # lazy refresh on query

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ralf import Ralf, Schema, SchemaError
-from ralf.testing import ListSource
+from ralf.testing import Changes, ListSource
 from tests.fuzz import examples
 from tests.pipelines import RATINGS
 
@@ -96,10 +96,11 @@ def _mismatches(server: Ralf, table: str, oracle: str, keys: list[int]) -> int:
 
 
 def _define(server: Ralf, data: list[dict], batch: int, specs: list[tuple],
-            child: str | None, table_modes: list[str], movies: list[dict] = ()
-            ) -> dict[str, str]:
+            child: str | None, table_modes: list[str], movies: list[dict] = (),
+            mode: str = "append", key: list[str] | None = None) -> dict[str, str]:
     """The pipeline; returns each accepted table's oracle query."""
-    source = server.create_source(ListSource, args=(RATINGS, data, batch), name="ratings")
+    source = server.create_source(ListSource, args=(RATINGS, data, batch), name="ratings",
+                                  mode=mode, key=key)
     server.create_source(ListSource, args=(MOVIES, list(movies), batch), name="movies").sql(
         MSTATS, name="mstats")
     oracles = {}
@@ -173,6 +174,82 @@ def test_random_queries_equal_the_database_after_every_tick(data, batch, specs, 
                     server = Ralf(path)
                     assert _define(server, data, batch, specs, child, table_modes,
                                    movies) == oracles
+                    _check(server, oracles, probes)
+            for table, oracle in oracles.items():
+                server.bulk_query(table)  # lazy tables catch up in full
+                everyone = server.sql("SELECT DISTINCT user FROM ratings")["user"].tolist()
+                assert _mismatches(server, table, oracle, everyone) == 0, (table, oracle)
+        finally:
+            server.close()
+
+
+# ---- over a changelog: random inserts, updates and deletes (docs/changelog.md) -----------
+changes = st.lists(st.tuples(st.sampled_from(["insert", "insert", "update", "delete"]),
+                             st.integers(0, 50), rows.map(lambda r: r[0])),
+                   min_size=2, max_size=60)
+changelog_modes = st.sampled_from([("changelog", None), ("upsert", ["user", "movie"]),
+                                   ("changelog", ["user", "movie"])])
+
+
+def _changelog(intents: list, mode: str, key: list[str] | None) -> Changes:
+    written = Changes(mode, key)
+    for kind, position, row in intents:
+        if kind == "insert":
+            written.insert(row)
+        elif kind == "update":
+            written.update(position, rating=row["rating"],
+                           **({} if key else {"user": row["user"]}))
+        else:
+            written.delete(position)
+    return written
+
+
+def _over_current(query: str) -> str:
+    """An oracle over the changelog source's current state instead of its log."""
+    return (f'WITH ratings AS (SELECT "user", movie, rating FROM ralf."ratings__current") '
+            f"{query}")
+
+
+@settings(max_examples=examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(intents=changes, changelog=changelog_modes, batch=st.integers(1, 10),
+       specs=st.lists(queries, min_size=1, max_size=2), child=st.sampled_from(CHILDREN),
+       table_modes=st.lists(modes, min_size=3, max_size=3), probes=st.sets(st.integers(1, 6)),
+       reopen_after=st.integers(1, 6), movies=movie_rows)
+@example(intents=[("insert", 0, {"user": 1, "movie": 1, "rating": 5.0}),
+                  ("insert", 0, {"user": 1, "movie": 2, "rating": 2.0}),
+                  ("update", 0, {"user": 2, "movie": 1, "rating": -9.0}),
+                  ("delete", 0, {"user": 1, "movie": 1, "rating": 1.0})],
+         changelog=("changelog", None), batch=1,
+         specs=[([("min({})", "rating"), ("var_samp({})", "rating")], None, None)],
+         child=CHILDREN[2], table_modes=["eager", "lazy", "budget"], probes={1, 2},
+         reopen_after=2, movies=[])
+def test_random_queries_over_a_changelog_equal_the_database_after_every_tick(
+        intents, changelog, batch, specs, child, table_modes, probes, reopen_after, movies,
+        make_ralf, request):
+    on_duckdb = request.node.callspec.params["make_ralf"] == "duckdb"
+    mode, key = changelog
+    data = _changelog(intents, mode, key).records
+    with tempfile.TemporaryDirectory() as directory:
+        path = str(Path(directory) / "features.duckdb")
+        server = Ralf(path) if on_duckdb else make_ralf()
+
+        def define() -> dict[str, str]:
+            oracles = _define(server, data, batch, specs, child, table_modes, movies,
+                              mode=mode, key=key)
+            return {t: q if t == "child" else _over_current(q) for t, q in oracles.items()}
+
+        try:
+            oracles = define()
+            ticks = 0
+            while not server.drained():
+                server.step()
+                ticks += 1
+                _check(server, oracles, probes)
+                if on_duckdb and ticks == reopen_after:  # a restart in the middle
+                    server.close()
+                    server = Ralf(path)
+                    assert define() == oracles
                     _check(server, oracles, probes)
             for table, oracle in oracles.items():
                 server.bulk_query(table)  # lazy tables catch up in full
