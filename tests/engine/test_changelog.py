@@ -247,10 +247,10 @@ def test_a_rebuild_drops_only_the_keys_part_of_a_keyed_state(server):
 def test_a_deletion_is_a_version_of_the_history(server):
     queue, source = _source(server)
     source.map(AverageRating, args=(AVERAGE,), name="average")
-    clock_before = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    clock_before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     queue.queue.append([{"user": 1, "movie": 1, "rating": 4.0}])
     _drain(server)
-    between = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    between = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     queue.queue.append([{"user": 1, "movie": 1, "op": "delete"}])
     _drain(server)
     client = RalfClient(server)
@@ -258,11 +258,11 @@ def test_a_deletion_is_a_version_of_the_history(server):
     with pytest.raises(KeyError):
         client.point_query("average", 1)
     with pytest.raises(KeyError):
-        client.point_query("average", 1, as_of=dt.datetime.now(dt.timezone.utc).replace(
+        client.point_query("average", 1, as_of=dt.datetime.now(dt.UTC).replace(
             tzinfo=None))
     entities = pd.DataFrame({"user": [1, 1, 1], "event_timestamp": [
         clock_before - dt.timedelta(seconds=1), between,
-        dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)]})
+        dt.datetime.now(dt.UTC).replace(tzinfo=None)]})
     got = client.historical_query(entities, ["average.average"])
     assert got["average"].isna().tolist() == [True, False, True]
 
