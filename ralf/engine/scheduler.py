@@ -84,6 +84,7 @@ class Scheduler:
                 return forget(source, self.features, key, self.max_failures, self.clock.now())
             except Exception:
                 self._resume_all()
+                self._forgets_finished = False  # the next tick finishes it, as a reopen does
                 raise
 
     def _finish_forgets(self, errors: list[RalfError], now: dt.datetime) -> None:
