@@ -155,3 +155,52 @@ def test_the_message_timestamp_as_event_time(bootstrap, make_ralf):
         assert server.sql("SELECT max(sent) AS m FROM events")["m"][0] == (
             base + dt.timedelta(hours=5))
         assert server.point_query("n_by_user", 1, as_of=base + dt.timedelta(hours=2.5)).n == 3
+
+
+def _debezium(op: str, before: dict | None, after: dict | None, envelope: bool) -> dict:
+    payload = {"before": before, "after": after, "op": op, "ts_ms": 1700000000000,
+               "source": {"connector": "postgresql", "table": "ratings"}}
+    return {"schema": {"type": "struct"}, "payload": payload} if envelope else payload
+
+
+def test_a_debezium_topic_flows_through_to_the_served_features(bootstrap, make_ralf):
+    """Debezium change events (create, snapshot read, update, delete, the Kafka tombstone
+    after a delete, with and without the schema envelope) on the broker, through a
+    changelog source to an aggregate and a Python table, as served."""
+    from ralf import Schema
+    from tests.pipelines import AVERAGE, AverageRating
+
+    topic = new_topic(bootstrap, partitions=1)  # Debezium keeps a row's changes in order
+    row = lambda user, movie, rating: {"user": user, "movie": movie, "rating": rating}  # noqa: E731
+    produce(bootstrap, topic, [
+        _debezium("r", None, row(1, 1, 4.0), True),
+        _debezium("c", None, row(1, 2, 2.0), False),
+        _debezium("c", None, row(2, 1, 5.0), True),
+        _debezium("u", row(1, 1, 4.0), row(1, 1, 1.0), False),
+        _debezium("d", row(2, 1, 5.0), None, True),
+        _debezium("t", None, None, False),  # a truncate: refused, with the reason
+    ])
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    producer.produce(topic, key="2", value=None)  # the tombstone after a delete
+    producer.flush(30)
+    with make_ralf() as server:
+        source = server.create_kafka_source(
+            topic, Schema("user", {"user": int, "movie": int, "rating": float}),
+            bootstrap_servers=bootstrap, format="debezium", key=["user", "movie"],
+            until_end=True, name="ratings")
+        source.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"), name="stats")
+        source.map(AverageRating, args=(AVERAGE,), name="average")
+        with pytest.raises(SchemaError, match="truncate event is not supported"):
+            server.run(timeout=60)
+        server.run(timeout=60)
+        client = RalfClient(server)
+        stats = client.bulk_query("stats")
+        assert stats[["user", "n", "mean"]].values.tolist() == [[1, 2, 1.5]]
+        assert client.point_query("average", 1).average == 1.5
+        with pytest.raises(KeyError):
+            client.point_query("average", 2)
+        log = server.sql("SELECT _ralf_op AS op, _ralf_diff AS d FROM ratings ORDER BY _ralf_seq")
+        assert log.values.tolist() == [["insert", 1], ["insert", 1], ["insert", 1],
+                                       ["update", -1], ["update", 1], ["delete", -1]]
