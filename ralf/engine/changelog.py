@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ralf.errors import SchemaError
@@ -81,35 +82,15 @@ def resolve(info: TableInfo, storage: Storage, batch: Any, first_seq: int,
     not apply (a delete or update of a row that does not exist, an insert of a key that
     does) is added to ``rejected`` with the reason, and the others go on."""
     changelog, schema, name = info.changelog, info.schema, info.name
-    records = _dicts(batch, name)
-    changes, befores = [], []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            rejected.append(Rejection(name, f"table {name!r}: expected a record, got "
-                                      f"{type(record).__name__}", None, repr(record)))
-            continue
-        op_given = record.pop(OP_FIELD, None)
-        before = record.pop(BEFORE_FIELD, None)
-        op = _OPS.get(str(op_given).lower()) if op_given is not None else (
-            "update" if changelog.mode == "upsert" else "insert")
-        if op is None:
-            rejected.append(Rejection(name, f"table {name!r}: field {OP_FIELD!r}: {op_given!r} "
-                                      "is not insert, update or delete", OP_FIELD, record))
-            continue
-        if op == "insert" and changelog.mode == "upsert":  # replaces a row of its key
-            op = "update"
-        if op == "delete" and changelog.key is not None:  # a tombstone: the key is enough
-            record = {c: record.get(c) for c in schema.names}
-        changes.append((i, op, record))
-        if before is not None:
-            if not isinstance(before, Mapping):
-                rejected.append(Rejection(name, f"table {name!r}: field {BEFORE_FIELD!r} must "
-                                          "be a record of the old values", BEFORE_FIELD, record))
-                changes.pop()
-                continue
-            befores.append({**before, _INDEX: i})
     checked = Schema(schema.primary_key, {**schema.columns, _INDEX: int})
-    valid, refused = checked.to_arrow([{**r, _INDEX: i} for i, _, r in changes], name)
+    columnar = _columnar(batch)
+    if columnar is not None:  # a DataFrame or Arrow batch: no Python object per record
+        ops, befores, table = _columnar_changes(changelog, schema, columnar, name, rejected)
+        valid, refused = checked.to_arrow(table, name)
+    else:
+        ops, befores, records = _record_changes(changelog, schema, _dicts(batch, name), name,
+                                                rejected)
+        valid, refused = checked.to_arrow(records, name)
     for rejection in refused:
         _strip(rejection)
     rejected += refused
@@ -118,47 +99,204 @@ def resolve(info: TableInfo, storage: Storage, batch: Any, first_seq: int,
         _strip(rejection)
         rejection.reason = f"{BEFORE_FIELD}: {rejection.reason}"
     rejected += old_refused
-    rows = {r.pop(_INDEX): r for r in valid.to_pylist()}
     olds = {} if old is None else {r.pop(_INDEX): r for r in old.to_pylist()}
-    refused_before = {i for i, _, _ in changes if i not in rows} | {
-        b[_INDEX] for b in befores if b[_INDEX] not in olds}
+    refused_before = {b[_INDEX] for b in befores if b[_INDEX] not in olds}
     identity = list(changelog.key or schema.names)
-    state = _current(info, storage, identity,
-                     [*(rows[i] for i, _, _ in changes if i in rows), *olds.values()])
-    out: list[dict[str, Any]] = []
+    current, state = _current(info, storage, identity, valid, olds)
+    # the log's rows, in order: (True, row of ``valid``) for a +1 row, (False, row of
+    # ``current``) for a -1 row; built as indices, taken from the two tables at the end
+    out: list[tuple[bool, int]] = []
+    logged_ops: list[str] = []
+    retracts: list[int | None] = []
     retracted: list[int] = []
-
-    def emit(row: dict[str, Any], diff: int, op: str, retracts: int | None) -> int:
-        out.append({**row, DIFF: diff, OP: op, RETRACTS: retracts})
-        return first_seq + len(out) - 1
-
-    for i, op, _ in changes:
-        if i not in rows or i in refused_before:
+    plain = "update" if changelog.mode == "upsert" else "insert"
+    if not state and not olds and ops.count(plain) + ops.count(None) == len(ops) and (
+            valid.group_by(identity).aggregate([]).num_rows == valid.num_rows):  # new rows
+        rows = valid.select(schema.names)
+        n = rows.num_rows
+        return Resolved(rows.append_column(DIFF, pa.array(np.ones(n, np.int64))).append_column(
+            OP, pa.array(["insert"] * n, pa.string())).append_column(
+            RETRACTS, pa.nulls(n, pa.int64())))
+    idents = _identities(valid, identity)
+    seqs = current.column("_ralf_seq").to_pylist()
+    added: dict[tuple, list[tuple[int, int]]] = {}  # identity -> [(seq, row of valid)]
+    for n, i in enumerate(valid.column(_INDEX).to_pylist()):  # in record order
+        op = ops[i]
+        if i in refused_before:
             continue
-        row, before = rows[i], olds.get(i)
-        ident = _identity(before if before is not None else row, identity)
-        live = state.get(ident, [])
-        why = _refusal(changelog, op, live, before, ident, identity)
-        if why is not None:
+        before = olds.get(i)
+        ident = _identity(before, identity) if before is not None else idents[n]
+        live = added.get(ident) or state.get(ident)
+        no_before = op == "update" and changelog.key is None and before is None
+        if no_before or (op == "insert" and live and changelog.key is not None) or (
+                op != "insert" and not live and (op == "delete" or changelog.mode != "upsert")):
+            why = _refusal(changelog, op, bool(live), before, ident, identity)
             rejected.append(Rejection(name, f"table {name!r}: {why}", None,
-                                      {**row, OP_FIELD: op}))
+                                      {**dict(zip(schema.names, _row(valid, n), strict=True)),
+                                       OP_FIELD: op}))
             continue
         replaced = bool(live) and op in ("update", "delete")
         if replaced:
-            seq, current = live.pop(0)
-            emit(current, -1, op, seq)
+            fresh, where = _take(added, state, ident)
+            if fresh:  # a row this batch added: retract its copy in ``valid``
+                seq, row = where
+                out.append((True, row))
+            else:
+                seq = seqs[where]
+                out.append((False, where))
+            logged_ops.append(op)
+            retracts.append(seq)
             retracted.append(seq)
         if op == "delete":
             continue
-        logged = "update" if replaced else "insert"  # an upsert of a new key inserts
-        state.setdefault(_identity(row, identity), []).append((emit(row, 1, logged, None), row))
-    return Resolved(_table(schema, out), retracted)
+        out.append((True, n))
+        logged_ops.append("update" if replaced else "insert")  # an upsert of a new key
+        retracts.append(None)
+        added.setdefault(idents[n], []).append((first_seq + len(out) - 1, n))
+    return Resolved(_log_rows(schema, valid, current, out, logged_ops, retracts), retracted)
 
 
-def _refusal(changelog: Changelog, op: str, live: list, before: dict | None, ident: tuple,
+def _operation(changelog: Changelog, given: Any) -> str | None:
+    """ralf's operation for a record's ``op`` (None: not one)."""
+    if given is None:
+        return "update" if changelog.mode == "upsert" else "insert"
+    op = _OPS.get(str(given).lower())
+    return "update" if op == "insert" and changelog.mode == "upsert" else op
+
+
+def _bad_op(name: str, given: Any, record: Any) -> Rejection:
+    return Rejection(name, f"table {name!r}: field {OP_FIELD!r}: {given!r} is not insert, "
+                     "update or delete", OP_FIELD, record)
+
+
+def _record_changes(changelog: Changelog, schema: Schema, records: list[Any], name: str,
+                    rejected: list[Rejection]) -> tuple[list, list, list]:
+    """Records (dicts) as each one's operation (None: rejected), the old rows given (with
+    their record's index) and the records to validate (with their index); what is not a
+    change is rejected."""
+    ops: list[str | None] = [None] * len(records)
+    changes, befores = [], []
+    for i, record in enumerate(records):
+        if not isinstance(record, dict):
+            rejected.append(Rejection(name, f"table {name!r}: expected a record, got "
+                                      f"{type(record).__name__}", None, repr(record)))
+            continue
+        given = record.pop(OP_FIELD, None)
+        before = record.pop(BEFORE_FIELD, None)
+        op = _operation(changelog, given)
+        if op is None:
+            rejected.append(_bad_op(name, given, record))
+            continue
+        if before is not None and not isinstance(before, Mapping):
+            rejected.append(Rejection(name, f"table {name!r}: field {BEFORE_FIELD!r} must be "
+                                      "a record of the old values", BEFORE_FIELD, record))
+            continue
+        if op == "delete" and changelog.key is not None:  # a tombstone: the key is enough
+            for column in schema.names:
+                record.setdefault(column, None)
+        record[_INDEX] = i
+        ops[i] = op
+        changes.append(record)
+        if before is not None:
+            befores.append({**before, _INDEX: i})
+    return ops, befores, changes
+
+
+def _columnar(batch: Any) -> pa.Table | None:
+    """A DataFrame or Arrow batch as an Arrow table (None: records, or a DataFrame Arrow
+    cannot type — its records path names the bad values)."""
+    if isinstance(batch, pa.RecordBatch):
+        return pa.Table.from_batches([batch])
+    if isinstance(batch, pa.Table):
+        return batch
+    if hasattr(batch, "iloc") and hasattr(batch, "columns") and BEFORE_FIELD not in batch:
+        try:
+            return pa.Table.from_pandas(batch, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return None
+    return None
+
+
+def _columnar_changes(changelog: Changelog, schema: Schema, table: pa.Table, name: str,
+                      rejected: list[Rejection]) -> tuple[list, list, pa.Table]:
+    """A columnar batch as each record's operation and the old rows given (see
+    :func:`_record_changes`), and the table to validate (its columns, with each record's
+    index)."""
+    if OP_FIELD in table.column_names:
+        given = table.column(OP_FIELD).to_pylist()
+        ops = [_operation(changelog, g) for g in given]
+    else:
+        given = None
+        ops = [_operation(changelog, None)] * table.num_rows
+    if BEFORE_FIELD in table.column_names:  # old rows given: the records path reads them
+        befores_given = table.column(BEFORE_FIELD).to_pylist()
+    else:
+        befores_given = None
+    table = table.drop_columns([c for c in (OP_FIELD, BEFORE_FIELD) if c in table.column_names])
+    if changelog.key is not None and "delete" in ops:  # tombstones carry the key alone
+        for column in schema.names:
+            if column not in table.column_names:
+                table = table.append_column(column, pa.nulls(table.num_rows,
+                                                             schema.arrow.field(column).type))
+    table = table.append_column(_INDEX, pa.array(range(table.num_rows), pa.int64()))
+    befores = [{**before, _INDEX: i} for i, before in enumerate(befores_given or ())
+               if isinstance(before, Mapping)]
+    if None not in ops:
+        return ops, befores, table
+    keep = []
+    for i, op in enumerate(ops):
+        if op is None:
+            rejected.append(_bad_op(name, given[i], table.slice(i, 1).to_pylist()[0]))
+        else:
+            keep.append(i)
+    return ops, befores, table.take(pa.array(keep, pa.int64()))
+
+
+def _take(added: dict, state: dict, ident: tuple) -> tuple[bool, Any]:
+    """The oldest live row of an identity, removed from where it is kept: (True, (seq, row
+    of the batch)) for a row this batch added, (False, row of the current state) else."""
+    if state.get(ident):
+        return False, state[ident].pop(0)
+    return True, added[ident].pop(0)
+
+
+def _row(table: pa.Table, n: int) -> list[Any]:
+    return [table.column(c)[n].as_py() for c in table.column_names if c != _INDEX]
+
+
+def _log_rows(schema: Schema, valid: pa.Table, current: pa.Table, out: list[tuple[bool, int]],
+              ops: list[str], retracts: list[int | None]) -> pa.Table:
+    """The log's rows from their indices into the batch (``valid``) and the current
+    state (``current``), in order, with their change columns."""
+    names = schema.names
+    plus = [n for fresh, n in out if fresh]
+    minus = [n for fresh, n in out if not fresh]
+    both = pa.concat_tables([valid.select(names).take(pa.array(plus, pa.int64())),
+                             current.select(names).take(pa.array(minus, pa.int64()))])
+    order, p, m = [], 0, len(plus)
+    for fresh, _ in out:
+        if fresh:
+            order.append(p)
+            p += 1
+        else:
+            order.append(m)
+            m += 1
+    rows = both.take(pa.array(order, pa.int64()))
+    diffs = [1] * len(out)
+    for k, retracted in enumerate(retracts):
+        if retracted is not None:
+            diffs[k] = -1
+    return rows.append_column(DIFF, pa.array(diffs, pa.int64())).append_column(
+        OP, pa.array(ops, pa.string())).append_column(RETRACTS, pa.array(retracts, pa.int64()))
+
+
+def _refusal(changelog: Changelog, op: str, live: bool, before: dict | None, ident: tuple,
              identity: list[str]) -> str | None:
     """Why a change does not apply to the current state (None: it does)."""
     described = ", ".join(f"{c}={v!r}" for c, v in zip(identity, ident, strict=True))
+    if op == "update" and changelog.key is None and before is None:
+        return (f"update: a source without key= needs the old row in the field "
+                f"{BEFORE_FIELD!r}")
     if op == "insert" and live and changelog.key is not None:
         return (f"insert: a row with key ({described}) exists already (an update, or "
                 "mode='upsert', replaces it)")
@@ -172,20 +310,30 @@ def _refusal(changelog: Changelog, op: str, live: list, before: dict | None, ide
     return None
 
 
-def _current(info: TableInfo, storage: Storage, identity: list[str],
-             rows: list[dict[str, Any]]) -> dict[tuple, list[tuple[int, dict[str, Any]]]]:
-    """The current rows of the identities among ``rows``: identity -> [(seq, row)], oldest
-    first."""
-    if not rows:
-        return {}
-    arrow = info.schema.arrow
-    wanted = pa.Table.from_pylist([{c: r[c] for c in identity} for r in rows],
-                                  schema=pa.schema([arrow.field(c) for c in identity]))
-    state: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
-    for row in storage.current_changes(info, wanted).to_pylist():
-        seq = row.pop("_ralf_seq")
-        state.setdefault(_identity(row, identity), []).append((seq, row))
-    return state
+def _current(info: TableInfo, storage: Storage, identity: list[str], valid: pa.Table,
+             olds: dict[int, dict[str, Any]]) -> tuple[pa.Table, dict[tuple, list[int]]]:
+    """The current rows of the identities of the batch (``valid``) and of its old rows
+    (``olds``), and identity -> their indices, oldest first."""
+    wanted = valid.select(identity)
+    if olds:
+        wanted = pa.concat_tables([wanted, pa.Table.from_pylist(
+            [{c: r[c] for c in identity} for r in olds.values()], schema=wanted.schema)])
+    current = storage.current_changes(info, wanted) if wanted.num_rows else None
+    if current is None:
+        current = pa.Table.from_pylist([], schema=pa.schema(
+            [*info.schema.arrow, pa.field("_ralf_seq", pa.int64())]))
+    state: dict[tuple, list[int]] = {}
+    for n, ident in enumerate(_identities(current, identity)):
+        state.setdefault(ident, []).append(n)
+    return current, state
+
+
+def _identities(table: pa.Table, identity: list[str]) -> list[tuple]:
+    """Each row's identity, hashable, without a Python call per value."""
+    columns = [table.column(c).to_pylist() for c in identity]
+    if any(pa.types.is_list(table.schema.field(c).type) for c in identity):
+        columns = [[_hashable(v) for v in column] for column in columns]
+    return list(zip(*columns, strict=True))
 
 
 def _identity(row: Mapping[str, Any], identity: list[str]) -> tuple:
