@@ -1,5 +1,6 @@
 """SIGKILL in every window of the engine, twice — late in a run, then again in the run that
-recovers from it — restart to completion, and compare with the oracle.
+recovers from it (but in the windows a recovery never reaches again, ``ONCE``) — restart
+to completion, and compare with the oracle.
 
 The engine honours ``RALF_CRASH_AT=point@n`` (:mod:`ralf.faults`): the subprocess kills
 itself the n-th time it reaches that point. Which hit is "late" comes from one counting
@@ -62,6 +63,11 @@ def check_against_oracle(db: str) -> None:
         assert_equals_oracle(server, N)
 
 
+# Points a recovering run never reaches again: the pipeline forgets its key once, and a
+# restart finishes an acknowledged forget from its next step on (ralf.engine.forget)
+ONCE = {"forget.after_ask", "forget.after_erase"}
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_sigkill_late_and_again_in_recovery_then_restart_equals_the_oracle(database, point,
                                                                            hits):
@@ -69,7 +75,8 @@ def test_sigkill_late_and_again_in_recovery_then_restart_equals_the_oracle(datab
     reached = hits[backend].get(point, 0)
     assert reached > 0, f"a whole run never reaches {point}"
     _killed_at(database, point, max(1, reached * 2 // 3))  # late in the first run
-    _killed_at(database, point, 1)  # the first time the recovering run gets there
+    if point not in ONCE:
+        _killed_at(database, point, 1)  # the first time the recovering run gets there
     finished = _run(database)
     assert finished.returncode == 0 and "done" in finished.stdout, finished.stderr
     check_against_oracle(database)
