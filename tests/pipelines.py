@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from ralf import Operator, Record, Schema
+from ralf import Delete, Operator, Record, Schema
 
 RATINGS = Schema("user", {"user": int, "movie": int, "rating": float})
 AVERAGE = Schema("user", {"user": int, "average": float, "n": int})
@@ -27,6 +27,19 @@ class AverageRating(Operator):
     def on_record(self, record: Record) -> Record:
         s, n = self.sums.get(record.user, (0.0, 0))
         s, n = s + record.rating, n + 1
+        self.sums[record.user] = (s, n)
+        return Record(user=record.user, average=s / n, n=n)
+
+
+class AverageWithRetraction(AverageRating):
+    """The average, taking a retracted record out of its sums (over a changelog)."""
+
+    def on_delete(self, record: Record) -> Record | Delete:
+        s, n = self.sums[record.user]
+        s, n = s - record.rating, n - 1
+        if n == 0:
+            del self.sums[record.user]
+            return Delete(record.user)
         self.sums[record.user] = (s, n)
         return Record(user=record.user, average=s / n, n=n)
 

@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from ralf import Delete, Ralf, RalfClient, Record, Schema, SourceOperator
+from ralf import Ralf, RalfClient, Record, Schema, SourceOperator
 from ralf.testing import Changes, as_of, recompute, replay_by_event_time
-from tests.pipelines import AVERAGE, COUNT, AverageRating, CountPerKey
+from tests.pipelines import AVERAGE, COUNT, AverageRating, AverageWithRetraction, CountPerKey
 
 EVENTS = Schema("user", {"user": int, "id": int, "rating": float})
 TIMED = Schema("user", {"user": int, "id": int, "rating": float, "at": dt.datetime},
@@ -66,19 +66,6 @@ def changes(n: int) -> list[dict]:
 def current_changes(n: int) -> pd.DataFrame:
     """The changelog's current rows once FORGOTTEN is forgotten after FORGET_AT changes."""
     return pd.DataFrame(_changelog(n).live, columns=CHANGES.names)
-
-
-class AverageWithRetraction(AverageRating):
-    """Takes a retracted record out of its sums (ralf.engine.apply.apply_changes)."""
-
-    def on_delete(self, record: Record) -> Record | Delete:
-        s, n = self.sums[record.user]
-        s, n = s - record.rating, n - 1
-        if n == 0:
-            del self.sums[record.user]
-            return Delete(record.user)
-        self.sums[record.user] = (s, n)
-        return Record(user=record.user, average=s / n, n=n)
 
 
 class GeneratorSource(SourceOperator):

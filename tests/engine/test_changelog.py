@@ -14,7 +14,7 @@ import pytest
 
 from ralf import Delete, Ralf, RalfClient, Record, Schema, SchemaError
 from ralf.testing import Changes, ListSource, QueueSource
-from tests.pipelines import AVERAGE, RATINGS, AverageRating
+from tests.pipelines import AVERAGE, RATINGS, AverageRating, AverageWithRetraction
 
 KEY = ["user", "movie"]
 
@@ -149,20 +149,14 @@ def test_an_aggregate_retracts_and_a_group_without_rows_disappears_with_its_chil
 
 
 # ---- Python operators over a changelog ------------------------------------------------------
-class WithRetraction(AverageRating):
+class WithRetraction(AverageWithRetraction):
     def __init__(self, schema: Schema) -> None:
         super().__init__(schema)
         self.calls: list[str] = []
 
     def on_delete(self, record: Record) -> Record | Delete:
         self.calls.append("delete")
-        s, n = self.sums[record.user]
-        s, n = s - record.rating, n - 1
-        if n == 0:
-            del self.sums[record.user]
-            return Delete(record.user)
-        self.sums[record.user] = (s, n)
-        return Record(user=record.user, average=s / n, n=n)
+        return super().on_delete(record)
 
 
 class WithUpdate(WithRetraction):
