@@ -104,6 +104,11 @@ class Pipeline:
             raise SchemaError(f"{what}: {parent.name!r} has event time, and an on_batch "
                               "operator gives one row per key per refresh where the history "
                               "needs a version per event time; use on_record", table=name)
+        if lookup is not None and lookup.info.changelog is not None and (
+                lazy or budget is not None):
+            raise SchemaError(f"{what}: {lookup.name!r} is a changelog, whose updates and "
+                              "deletes rebuild the keys naming them in whole refreshes; "
+                              "make the join eager, without a budget", table=name)
         if parent.info.changelog is not None and (
                 callable(getattr(instance, "on_batch", None)) or self.executor == "ray"):
             raise SchemaError(f"{what}: {parent.name!r} is a changelog, whose retractions go "

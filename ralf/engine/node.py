@@ -237,6 +237,7 @@ class FeatureNode(Node):
         self.ttl: dt.timedelta | None = None
         # the scheduler's current time (a windowed table's rows change as it passes)
         self.now: dt.datetime | None = None
+        self.lookup_mark = 0  # how far the looked-up table's log is followed (see below)
 
     @property
     def quarantined(self) -> set[Any]:
@@ -268,10 +269,20 @@ class FeatureNode(Node):
         """Tables refreshed key by key keep an index of stale keys."""
         return self.lazy or self.budget is not None or self.policies.priority is not None
 
-    def lookup_changed(self) -> bool:
-        """A table whose stale keys come from a looked-up table too has changes there to
-        follow (a Python lookup join does not: only its parent's appends drive it)."""
+    @property
+    def follows_lookup(self) -> bool:
+        """Changes of the looked-up table reach this table's rows (a SQL table that looks
+        one up; a Python lookup join of a changelog source). A Python join of another
+        table takes the other's row as it is when a record is applied."""
         return False
+
+    def lookup_changed(self) -> bool:
+        """The looked-up table has changes this table has not followed yet."""
+        return self.follows_lookup and self.lookup.seq > self.lookup_mark
+
+    def lookup_read(self) -> LogRead:
+        """The read of the looked-up table's changes not followed yet."""
+        return LogRead(self.lookup.info, self.lookup_mark, self.lookup.seq, None)
 
     def expired(self) -> bool:
         """Some row has changed with time alone since it was written (a windowed
@@ -395,7 +406,6 @@ class SqlTableNode(FeatureNode):
                  lookup: Node | None = None) -> None:
         super().__init__(info, storage, parent, lookup, budget)
         self.plan = plan
-        self.lookup_mark = 0
         self.next_expiry: dt.datetime | None = None  # a windowed table's earliest change
 
     @property
@@ -416,13 +426,10 @@ class SqlTableNode(FeatureNode):
         if self.windowed:
             self.next_expiry = self.storage.next_expiry(self.info)
 
-    def lookup_changed(self) -> bool:
-        """The looked-up table has changes this table has not followed yet."""
-        return self.lookup is not None and self.lookup.seq > self.lookup_mark
-
-    def lookup_read(self) -> LogRead:
-        """The read of the looked-up table's changes not followed yet."""
-        return LogRead(self.lookup.info, self.lookup_mark, self.lookup.seq, None)
+    @property
+    def follows_lookup(self) -> bool:
+        """A SQL table's query reads the looked-up table as it is now."""
+        return self.lookup is not None
 
 
 class OperatorNode(FeatureNode, UserCode):
@@ -480,7 +487,15 @@ class OperatorNode(FeatureNode, UserCode):
             op.__dict__.update(value)
         self.committed_state = state
 
+    @property
+    def follows_lookup(self) -> bool:
+        """A lookup join of a changelog source: an update or delete there rebuilds the
+        keys whose records name the changed key (ralf.engine.rebuild)."""
+        return self.lookup is not None and self.lookup.info.changelog is not None
+
     def _resume_state(self) -> None:
+        if self.follows_lookup:
+            self.lookup_mark = self.storage.load_lookup_floor(self.name)
         found, state = self.storage.load_operator_state(self.name)
         if not found:  # nothing committed yet: the state the operator was created with
             self._restart_operator()

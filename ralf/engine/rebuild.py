@@ -5,10 +5,12 @@ An operator that defines ``on_delete`` is handed each retracted record (and
 ``on_update(old, new)`` each update, if it defines that too). One that does not is correct
 by default: the keys that lost a record are rebuilt by replaying the records they still
 have (the changelog source's current rows) — per key when the operator's state is kept
-per key, whole otherwise.
+per key, whole otherwise. A lookup join of a changelog source rebuilds the same way the
+keys whose records name a key that changed there (the records replayed with the other
+side's current rows).
 
 "Kept per key" is observed, not assumed: a fresh copy of the operator (its state as
-created) is given the key's records, retracted ones included; if every attribute they
+created) is given the key's records, retracted and surviving; if every attribute they
 changed is a dict in which only that key's entry changed (``self.sums[user]``, the
 tutorial's pattern), the key's entries are dropped from the live operator's dicts and its
 surviving records replayed through it. Anything else (a counter over all keys, a list, a
@@ -48,14 +50,18 @@ class Rebuilt:
 def rebuild(node: OperatorNode, keys: list[Any], retracted: dict[Any, list[Record]],
             skip: set[Any]) -> Rebuilt:
     """Rebuild ``keys`` of a Python operator's table from their surviving records (see the
-    module docstring); ``retracted``: each key's retracted records, to observe its state."""
+    module docstring); ``retracted``: each key's retracted records, observed with its
+    surviving ones to see where the operator keeps the key's state."""
     pk = node.parent.schema.primary_key
-    keyed = keyed_attributes(node, keys, retracted) if node.aligned else None
-    if keyed is None:
-        return _whole(node, skip)
     survivors = node.storage.live_rows(node.parent.info, pa.array(
         keys, node.parent.schema.arrow.field(pk).type))
     records = node.parent.schema.records(survivors)
+    seen = {key: list(retracted.get(key, [])) for key in keys}  # what to observe it with
+    for record in records:
+        seen[record.__dict__[pk]].append(record)
+    keyed = keyed_attributes(node, keys, seen) if node.aligned else None
+    if keyed is None:
+        return _whole(node, skip)
     operator = node.operator
     for name in keyed:  # the keys' part of the state goes; their records come back
         part = getattr(operator, name)
@@ -93,10 +99,10 @@ def _replay(node: OperatorNode, records: list[Record], skip: set[Any]) -> Applie
 
 
 def keyed_attributes(node: OperatorNode, keys: Iterable[Any],
-                      retracted: dict[Any, list[Record]]) -> set[str] | None:
+                      records: dict[Any, list[Record]]) -> set[str] | None:
     """The operator's attributes that hold per-key state, observed on a fresh copy given
-    each key's retracted records; None when its state mixes keys (or cannot be
-    observed: no initial state, a custom ``__setstate__``, a replay that raises)."""
+    each key's ``records``; None when its state mixes keys (or cannot be observed: no
+    initial state, a custom ``__setstate__``, a replay that raises)."""
     if node.initial is None or hasattr(type(node.operator), "__setstate__"):
         return None
     initial = pickle.loads(node.initial)
@@ -107,7 +113,7 @@ def keyed_attributes(node: OperatorNode, keys: Iterable[Any],
         probe = copy.copy(node.operator)
         probe.__dict__ = pickle.loads(node.initial)
         try:
-            for record in retracted.get(key, []):
+            for record in records.get(key, []):
                 if node.lookup is None:
                     probe.on_record(record)
                 else:

@@ -10,6 +10,7 @@ keys are replayed again, so no record is ever applied twice to the state.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import gc
 import logging
 import time
@@ -28,6 +29,7 @@ from ralf.engine.progress import Advance
 from ralf.engine.rebuild import rebuild
 from ralf.errors import OperatorError, OutputSchemaError, RalfError, SchemaError, ValueRangeError
 from ralf.faults import crashpoint
+from ralf.ivm.views import Lookup
 from ralf.schema import Delete, Record
 from ralf.storage.base import VERSION_ORDER
 from ralf.storage.units import DIFF, EVENT_TIME, OP, LookupAdvance, Refresh, SqlRefresh
@@ -71,6 +73,14 @@ def _cyclic_gc_paused() -> Iterator[None]:
 
 def _refresh_python(node: OperatorNode, keys: list[Any] | None, errors: list[RalfError],
                     max_failures: int, now: dt.datetime) -> int:
+    # a lookup join of a changelog: the keys whose records name a key changed there are
+    # rebuilt, in this refresh, with the lookup mark committed beside them
+    lookup = node.lookup_read() if node.lookup_changed() else None
+    reached = [] if lookup is None else node.storage.lookup_changes(
+        node.parent.info, Lookup(node.lookup.name, node.info.lookup_on), lookup
+    ).column("key").to_pylist()
+    if keys is not None and reached:
+        keys = list(dict.fromkeys([*keys, *reached]))
     read = node.read_all() if keys is None else node.read_keys(keys)
     data = node.storage.read_log(read)
     crashpoint("refresh.after_read")
@@ -78,7 +88,12 @@ def _refresh_python(node: OperatorNode, keys: list[Any] | None, errors: list[Ral
     pk = node.parent.schema.primary_key
     batch = callable(getattr(node.operator, "on_batch", None))
     data, shed = _shed(node, data, pk, per_record=batch or node.replicas is not None)
-    attempt = _run_batch if batch else _run_changes if DIFF in data.column_names else _run
+    if batch:
+        attempt = _run_batch
+    elif DIFF in data.column_names or reached:
+        attempt = functools.partial(_run_changes, rebuilt=set(reached))
+    else:
+        attempt = _run
     skip = set(node.held)
     for _ in range(_MAX_RETRY_PASSES):
         run, rows = attempt(node, data, pk, skip)
@@ -92,13 +107,15 @@ def _refresh_python(node: OperatorNode, keys: list[Any] | None, errors: list[Ral
         node.restore(node.committed_state)  # undo what the failed keys did, then replay
     crashpoint("refresh.after_operator")
     run.shed += shed
+    key_type = data.schema.field(pk).type
     if run.whole:  # every key rebuilt: every pending append is applied
         keys = None
         data = pa.concat_tables([data.select([pk]), pa.table({pk: pa.array(
-            list(node.pending.keys) if node.pending is not None else [],
-            data.schema.field(pk).type)})])
-    refreshed_keys = _refreshed(data.column(pk), keys, skip)
-    _commit(node, rows, run, keys, refreshed_keys, skip, read.high, now)
+            list(node.pending.keys) if node.pending is not None else [], key_type)})])
+    refreshed_keys = _refreshed(pa.concat_tables([data.select([pk]), pa.table(
+        {pk: pa.array(reached, key_type)})]).column(pk), keys, skip)
+    _commit(node, rows, run, keys, refreshed_keys, skip, read.high, now,
+            None if lookup is None else lookup.high)
     return len(refreshed_keys)
 
 
@@ -182,8 +199,8 @@ def follow_lookup(node: FeatureNode) -> None:
     a key the other table changed since this one last looked, by lowering their watermark
     to the start of the log (a recompute reads their rows as they are now). The lowered
     marks and how far the other's log was followed commit together; then memory moves."""
-    if not node.lookup_changed():
-        return
+    if not isinstance(node, SqlTableNode) or not node.lookup_changed():
+        return  # a Python join follows its lookup in its refresh (_refresh_python)
     read = node.lookup_read()
     reached = node.storage.lookup_changes(node.parent.info, node.plan.lookup, read)
     base = node.storage.seq_base
@@ -252,13 +269,15 @@ def _run(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]) -> tuple[A
     return result, _output_rows(node, result, list(result.outputs.values()))
 
 
-def _run_changes(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]
-                 ) -> tuple[Applied, pa.Table]:
+def _run_changes(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any],
+                 rebuilt: set[Any]) -> tuple[Applied, pa.Table]:
     """The per-record path over a changelog's signed rows: to ``on_delete`` /
     ``on_update`` when the operator defines them, else its keys that lost a record are
-    rebuilt from the records they still have (ralf.engine.rebuild)."""
+    rebuilt from the records they still have (ralf.engine.rebuild) — and the ``rebuilt``
+    keys (a looked-up changelog changed a key their records name) in any case."""
     records = node.parent.schema.records(data)
-    signs = data.column(DIFF).to_pylist()
+    signs = (data.column(DIFF).to_pylist() if DIFF in data.column_names
+             else [1] * data.num_rows)
     others = None
     if node.lookup is not None:
         on, lookup = node.info.lookup_on, node.lookup
@@ -266,12 +285,12 @@ def _run_changes(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any]
     keep = ((lambda r, k, outputs: _keep(node, r, k, outputs))
             if node.policies.shedding else None)
     out_pk = node.schema.primary_key
-    if callable(getattr(node.operator, "on_delete", None)):
+    if callable(getattr(node.operator, "on_delete", None)) and not rebuilt:
         result = apply_changes(node.operator, records, signs, data.column(OP).to_pylist(),
                                data.column("_ralf_seq").to_pylist(), pk, out_pk,
                                node.aligned, others=others, keep=keep, skip=skip)
     else:
-        retracted: dict[Any, list[Record]] = {}
+        retracted: dict[Any, list[Record]] = {key: [] for key in rebuilt}
         for record, sign in zip(records, signs, strict=True):
             if sign < 0:
                 retracted.setdefault(record.__dict__[pk], []).append(record)
@@ -403,7 +422,8 @@ def _refreshed(read_keys: pa.ChunkedArray, keys: list[Any] | None, skip: set[Any
 
 
 def _commit(node: OperatorNode, rows: pa.Table, run: Applied, keys: list[Any] | None,
-            refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime) -> None:
+            refreshed: list[Any], skip: set[Any], high: int, now: dt.datetime,
+            lookup_mark: int | None = None) -> None:
     advance = node.marks.advance(refreshed, _still_stale(node, keys, refreshed, skip), high)
     state = node.checkpoint() if run.processed else node.committed_state
     gone = [k for k, out in run.outputs.items() if isinstance(out, Delete)]
@@ -419,11 +439,14 @@ def _commit(node: OperatorNode, rows: pa.Table, run: Applied, keys: list[Any] | 
         write_state=run.processed > 0 or bool(gone),
         deleted=pa.table({"key": pa.array(gone, node.schema.arrow.field(
             node.schema.primary_key).type)}) if gone else None,
+        lookup_mark=lookup_mark,
     ))
     crashpoint("refresh.after_commit")
     # Committed: now memory may move.
     node.committed_state = state
     _move_marks(node, advance)
+    if lookup_mark is not None:
+        node.lookup_mark = lookup_mark
     node.put_rows(rows, now)
     for key in gone:
         node.cache.pop(key, None)

@@ -567,8 +567,9 @@ class Storage(ABC):
         return max(kept, 0) + tx.execute(f"DELETE FROM {table} WHERE {pk} = {mark}", [key])
 
     def live_rows(self, info: TableInfo, keys: pa.Array | None) -> pa.Table:
-        """A changelog source's current rows (of ``keys``, or all), oldest first: user
-        columns and ``_ralf_seq``."""
+        """A source's current rows — a changelog's live rows, an append-only source's
+        every append — (of ``keys``, or all), oldest first: user columns and
+        ``_ralf_seq``."""
         cols = ", ".join(quote(c) for c in info.schema.names)
         where = ""
         with self._reading() as tx:
@@ -576,7 +577,8 @@ class Storage(ABC):
                 tx.stage("__ralf_wanted", pa.table({"key": keys}))
                 where = (f" WHERE {quote(info.schema.primary_key)} IN "
                          "(SELECT key FROM __ralf_wanted)")
-            return tx.arrow(f"SELECT {cols}, _ralf_seq FROM {current_table(info.name)}{where} "
+            return tx.arrow(f"SELECT {cols}, _ralf_seq FROM "
+                            f"{rows_relation(info, self.user_schema)}{where} "
                             "ORDER BY _ralf_seq", types=_arrow_types(info, "_ralf_seq"))
 
     def refresh(self, unit: Refresh) -> pa.Table:
@@ -598,6 +600,8 @@ class Storage(ABC):
             if unit.deleted is not None and unit.deleted.num_rows:
                 self._delete_keys(tx, info, unit.deleted, unit.version, unit.updated_at)
             self._write_watermarks(tx, unit)
+            if unit.lookup_mark is not None:
+                self._write_lookup_mark(tx, info.name, unit.lookup_mark)
             if unit.write_state:
                 self._replace(tx, "ralf.operator_state", [
                     self._progress_name(info.name), unit.state, unit.updated_at])

@@ -124,6 +124,8 @@ class Refresh:
     # keys whose rows go (an operator deleted them, or a rebuild left them no row): one
     # column, ``key``; their removal is a version of the history
     deleted: pa.Table | None = None
+    # a lookup join of a changelog: how far its log is now followed (None: not moved)
+    lookup_mark: int | None = None
 
 
 @dataclass

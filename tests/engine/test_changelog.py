@@ -280,10 +280,25 @@ def test_a_lookup_join_sees_the_other_sides_current_row(server):
     movies.queue.append([{"movie": 1, "title": "Aliens"}, {"movie": 2, "op": "delete"}])
     server.step()
     queue.queue.append([{"user": 1, "movie": 1, "rating": 1.0},
-                        {"user": 2, "movie": 2, "rating": 1.0}])
+                        {"user": 2, "movie": 2, "rating": 1.0},
+                        {"user": 3, "movie": 3, "rating": 1.0}])
     _drain(server)
-    got = server.sql("SELECT user, coalesce(title, '-') AS t FROM titled ORDER BY user")
-    assert got["t"].tolist() == ["Aliens", "-"]
+
+    def titles() -> list[str]:
+        got = server.sql("SELECT user, coalesce(title, '-') AS t FROM titled ORDER BY user")
+        return got["t"].tolist()
+
+    assert titles() == ["Aliens", "-", "-"]
+    # a change on the other side reaches the rows whose records name it
+    movies.queue.append([{"movie": 1, "title": "Alien 3"}, {"movie": 3, "title": "Cube"}])
+    _drain(server)
+    assert titles() == ["Alien 3", "-", "Cube"]
+    movies.queue.append([{"movie": 1, "op": "delete"}])
+    _drain(server)
+    assert titles() == ["-", "-", "Cube"]
+    with pytest.raises(SchemaError, match="make the join eager"):
+        source.join(other, Titled, args=(Schema("user", {"user": int, "title": str}),),
+                    on="movie", name="lazy_titled", lazy=True)
 
 
 @pytest.mark.parametrize("operator", ["batch"])
