@@ -111,7 +111,7 @@ def resolve(info: TableInfo, storage: Storage, batch: Any, first_seq: int,
     retracted: list[int] = []
     plain = "update" if changelog.mode == "upsert" else "insert"
     if not state and not olds and ops.count(plain) + ops.count(None) == len(ops) and (
-            valid.group_by(identity).aggregate([]).num_rows == valid.num_rows):  # new rows
+            _distinct(valid, identity)):  # new rows only (a load): taken as they are
         rows = valid.select(schema.names)
         n = rows.num_rows
         return Resolved(rows.append_column(DIFF, pa.array(np.ones(n, np.int64))).append_column(
@@ -154,6 +154,15 @@ def resolve(info: TableInfo, storage: Storage, batch: Any, first_seq: int,
         retracts.append(None)
         added.setdefault(idents[n], []).append((first_seq + len(out) - 1, n))
     return Resolved(_log_rows(schema, valid, current, out, logged_ops, retracts), retracted)
+
+
+def _distinct(table: pa.Table, identity: list[str]) -> bool:
+    """No two rows of ``table`` have the same identity."""
+    try:
+        return table.group_by(identity).aggregate([]).num_rows == table.num_rows
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):  # e.g. a list column
+        idents = _identities(table, identity)
+        return len(set(idents)) == len(idents)
 
 
 def _operation(changelog: Changelog, given: Any) -> str | None:
