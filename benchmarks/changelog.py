@@ -89,34 +89,35 @@ def loaded(path: Path, mode: str, rows: pd.DataFrame) -> tuple[Ralf, QueueSource
 
 def part_a(directory: Path, rows: pd.DataFrame, repeats: int, rng: np.random.Generator
            ) -> dict[str, float]:
+    """Both sources loaded, then batch after batch in turn (so that neither runs on a
+    warmer or a busier machine than the other)."""
     users = int(rows["user"].max()) + 1
     times: dict[str, list[float]] = {"append": [], "insert": [], "mixed": []}
     fresh = iter(range(10**6, 10**9))
-    for mode in ("append", "changelog"):
-        server, queue = loaded(directory / f"{mode}.duckdb", mode, rows)
-        live = rows[["user", "movie"]].to_numpy().tolist()
-        for _ in range(repeats):
-            inserts = pd.DataFrame({"user": rng.integers(0, users, BATCH),
-                                    "movie": [next(fresh) for _ in range(BATCH)],
-                                    "rating": rng.integers(1, 6, BATCH).astype(float)})
-            times["append" if mode == "append" else "insert"].append(
-                tick(server, queue, inserts))
-            if mode == "append":
-                continue
-            live += inserts[["user", "movie"]].to_numpy().tolist()
-            chosen = rng.choice(len(live), BATCH, replace=False)
-            changes = []
-            for i, at in enumerate(chosen):
-                user, movie = live[at]
-                if i % 2:
-                    changes.append({"user": user, "movie": movie, "op": "delete"})
-                else:
-                    changes.append({"user": user, "movie": movie, "op": "update",
-                                    "rating": float(rng.integers(1, 6))})
-            for at in sorted(chosen[1::2], reverse=True):  # the deleted ones leave
-                live[at] = live[-1]
-                live.pop()
-            times["mixed"].append(tick(server, queue, changes))
+    servers = {mode: loaded(directory / f"{mode}.duckdb", mode, rows)
+               for mode in ("append", "changelog")}
+    live = rows[["user", "movie"]].to_numpy().tolist()
+    for _ in range(repeats):
+        inserts = pd.DataFrame({"user": rng.integers(0, users, BATCH),
+                                "movie": [next(fresh) for _ in range(BATCH)],
+                                "rating": rng.integers(1, 6, BATCH).astype(float)})
+        times["append"].append(tick(*servers["append"], inserts))
+        times["insert"].append(tick(*servers["changelog"], inserts))
+        live += inserts[["user", "movie"]].to_numpy().tolist()
+        chosen = rng.choice(len(live), BATCH, replace=False)
+        changes = []
+        for i, at in enumerate(chosen):
+            user, movie = live[at]
+            if i % 2:
+                changes.append({"user": user, "movie": movie, "op": "delete"})
+            else:
+                changes.append({"user": user, "movie": movie, "op": "update",
+                                "rating": float(rng.integers(1, 6))})
+        for at in sorted(chosen[1::2], reverse=True):  # the deleted ones leave
+            live[at] = live[-1]
+            live.pop()
+        times["mixed"].append(tick(*servers["changelog"], changes))
+    for server, _ in servers.values():
         server.close()
     return {k: statistics.median(v) for k, v in times.items()}
 
