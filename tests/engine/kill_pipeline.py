@@ -35,15 +35,15 @@ def timed_events(n: int) -> list[dict]:
 # A changelog source (docs/changelog.md): inserts, updates and deletes of (user, id) rows,
 # and a key forgotten once the source has emitted FORGET_AT of them (a batch boundary)
 CHANGES = Schema("user", {"user": int, "id": int, "rating": float})
-FORGOTTEN, FORGET_AT = 5, 300
+FORGOTTEN, FORGET_AT = 5, 150
 
 
 def _changelog(n: int) -> Changes:
-    """``n // 3`` changes of a changelog keyed by (user, id): inserts, and updates and
+    """``n // 5`` changes of a changelog keyed by (user, id): inserts, and updates and
     deletes of earlier rows, deterministic. After FORGET_AT changes (a batch boundary) the
     FORGOTTEN key's rows are gone (the pipeline forgets it there) and it gets no more."""
     written = Changes("changelog", ["user", "id"])
-    for i in range(n // 3):
+    for i in range(n // 5):
         if i == FORGET_AT:
             written.live = [r for r in written.live if r["user"] != FORGOTTEN]
         if i % 5 == 3:
@@ -98,7 +98,7 @@ def build(server: Ralf, n: int, sharded: bool = False) -> None:
     if not sharded:
         changelog = server.create_source(GeneratorSource, args=(CHANGES, n), name="changes",
                                          mode="changelog", key=["user", "id"])
-        changelog.map(AverageRating, args=(AVERAGE,), name="changes_rebuilt", budget=3)
+        changelog.map(AverageRating, args=(AVERAGE,), name="changes_rebuilt")
         changelog.map(AverageWithRetraction, args=(AVERAGE,), name="changes_average")
         changelog.aggregate(by="user", n=("*", "count"), mean=("rating", "avg"),
                             top=("rating", "max"), name="changes_agg", lazy=True)
