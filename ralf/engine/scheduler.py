@@ -82,10 +82,14 @@ class Scheduler:
         with self.lock:
             try:
                 return forget(source, self.features, key, self.max_failures, self.clock.now())
-            except Exception:
+            except Exception as exc:
                 self._resume_all()
                 self._forgets_finished = False  # the next tick finishes it, as a reopen does
-                raise
+                if isinstance(exc, RalfError):
+                    raise
+                raise TableError(f"forget of a key of {source.name!r} failed "
+                                 f"({type(exc).__name__}: {exc}); once asked, it is finished "
+                                 "by the next tick", table=source.name) from exc
 
     def _finish_forgets(self, errors: list[RalfError], now: dt.datetime) -> None:
         """Finish the forgets a crash interrupted (their request committed: acknowledged),

@@ -155,8 +155,9 @@ def test_a_failure_at_any_step_leaves_memory_as_the_database_and_finishes_later(
         RalfClient(server).point_query("totals", 2)
         arm(point)
         try:
-            with pytest.raises(InjectedFault):
+            with pytest.raises(RalfError) as raised:
                 server.forget("ratings", 2)
+            assert isinstance(raised.value.__cause__, InjectedFault)
         finally:
             disarm()
         if point == "forget.before_commit":  # not acknowledged: nothing happened
