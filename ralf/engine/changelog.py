@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from ralf.errors import SchemaError
@@ -108,15 +107,11 @@ def resolve(info: TableInfo, storage: Storage, batch: Any, first_seq: int,
     out: list[tuple[bool, int]] = []
     logged_ops: list[str] = []
     retracts: list[int | None] = []
-    retracted: list[int] = []
     plain = "update" if changelog.mode == "upsert" else "insert"
     if not state and not olds and ops.count(plain) + ops.count(None) == len(ops) and (
             _distinct(valid, identity)):  # new rows only (a load): taken as they are
-        rows = valid.select(schema.names)
-        n = rows.num_rows
-        return Resolved(rows.append_column(DIFF, pa.array(np.ones(n, np.int64))).append_column(
-            OP, pa.array(["insert"] * n, pa.string())).append_column(
-            RETRACTS, pa.nulls(n, pa.int64())))
+        n = valid.num_rows
+        return Resolved(_signed(valid.select(schema.names), ["insert"] * n, [None] * n))
     idents = _identities(valid, identity)
     seqs = current.column("_ralf_seq").to_pylist()
     added: dict[tuple, list[tuple[int, int]]] = {}  # identity -> [(seq, row of valid)]
@@ -146,14 +141,14 @@ def resolve(info: TableInfo, storage: Storage, batch: Any, first_seq: int,
                 out.append((False, where))
             logged_ops.append(op)
             retracts.append(seq)
-            retracted.append(seq)
         if op == "delete":
             continue
         out.append((True, n))
         logged_ops.append("update" if replaced else "insert")  # an upsert of a new key
         retracts.append(None)
         added.setdefault(idents[n], []).append((first_seq + len(out) - 1, n))
-    return Resolved(_log_rows(schema, valid, current, out, logged_ops, retracts), retracted)
+    return Resolved(_log_rows(schema, valid, current, out, logged_ops, retracts),
+                    [seq for seq in retracts if seq is not None])
 
 
 def _distinct(table: pa.Table, identity: list[str]) -> bool:
@@ -278,23 +273,16 @@ def _log_rows(schema: Schema, valid: pa.Table, current: pa.Table, out: list[tupl
     """The log's rows from their indices into the batch (``valid``) and the current
     state (``current``), in order, with their change columns."""
     names = schema.names
-    plus = [n for fresh, n in out if fresh]
-    minus = [n for fresh, n in out if not fresh]
-    both = pa.concat_tables([valid.select(names).take(pa.array(plus, pa.int64())),
-                             current.select(names).take(pa.array(minus, pa.int64()))])
-    order, p, m = [], 0, len(plus)
-    for fresh, _ in out:
-        if fresh:
-            order.append(p)
-            p += 1
-        else:
-            order.append(m)
-            m += 1
-    rows = both.take(pa.array(order, pa.int64()))
-    diffs = [1] * len(out)
-    for k, retracted in enumerate(retracts):
-        if retracted is not None:
-            diffs[k] = -1
+    both = pa.concat_tables([valid.select(names), current.select(names)])
+    offset = valid.num_rows  # the current state's rows come after the batch's
+    order = [n if fresh else offset + n for fresh, n in out]
+    return _signed(both.take(pa.array(order, pa.int64())), ops, retracts)
+
+
+def _signed(rows: pa.Table, ops: list[str], retracts: list[int | None]) -> pa.Table:
+    """Log rows (user columns) with their change columns: -1 where a row retracts one
+    (``retracts``: the ``_ralf_seq`` it retracts), else +1."""
+    diffs = [1 if seq is None else -1 for seq in retracts]
     return rows.append_column(DIFF, pa.array(diffs, pa.int64())).append_column(
         OP, pa.array(ops, pa.string())).append_column(RETRACTS, pa.array(retracts, pa.int64()))
 
@@ -312,9 +300,6 @@ def _refusal(changelog: Changelog, op: str, live: bool, before: dict | None, ide
     if op == "delete" and not live:
         return f"delete: no current row ({described})"
     if op == "update" and changelog.mode == "changelog" and not live:
-        if changelog.key is None and before is None:
-            return (f"update: a source without key= needs the old row in the field "
-                    f"{BEFORE_FIELD!r}")
         return f"update: no current row ({described})"
     return None
 
@@ -354,11 +339,8 @@ def _hashable(value: Any) -> Any:
 
 
 def _dicts(batch: Any, table: str) -> list[Any]:
-    """A batch's records as dicts (their own copies: resolving pops fields)."""
-    if isinstance(batch, pa.RecordBatch):
-        batch = pa.Table.from_batches([batch])
-    if isinstance(batch, pa.Table):
-        return batch.to_pylist()
+    """A batch's records as dicts (their own copies: resolving pops fields); an Arrow
+    batch never comes here (:func:`_columnar` takes it)."""
     if hasattr(batch, "to_dict") and hasattr(batch, "iloc"):  # a DataFrame
         return batch.to_dict("records")
     if isinstance(batch, (Record, Mapping)):
@@ -375,14 +357,7 @@ def _strip(rejection: Rejection) -> None:
         rejection.raw.pop(_INDEX, None)
 
 
-def _table(schema: Schema, rows: list[dict[str, Any]]) -> pa.Table:
-    fields = [*schema.arrow, pa.field(DIFF, pa.int64()), pa.field(OP, pa.string()),
-              pa.field(RETRACTS, pa.int64())]
-    return pa.Table.from_pylist(rows, schema=pa.schema(fields))
-
-
 def retractions(schema: Schema, live: pa.Table) -> pa.Table:
     """Log rows retracting ``live`` (current rows with their ``_ralf_seq``): a delete each."""
-    rows = [{**{c: row[c] for c in schema.names}, DIFF: -1, OP: "delete",
-             RETRACTS: row["_ralf_seq"]} for row in live.to_pylist()]
-    return _table(schema, rows)
+    return _signed(live.select(schema.names), ["delete"] * live.num_rows,
+                   live.column("_ralf_seq").to_pylist())

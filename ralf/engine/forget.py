@@ -86,7 +86,7 @@ def finish(source: SourceNode, features: list[FeatureNode], key: Any, request: i
     errors: list[RalfError] = []
     since = {node.name: node.seq for node in [source, *descendants]}
     # what the retraction reached, table by table (a parent's new versions: its child's)
-    since[source.name] = source.storage.forget_seq(source.info, request)
+    since[source.name] = source.storage.forget_seq(request)
     for node in descendants:
         node.now = now
         reached = node.storage.pending_summary(LogRead(
@@ -109,20 +109,19 @@ def finish(source: SourceNode, features: list[FeatureNode], key: Any, request: i
         if isinstance(node, OperatorNode) and _forget_state(node, key, records, source):
             states[node.name] = node.checkpoint()
     keyed = [source, *aligned]  # a child of one of them keeps watermarks by the key's text
+    marked = [node for node in descendants if node.parent in keyed]
     removed = source.storage.erase(Erase(
         source.info, key, source.schema.key_to_text(key), [n.info for n in aligned],
-        [n.name for n in descendants if n.parent in keyed], states, request, now))
+        [n.name for n in marked], states, request, now))
     crashpoint("forget.after_erase")
+    for node in marked:  # the aligned tables among them
+        node.marks.overrides.pop(key, None)
     for node in aligned:
         node.cache.pop(key, None)
-        node.marks.overrides.pop(key, None)
         if node.pending is not None:
             node.pending.pop(key)
         if node.name in states:
             node.committed_state = states[node.name]
-    for node in descendants:
-        if node.parent is source or node.parent in aligned:
-            node.marks.overrides.pop(key, None)
     if source.cache is not None:
         source.cache.pop(key, None)
     return removed

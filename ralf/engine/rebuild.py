@@ -25,7 +25,6 @@ import copy
 import logging
 import pickle
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -38,20 +37,13 @@ log = logging.getLogger("ralf")
 _ABSENT = object()
 
 
-@dataclass
-class Rebuilt:
-    """The outputs of rebuilt keys (a :class:`~ralf.schema.Delete` for a key left without a
-    row) and whether every key was rebuilt."""
-
-    run: Applied = field(default_factory=Applied)
-    whole: bool = False
-
-
 def rebuild(node: OperatorNode, keys: list[Any], retracted: dict[Any, list[Record]],
-            skip: set[Any]) -> Rebuilt:
+            skip: set[Any]) -> Applied:
     """Rebuild ``keys`` of a Python operator's table from their surviving records (see the
     module docstring); ``retracted``: each key's retracted records, observed with its
-    surviving ones to see where the operator keeps the key's state."""
+    surviving ones to see where the operator keeps the key's state. Returns the rebuilt
+    keys' outputs (a :class:`~ralf.schema.Delete` for a key left without a row), marked
+    ``whole`` when every key was rebuilt."""
     pk = node.parent.schema.primary_key
     survivors = node.storage.live_rows(node.parent.info, pa.array(
         keys, node.parent.schema.arrow.field(pk).type))
@@ -71,10 +63,10 @@ def rebuild(node: OperatorNode, keys: list[Any], retracted: dict[Any, list[Recor
     for key in keys:
         if key not in skip and key not in run.failed:
             run.outputs.setdefault(key, Delete(key))  # no record left makes no row
-    return Rebuilt(run)
+    return run
 
 
-def _whole(node: OperatorNode, skip: set[Any]) -> Rebuilt:
+def _whole(node: OperatorNode, skip: set[Any]) -> Applied:
     """The operator restarted from its initial state and every current record replayed;
     every key that has a row and gets none is deleted."""
     if node.initial is not None:
@@ -87,7 +79,8 @@ def _whole(node: OperatorNode, skip: set[Any]) -> Rebuilt:
     run = _replay(node, node.parent.schema.records(survivors), skip)
     for key in list(node.cache or ()):
         run.outputs.setdefault(key, Delete(key))
-    return Rebuilt(run, whole=True)
+    run.whole = True
+    return run
 
 
 def _replay(node: OperatorNode, records: list[Record], skip: set[Any]) -> Applied:

@@ -298,12 +298,11 @@ def _run_changes(node: OperatorNode, data: pa.Table, pk: str, skip: set[Any],
         result = apply_records(node.operator.on_record, [records[i] for i in plain], pk,
                                out_pk, node.aligned, keep=keep, skip=skip,
                                others=None if others is None else [others[i] for i in plain])
-        rebuilt = rebuild(node, list(retracted), retracted, skip | set(result.failed))
-        if rebuilt.whole:
-            result = rebuilt.run
-            result.whole = True
+        rebuilt_run = rebuild(node, list(retracted), retracted, skip | set(result.failed))
+        if rebuilt_run.whole:  # the operator restarted: the plain records' run is void
+            result = rebuilt_run
         else:
-            result.merge(rebuilt.run)
+            result.merge(rebuilt_run)
     return result, _output_rows(node, result, [o for o in result.outputs.values()
                                                if not isinstance(o, Delete)])
 

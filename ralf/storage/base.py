@@ -434,15 +434,19 @@ class Storage(ABC):
         """New records of a source with its position and its rejected records."""
         info = unit.table
         with self._transaction() as tx:
-            if unit.rows.num_rows:
-                self._insert_appends(tx, info, unit.rows, unit.first_seq, unit.ingested_at)
-            if info.changelog is not None and unit.rows.num_rows:
-                self._change_current(tx, info, unit)
+            self._log_appends(tx, unit)
             self._replace(tx, "ralf.source_state", [
                 self._progress_name(info.name), unit.source_state, unit.emitted,
                 unit.exhausted, unit.ingested_at])
             self._insert_rejected(tx, unit.rejected)
             crashpoint("append.before_commit")
+
+    def _log_appends(self, tx: Transaction, unit: Append) -> None:
+        """Append the unit's rows, and (a changelog source) move its current state."""
+        if unit.rows.num_rows:
+            self._insert_appends(tx, unit.table, unit.rows, unit.first_seq, unit.ingested_at)
+            if unit.table.changelog is not None:
+                self._change_current(tx, unit.table, unit)
 
     def _change_current(self, tx: Transaction, info: TableInfo, unit: Append) -> None:
         """A changelog source's current state follows its appended changes: the retracted
@@ -494,9 +498,7 @@ class Storage(ABC):
         one transaction; returns the request's id."""
         info, mark = unit.table, self.mark
         with self._transaction() as tx:
-            if unit.rows.num_rows:
-                self._insert_appends(tx, info, unit.rows, unit.first_seq, unit.ingested_at)
-                self._change_current(tx, info, unit)
+            self._log_appends(tx, unit)
             tx.execute("INSERT INTO ralf.forgotten (table_name, key_text, key_sha256, seq, "
                        f"requested_at) VALUES ({mark}, {mark}, {mark}, {mark}, {mark})",
                        [info.name, key_text, sha256, unit.first_seq - 1, unit.ingested_at])
@@ -512,7 +514,7 @@ class Storage(ABC):
             return tx.arrow("SELECT id, table_name, key_sha256, requested_at, done_at, removed "
                             "FROM ralf.forgotten ORDER BY id")
 
-    def forget_seq(self, info: TableInfo, request: int) -> int:
+    def forget_seq(self, request: int) -> int:
         """The source's sequence number before a forget's retraction."""
         with self._reading() as tx:
             return tx.arrow(f"SELECT seq FROM ralf.forgotten WHERE id = {self.mark}",
