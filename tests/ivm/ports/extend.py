@@ -222,22 +222,22 @@ def classify(sql):
             return "multi", _name(m.group(2))
         upsert = m.group(1) or re.search(r"on\s+conflict", sql, re.I)
         return ("upsert" if upsert else "insert"), _name(m.group(2))
-    m = re.match(r"\s*delete\s+from\s+(only\s+)?([\w.\"-]+)", sql, re.I)
-    if m:
-        return "delete", _name(m.group(2))
-    m = re.match(r"\s*truncate\s+(table\s+)?(only\s+)?([\w.\"-]+)", sql, re.I)
-    if m:
-        return "truncate", _name(m.group(3))
-    m = re.match(r"\s*update\s+(only\s+)?([\w.\"-]+)", sql, re.I)
-    if m:
-        return "update", _name(m.group(2))
-    m = re.match(r"\s*alter\s+table\s+(if\s+exists\s+)?([\w.\"-]+)", sql, re.I)
-    if m:
-        return "alter", _name(m.group(2))
-    m = re.match(r"\s*copy\s+([\w.\"-]+)", sql, re.I)
-    if m:
-        return "copy", _name(m.group(1))
+    for kind, pattern in _ONE_TABLE:
+        m = re.match(pattern, sql, re.I)
+        if m:
+            return kind, _name(m.group("table"))
     return "other", None
+
+
+# statements on one table: their kind, and where the table's name is (group "table")
+_TABLE = r"(?P<table>[\w.\"-]+)"
+_ONE_TABLE = [
+    ("delete", rf"\s*delete\s+from\s+(only\s+)?{_TABLE}"),
+    ("truncate", rf"\s*truncate\s+(table\s+)?(only\s+)?{_TABLE}"),
+    ("update", rf"\s*update\s+(only\s+)?{_TABLE}"),
+    ("alter", rf"\s*alter\s+table\s+(if\s+exists\s+)?{_TABLE}"),
+    ("copy", rf"\s*copy\s+{_TABLE}"),
+]
 
 
 def plain_change(kind, sql):
