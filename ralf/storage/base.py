@@ -28,6 +28,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,11 @@ class Transaction(ABC):
     @abstractmethod
     def execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
         """Run a statement once per row of parameters."""
+
+    @abstractmethod
+    def script(self, sql: str) -> None:
+        """Run every statement of a script (a migration file), split by the database's own
+        parser: a ``;`` in a string, a comment or a ``$$`` body ends none."""
 
     @abstractmethod
     def arrow(self, sql: str, params: Sequence[Any] = (),
@@ -252,9 +258,9 @@ class Storage(ABC):
         """The start of the ``width``-microsecond bucket (counted from 1970) a timestamp
         expression falls in, in this dialect."""
 
-    def _migration_statement(self, statement: str) -> str:
-        """A migration's statement as this dialect says it."""
-        return statement
+    def _migration_script(self, script: str) -> str:
+        """A migration file's statements as this dialect says them."""
+        return script
 
     def _lock_catalog(self, tx: Transaction) -> None:
         """Serialise catalog changes with other processes sharing the database (one
@@ -343,8 +349,9 @@ class Storage(ABC):
                 "changelog FROM ralf.tables")
 
     # ---- catalog ----------------------------------------------------------------------------
-    def migrate(self) -> list[int]:
-        """Apply the migrations this database has not seen yet (one process at a time);
+    def migrate(self, directory: Path | None = None) -> list[int]:
+        """Apply the migrations this database has not seen yet (one process at a time), from
+        ``directory`` (default: ralf's own, :func:`ralf.storage.migrate.migrations_dir`);
         returns the versions applied."""
         applied = []
         with self._transaction() as tx:
@@ -355,11 +362,10 @@ class Storage(ABC):
             if exists.column(0)[0].as_py():
                 done = set(tx.arrow("SELECT version FROM ralf.schema_migrations")
                            .column(0).to_pylist())
-            for migration in migrate.available():
+            for migration in migrate.available(directory):
                 if migration.version in done:
                     continue
-                for statement in migrate.statements(migration.sql):
-                    tx.execute(self._migration_statement(statement))
+                tx.script(self._migration_script(migration.sql))
                 if migration.version in HISTORY_UPGRADES:
                     features = tx.arrow(f"SELECT name FROM ralf.tables WHERE kind = {self.mark}",
                                         [FEATURE]).column(0).to_pylist()

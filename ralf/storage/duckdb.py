@@ -65,6 +65,10 @@ class DuckDBTransaction(Transaction):
     def execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
         self.con.executemany(sql, rows)
 
+    def script(self, sql: str) -> None:
+        for statement in self.con.extract_statements(sql):
+            self.con.execute(statement)
+
     def arrow(self, sql: str, params: Sequence[Any] = (),
               types: dict[str, pa.DataType] | None = None) -> pa.Table:
         return self.con.sql(sql, params=list(params) or None).to_arrow_table()

@@ -1,5 +1,10 @@
 """Versioned migrations: ``migrations/NNNN_name.sql`` applied in order, each once.
 
+A file is a script of SQL statements, split by the database's own parser
+(``Transaction.script``: DuckDB's ``extract_statements``; PostgreSQL's simple query protocol
+runs a string without parameters whole), so a ``;`` inside a string, a comment or a ``$$``
+body is no statement end.
+
 The files live at the top of the repository and ship inside the wheel as
 ``ralf/_migrations``; both places are looked up so editable and regular installs work.
 """
@@ -46,8 +51,3 @@ def available(directory: Path | None = None) -> list[Migration]:
         raise ValueError(f"migrations must be numbered 0001, 0002, ... without gaps: {versions}")
     return found
 
-
-def statements(sql: str) -> list[str]:
-    """Split a migration file on ';' at line ends (our files keep one statement per ';')."""
-    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
-    return [s.strip() for s in body.split(";") if s.strip()]

@@ -1,11 +1,15 @@
 """Migrations: versioned files applied in order, once; old files upgrade on open."""
 
+import shutil
+
 import duckdb
+import pytest
 
 from ralf import Ralf, RalfClient
 from ralf.storage import migrate
 from ralf.storage.duckdb import STORAGE_VERSION, DuckDBStorage
-from ralf.testing import ListSource
+from ralf.storage.postgres import PostgresStorage
+from ralf.testing import ListSource, drop_postgres_database, new_postgres_database
 from tests.pipelines import COUNT, RATINGS, CountPerKey, ratings
 
 
@@ -26,8 +30,7 @@ def test_a_database_created_at_the_first_migration_opens_with_todays_code(tmp_pa
     path = str(tmp_path / "old.duckdb")
     first = migrate.available()[0]
     con = duckdb.connect(path, config={"storage_compatibility_version": STORAGE_VERSION})
-    for statement in migrate.statements(first.sql):
-        con.execute(statement)
+    con.execute(first.sql)
     con.execute("INSERT INTO ralf.schema_migrations VALUES (1, ?, now())", [first.name])
     con.close()
 
@@ -65,3 +68,39 @@ def test_histories_from_before_deletions_gain_the_marker_on_open(tmp_path):
         deleted = RalfClient(server).sql(
             'SELECT count(*) AS n FROM ralf."big__history" WHERE _ralf_deleted')["n"][0]
         assert deleted == 1
+
+
+# A string and a dollar-quoted body holding ';' (and a comment with one): split at every ';'
+# these were four broken statements; the database's own parser sees two.
+_TRICKY = {
+    "duckdb": "-- a comment; not a statement end\n"
+              "INSERT INTO ralf.settings VALUES ('semi', 'a;\nb');\n"
+              "INSERT INTO ralf.settings VALUES ('dollar', $$c;\nd$$);\n",
+    "postgres": "-- a comment; not a statement end\n"
+                "CREATE FUNCTION ralf.semi() RETURNS text LANGUAGE plpgsql AS $$\n"
+                "BEGIN\n    RETURN 'c;' || chr(10) || 'd';\nEND;\n$$;\n"
+                "INSERT INTO ralf.settings VALUES ('semi', 'a;\nb');\n"
+                "INSERT INTO ralf.settings VALUES ('dollar', ralf.semi());\n",
+}
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "postgres"])
+def test_a_semicolon_in_a_string_or_a_dollar_body_does_not_end_a_statement(
+        backend, tmp_path, request):
+    if backend == "duckdb":
+        storage = DuckDBStorage(str(tmp_path / "db.duckdb"))
+    else:
+        storage = PostgresStorage(new_postgres_database(request.getfixturevalue("postgres_url")))
+    directory = tmp_path / "migrations"
+    shutil.copytree(migrate.migrations_dir(), directory)
+    latest = len(migrate.available())
+    (directory / f"{latest + 1:04d}_tricky.sql").write_text(_TRICKY[backend])
+    try:
+        assert storage.migrate(directory) == [latest + 1]
+        assert storage.schema_version() == latest + 1
+        assert storage.setting("semi", "") == "a;\nb"
+        assert storage.setting("dollar", "") == "c;\nd"
+    finally:
+        storage.close()
+        if backend == "postgres":
+            drop_postgres_database(storage.url)

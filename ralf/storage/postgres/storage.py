@@ -86,6 +86,9 @@ class PostgresTransaction(Transaction):
     def execute_many(self, sql: str, rows: list[Sequence[Any]]) -> None:
         self.cur.executemany(sql, rows)
 
+    def script(self, sql: str) -> None:
+        self.cur.execute(sql)  # without parameters: the simple query protocol runs them all
+
     def arrow(self, sql: str, params: Sequence[Any] = (),
               types: dict[str, pa.DataType] | None = None) -> pa.Table:
         self.cur.execute(sql, list(params) or None)
@@ -191,8 +194,8 @@ class PostgresStorage(Storage):
             yield PostgresTransaction(cur)
 
     # ---- the dialect ------------------------------------------------------------------------
-    def _migration_statement(self, statement: str) -> str:
-        return re.sub(r"\bBLOB\b", "BYTEA", statement)
+    def _migration_script(self, script: str) -> str:
+        return re.sub(r"\bBLOB\b", "BYTEA", script)
 
     def _lock_catalog(self, tx: Transaction) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK])
