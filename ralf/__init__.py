@@ -1,5 +1,8 @@
 """ralf: a feature store for rapidly changing data, kept incrementally up to date in DuckDB."""
 
+# The one place the version is written: pyproject.toml reads it (hatch's dynamic version).
+__version__ = "0.1.0"
+
 from ralf.client import RalfClient
 from ralf.errors import (
     KeyNotFound,

