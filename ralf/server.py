@@ -21,6 +21,7 @@ from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError
+from ralf.logs import Progress
 from ralf.pipeline import Pipeline
 from ralf.schema import Record, Schema, as_frame
 from ralf.sources.csv import CsvSource
@@ -80,6 +81,7 @@ class Ralf:
         self.path = path
         self.storage = open_storage(path, memory_limit=memory_limit, shard=shard,
                                     num_shards=num_shards)
+        self._schema_version = self.storage.schema_version()  # migrated as it opened
         self._scheduler = Scheduler(max_failures=max_failures, clock=clock,
                                     history_retention=history_retention)
         self.clock = self._scheduler.clock
@@ -271,13 +273,18 @@ class Ralf:
         _raise_first(errors)
         return worked
 
-    def run(self, timeout: float | None = None) -> None:
-        """Process until every source is exhausted and eager tables are drained.
+    def run(self, timeout: float | None = None, *, progress_every: float | None = 10.0
+            ) -> None:
+        """Process until every source is exhausted and eager tables are drained (a backfill
+        of a new table included).
 
         Errors do not stop the run; the first is raised at the end (all are in ``errors``).
+        Every ``progress_every`` seconds (None: never) the ``ralf.progress`` logger writes
+        :meth:`summary` at info level.
         """
         self._check_open()
-        errors = self._scheduler.run(timeout)
+        progress = Progress(logging.getLogger("ralf.progress"), self.summary, progress_every)
+        errors = self._scheduler.run(timeout, after_tick=progress.maybe)
         self._note(errors)
         _raise_first(errors)
 
@@ -330,20 +337,21 @@ class Ralf:
             self._thread.join()
             self._thread = None
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None
-              ) -> str:
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
+              access_log: bool = False) -> str:
         """Serve the HTTP API (docs/contract.md §4) in a background thread; returns its URL.
 
         Non-blocking: keep calling ``step``/``run``, or ``start()`` background processing.
         ``port=0`` picks a free port. With ``token`` (or ``RALF_TOKEN`` in the
-        environment) every request needs ``Authorization: Bearer <token>``.
+        environment) every request needs ``Authorization: Bearer <token>``. With
+        ``access_log`` each request is logged at info level on ``uvicorn.access``.
         """
         self._check_open()
         if self._http is not None:
             raise RalfError(f"already serving on {self._http.url}")
         from ralf.http.runner import HttpServer  # the serving stack loads only when used
 
-        http = HttpServer(self, host, port, token)
+        http = HttpServer(self, host, port, token, access_log=access_log)
         url = http.start()
         self._http = http
         return url
@@ -587,7 +595,8 @@ class Ralf:
 
     def metrics(self) -> dict[str, Any]:
         """Per-table counters and staleness (seconds since each stale key's oldest pending
-        append: p50, p99, max over stale keys)."""
+        append: p50, p99, max over stale keys), the tick count and the database's
+        ``schema_version`` (the newest migration applied)."""
         tables = {}
         with self._scheduler.turn():
             now = self.clock.now()
@@ -607,7 +616,19 @@ class Ralf:
                     m["source_failed"] = self._scheduler.failed(node)
                     m["exhausted"] = node.exhausted
                 tables[name] = m
-        return {"ticks": self._scheduler.ticks, "tables": tables}
+        return {"ticks": self._scheduler.ticks, "schema_version": self._schema_version,
+                "tables": tables}
+
+    def summary(self) -> str:
+        """One line on how far processing got: ticks, records ingested and processed, stale
+        keys (the progress line of :meth:`run` and ``ralf serve``)."""
+        metrics = self.metrics()
+        tables = metrics["tables"].values()
+        ingested = sum(t.get("ingested", 0) for t in tables)
+        processed = sum(t.get("processed", 0) for t in tables)
+        stale = sum(t.get("stale_keys") or 0 for t in tables)
+        return (f"tick {metrics['ticks']}, {ingested:,} records ingested, "
+                f"{processed:,} processed, {stale:,} stale keys")
 
     # ---- lifecycle --------------------------------------------------------------------------
     def _check_open(self) -> None:

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ralf"
 
 # Each module's floor; a module imports only from its own floor and the ones below.
 FLOORS = {
-    0: ("ralf.errors", "ralf.clock", "ralf.durations", "ralf.faults", "ralf.schema"),
+    0: ("ralf.errors", "ralf.clock", "ralf.durations", "ralf.faults", "ralf.schema",
+        "ralf.logs"),
     1: ("ralf.operators", "ralf.policies", "ralf.ivm", "ralf.sources", "ralf.storage"),
     2: ("ralf.engine",),
     3: ("ralf.pipeline", "ralf.table"),

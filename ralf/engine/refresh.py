@@ -410,7 +410,8 @@ def _record_failures(node: FeatureNode, failed: dict[Any, BaseException],
             error = OperatorError(message, table=node.name, key=key)
         error.__cause__ = exc
         errors.append(error)
-        log.error("%s", error)
+        log.error("%s", error, extra={"table": node.name, "key": key},
+                  exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
 
 
 def _refreshed(read_keys: pa.ChunkedArray, keys: list[Any] | None, skip: set[Any]

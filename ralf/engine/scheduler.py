@@ -158,7 +158,8 @@ class Scheduler:
                 error.args = (f"{error.args[0]}; given up after {self.max_failures} "
                               "failures (release() lets it try again)", *error.args[1:])
             errors.append(error)
-            log.error("%s", error)
+            log.error("%s", error, extra={"table": node.name},
+                      exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
             node.broken = True
             try:
                 self._resume(node)
@@ -290,14 +291,18 @@ class Scheduler:
             node.has_work(now_only=False) for node in self.features if not node.lazy
         )
 
-    def run(self, timeout: float | None = None, idle_wait: float = 0.005) -> list[RalfError]:
+    def run(self, timeout: float | None = None, idle_wait: float = 0.005,
+            after_tick: Callable[[], None] | None = None) -> list[RalfError]:
         """Tick until :meth:`drained`, sleeping ``idle_wait`` seconds after a tick with
-        nothing to do; returns the errors met. Raises TimeoutError after ``timeout`` seconds."""
+        nothing to do, calling ``after_tick`` after each (progress); returns the errors met.
+        Raises TimeoutError after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         errors: list[RalfError] = []
         while True:
             worked, tick_errors = self.tick()
             errors.extend(tick_errors)
+            if after_tick is not None:
+                after_tick()
             if self.drained():
                 return errors
             if deadline is not None and time.monotonic() > deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -18,13 +19,20 @@ if TYPE_CHECKING:
 class HttpServer:
     """A ``Ralf``'s HTTP API, served by uvicorn on a daemon thread (see :meth:`start`)."""
 
-    def __init__(self, server: Ralf, host: str, port: int, token: str | None) -> None:
+    def __init__(self, server: Ralf, host: str, port: int, token: str | None, *,
+                 access_log: bool = False) -> None:
         self._app = create_app(server, token)
         # graceful shutdown waits for requests in flight, but not for long: SQL queries are
-        # cancelled at stop() and anything else gets this many seconds
-        config = uvicorn.Config(self._app, host=host, port=port, log_level="warning",
-                                access_log=False, lifespan="off",
+        # cancelled at stop() and anything else gets this many seconds. log_config=None:
+        # uvicorn's records go where the application's logging sends them (ralf.logs), and
+        # the access log, off by default, is one info record per request on uvicorn.access
+        config = uvicorn.Config(self._app, host=host, port=port, log_config=None,
+                                log_level="warning", access_log=access_log, lifespan="off",
                                 timeout_graceful_shutdown=5)
+        if access_log:  # uvicorn set it to warning, and detached it if a server had it off
+            access = logging.getLogger("uvicorn.access")
+            access.setLevel(logging.INFO)
+            access.propagate = True
         self._uvicorn = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._uvicorn.run, name="ralf-http",
                                         daemon=True)
