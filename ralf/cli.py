@@ -199,9 +199,10 @@ def sql(args: argparse.Namespace) -> int:
 def _print_frame(df: Any, args: argparse.Namespace) -> None:
     if args.csv:
         df.to_csv(sys.stdout, index=False)
-    elif args.json:  # a row per line: streams, and `| head` still parses
-        if len(df):
-            sys.stdout.write(df.to_json(orient="records", lines=True, date_format="iso")
+    elif args.json:  # a row per line, written in chunks as CSV is: `| head` parses it
+        for start in range(0, len(df), 1000):
+            chunk = df.iloc[start:start + 1000]
+            sys.stdout.write(chunk.to_json(orient="records", lines=True, date_format="iso")
                              .rstrip("\n") + "\n")
     else:
         print(df.to_string(index=False))
