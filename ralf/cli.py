@@ -85,12 +85,20 @@ def located(exc: BaseException, file: str) -> str:
     """``exc`` as one line naming where in ``file`` it happened: ``file:line: Type:
     message`` (a syntax error: its own file and line, wherever that is)."""
     if isinstance(exc, SyntaxError):
-        return f"{exc.filename}:{exc.lineno}: {type(exc).__name__}: {exc.msg}"
+        return f"{_shown(exc.filename)}:{exc.lineno}: {type(exc).__name__}: {exc.msg}"
     target = os.path.realpath(file)
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if os.path.realpath(f.filename) == target]
-    where = f"{file}:{frames[-1].lineno}" if frames else file
+    where = f"{_shown(file)}:{frames[-1].lineno}" if frames else _shown(file)
     return f"{where}: {type(exc).__name__}: {exc}"
+
+
+def _shown(path: str | None) -> str:
+    """A path as the user would type it: relative when under the current directory."""
+    if not path or not os.path.isabs(path):
+        return str(path)
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
 
 def serve(args: argparse.Namespace) -> int:
