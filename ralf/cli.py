@@ -122,7 +122,7 @@ def serve(args: argparse.Namespace) -> int:
         database = mask_passwords(args.db) if args.db else "in memory"
         print(f"ralf: serving {args.pipeline} on {url} (database: {database})", flush=True)
         progress = logging.getLogger("ralf.progress")
-        while not stop.wait(args.log_every):
+        while not stop.wait(args.log_every if args.log_every > 0 else None):  # 0: no lines
             progress.info("%s", server.summary())
         log.info("stopping")
     return 0
@@ -391,7 +391,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=0.0,
                    help="seconds between ticks (default 0: as fast as there is work)")
     p.add_argument("--log-every", type=float, default=10.0,
-                   help="seconds between progress lines, logged at info (default 10)")
+                   help="seconds between progress lines, logged at info (default 10; "
+                        "0: none)")
     p.add_argument("--access-log", action="store_true",
                    help="log every HTTP request at info level (default off)")
 
