@@ -15,6 +15,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from ralf.http.models import ErrorBody
+
 ASSETS = "/docs/assets"
 PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
                     "/openapi.json"})
@@ -36,7 +38,9 @@ def new_app(*, token_required: bool, **kwargs: Any) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         spec = describe()
-        spec.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER] = {
+        components = spec.setdefault("components", {})
+        components.setdefault("schemas", {})["ErrorBody"] = ErrorBody.model_json_schema()
+        components.setdefault("securitySchemes", {})[BEARER] = {
             "type": "http", "scheme": "bearer",
             "description": "`Authorization: Bearer <token>`, when the server was started "
                            "with a token (--token or RALF_TOKEN)"}

@@ -118,9 +118,10 @@ _MEANING = {400: "Bad request: a key, query or parameter ralf refuses (the messa
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The ``responses=`` entries of ralf's JSON error answers with these statuses."""
-    return {status: {"model": ErrorBody, "description": _MEANING[status]}
-            for status in statuses}
+    """The ``responses=`` entries of ralf's JSON error answers with these statuses (JSON
+    whatever the route's own media type; :func:`ralf.http.docs.new_app` adds the schema)."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {status: {"description": _MEANING[status], "content": body} for status in statuses}
 
 
 ROWS_OR_ARROW: dict[int | str, dict[str, Any]] = {200: {
