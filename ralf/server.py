@@ -341,7 +341,8 @@ class Ralf:
 
         Non-blocking: keep calling ``step``/``run``, or ``start()`` background processing.
         ``port=0`` picks a free port. With ``token`` (or ``RALF_TOKEN`` in the
-        environment) every request needs ``Authorization: Bearer <token>``.
+        environment) every request needs ``Authorization: Bearer <token>`` but the probes
+        (``/health``, ``/ready``) and the API description (``/docs``, ``/openapi.json``).
         """
         self._check_open()
         if self._http is not None:
