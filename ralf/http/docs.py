@@ -1,7 +1,7 @@
-"""The API's own description: Swagger UI at ``/docs`` and ReDoc at ``/redoc`` from assets
-served by this server (the PyPI package ``fastapi-offline`` ships them), so they work
-without internet access; and the bearer scheme declared in ``/openapi.json``, so Swagger's
-Authorize button sends the token.
+"""The API's own description: Swagger UI at ``/docs`` from assets served by this server
+(the PyPI package ``fastapi-offline`` ships them), so it works without internet access;
+and the bearer scheme declared in ``/openapi.json``, so Swagger's Authorize button sends
+the token. (No ReDoc page: its bundle loads its logo from its vendor's site.)
 
 Which paths answer without the token: the probes (``/health``, ``/ready``: Kubernetes
 cannot send one) and the description itself (a browser loading ``/docs`` cannot either;
@@ -18,8 +18,7 @@ from fastapi_offline import FastAPIOffline
 from ralf.http.models import ErrorBody
 
 ASSETS = "/docs/assets"
-PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/redoc",
-                    "/openapi.json"})
+PUBLIC = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 BEARER = "bearer"
 
 
@@ -29,11 +28,11 @@ def public(path: str) -> bool:
 
 
 def new_app(*, token_required: bool, **kwargs: Any) -> FastAPI:
-    """A FastAPI app whose ``/docs`` and ``/redoc`` load their scripts and styles from
+    """A FastAPI app whose ``/docs`` loads its script, style and icon from
     ``/docs/assets`` on this server, and whose OpenAPI description declares the bearer
     scheme: required on every non-public route when ``token_required``, optional
     otherwise."""
-    app = FastAPIOffline(static_url=ASSETS, **kwargs)
+    app = FastAPIOffline(static_url=ASSETS, redoc_url=None, **kwargs)
     describe = app.openapi  # FastAPI's own, which builds the description once and keeps it
 
     def openapi() -> dict[str, Any]:
