@@ -12,6 +12,7 @@ import urllib3
 
 from ralf import Ralf
 from ralf.http.docs import ASSETS, BEARER
+from tests.services import chromium
 
 TOKEN = "s3cret"
 
@@ -115,3 +116,20 @@ def test_the_docs_page_loads_only_assets_of_this_server(url):
     assert re.search(rb'"5\.\d+\.\d+"', bundle)
     redoc = urllib3.request("GET", url + "/redoc", headers={"Authorization": f"Bearer {TOKEN}"})
     assert redoc.status == 404  # no ReDoc page (its bundle loads a logo from afar)
+
+
+def test_swagger_ui_renders_every_route_in_a_browser_from_this_server_alone(url, spec):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as browser:
+        browser.get(url + "/docs")
+        paths = WebDriverWait(browser, 30).until(lambda d: [
+            e.text.replace("\u200b", "") for e in
+            d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")] or None)
+        assert set(paths) == set(spec["paths"])
+        assert browser.find_elements(By.CSS_SELECTOR, "button.authorize")  # the bearer scheme
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert any(f.endswith("/openapi.json") for f in fetched)
+        assert [f for f in fetched if not f.startswith(url + "/")] == []
