@@ -291,7 +291,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         return Response(codec.dumps({"removed": removed}), media_type=JSON)
 
     @app.post("/snapshot", summary="Write a consistent read-only copy of the database file",
-              response_model=SnapshotPath, responses=errors(401))
+              response_model=SnapshotPath, responses=errors(400, 401))
     def snapshot() -> Response:
         return Response(codec.dumps({"path": server.snapshot()}), media_type=JSON)
 

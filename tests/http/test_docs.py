@@ -10,8 +10,19 @@ import re
 import pytest
 import urllib3
 
-from ralf import Ralf
+from ralf import Ralf, RalfError
 from ralf.http.docs import ASSETS, BEARER
+from ralf.http.models import (
+    ErrorBody,
+    Health,
+    Readiness,
+    Row,
+    SnapshotPath,
+    Status,
+    TableEntry,
+)
+from ralf.testing import ListSource
+from tests.pipelines import COUNT, RATINGS, FailsOnUser, ratings
 from tests.services import chromium
 
 TOKEN = "s3cret"
@@ -133,3 +144,46 @@ def test_swagger_ui_renders_every_route_in_a_browser_from_this_server_alone(url,
             "return performance.getEntriesByType('resource').map(e => e.name)")
         assert any(f.endswith("/openapi.json") for f in fetched)
         assert [f for f in fetched if not f.startswith(url + "/")] == []
+
+
+def test_real_answers_fit_the_declared_shapes(database):
+    """The description tells the truth: what the routes write validates against it."""
+    from pydantic import TypeAdapter
+
+    with Ralf(database, max_failures=1) as server:  # a file or PostgreSQL: snapshots
+        source = server.create_source(ListSource, args=(RATINGS, ratings(40)), name="ratings")
+        source.map(FailsOnUser, args=(COUNT, 3), name="counts")
+        with pytest.raises(RalfError, match="boom"):
+            server.run()
+        url = server.serve(port=0, token=TOKEN)
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+
+        def answer(method: str, path: str, status: int = 200, **kwargs) -> object:
+            response = urllib3.request(method, url + path, headers=auth, **kwargs)
+            assert response.status == status, (path, response.data)
+            return json.loads(response.data)
+
+        key = answer("GET", "/table/counts")[0]["user"]
+        for path, shape, status in [
+                ("/health", Health, 200), ("/ready", Readiness, 503),
+                ("/tables", list[TableEntry], 200), ("/status", Status, 200),
+                (f"/table/counts/{key}", Row, 200), ("/table/counts", list[Row], 200),
+                ("/rejected", list[Row], 200), ("/table/counts/999", ErrorBody, 404),
+                ("/table/nope", ErrorBody, 404), ("/rejected?limit=-1", ErrorBody, 400)]:
+            TypeAdapter(shape).validate_python(answer("GET", path, status))
+        (problem,) = Readiness.model_validate(answer("GET", "/ready", 503)).problems
+        assert problem.problem == "quarantined keys" and problem.keys == 1
+        TypeAdapter(list[Row]).validate_python(answer(
+            "POST", "/sql", json={"query": "SELECT * FROM counts"}))
+        snapshot = SnapshotPath.model_validate(answer("POST", "/snapshot"))
+        dropped = urllib3.request("DELETE", url + "/snapshot", fields={"path": snapshot.path},
+                                  headers=auth)
+        if database.startswith("postgresql"):  # the "snapshot" is the database itself
+            assert dropped.status == 404 and ErrorBody.model_validate_json(dropped.data)
+        else:
+            assert dropped.status == 204
+        forget = urllib3.request("POST", url + f"/forget/ratings/{key}", headers=auth)
+        ErrorBody.model_validate_json(forget.data)  # not a changelog source: 400
+        assert forget.status == 400
+        unauthorized = urllib3.request("GET", url + "/tables")
+        assert ErrorBody.model_validate_json(unauthorized.data).error == "Unauthorized"
