@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy
 import urllib3
 
-from ralf import Ralf, RalfError, SourceOperator
+from ralf import Ralf, RalfClient, RalfError, SourceOperator
 from ralf.storage import migrate
 from ralf.testing import ListSource, ManualClock, drop_postgres_database, new_postgres_database
 from tests.pipelines import COUNT, RATINGS, FailsOnUser, ratings
@@ -96,6 +96,10 @@ def test_a_table_behind_by_more_than_max_staleness(make_ralf):
         (problem,) = _ready_problems(url, "/ready?max_staleness=10")
         assert (problem["table"], problem["problem"]) == ("counts", "behind")
         assert problem["staleness_max"] >= 100 and "more than 10 s" in problem["reason"]
+        remote, local = RalfClient(url, token=TOKEN), RalfClient(server)
+        assert remote.problems(max_staleness=10) == local.problems(max_staleness=10) == [
+            problem]
+        assert remote.problems() == []
         status, body = _get(url, "/ready?max_staleness=soon", TOKEN)
         assert status == 422 and body["error"] == "ValidationError"
 
