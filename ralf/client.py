@@ -110,11 +110,13 @@ class RalfClient:
             return self._server.tables()
         return self._http.get_json("/tables")
 
-    def problems(self) -> list[dict[str, Any]]:
-        """What keeps the server from serving fresh features (empty when all is well)."""
+    def problems(self, max_staleness: float | None = None) -> list[dict[str, Any]]:
+        """What keeps the server from serving fresh features (empty when all is well), as
+        ``Ralf.problems`` gives them."""
         if self._server is not None:
-            return self._server.problems()
-        response = self._http.request("GET", "/ready", also_ok=(503,))  # 503: degraded
+            return self._server.problems(max_staleness)
+        query = "" if max_staleness is None else "?" + urlencode({"max_staleness": max_staleness})
+        response = self._http.request("GET", "/ready" + query, also_ok=(503,))  # 503: degraded
         return json.loads(response.data)["problems"]
 
     def metrics(self) -> dict[str, Any]:

@@ -25,11 +25,16 @@ from ralf.logs import Progress
 from ralf.pipeline import Pipeline
 from ralf.schema import Record, Schema, as_frame
 from ralf.sources.csv import CsvSource
-from ralf.storage import is_postgres_url, open_storage
+from ralf.storage import is_postgres_url, migrate, open_storage
 from ralf.storage.units import EVENT_TIME
 from ralf.table import Table
 
 log = logging.getLogger("ralf")
+
+
+_PROBLEM_ORDER = ("storage unreachable", "processing stopped", "given up", "failing",
+                  "behind", "quarantined keys", "migrations pending",
+                  "schema newer than this ralf")
 
 
 def _raise_first(errors: list[RalfError]) -> None:
@@ -343,8 +348,9 @@ class Ralf:
 
         Non-blocking: keep calling ``step``/``run``, or ``start()`` background processing.
         ``port=0`` picks a free port. With ``token`` (or ``RALF_TOKEN`` in the
-        environment) every request needs ``Authorization: Bearer <token>``. With
-        ``access_log`` each request is logged at info level on ``uvicorn.access``.
+        environment) every request needs ``Authorization: Bearer <token>`` but the probes
+        (``/health``, ``/ready``) and the API description (``/docs``, ``/openapi.json``).
+        With ``access_log`` each request is logged at info level on ``uvicorn.access``.
         """
         self._check_open()
         if self._http is not None:
@@ -560,11 +566,17 @@ class Ralf:
         return self.storage.sql(query, max_rows=max_rows, timeout=self.query_timeout,
                                 cancel=cancel)
 
-    def problems(self) -> list[dict[str, Any]]:
-        """What keeps this instance from serving fresh features, worst first: sources and
-        tables given up on or failing now (with the last reason), quarantined keys. Empty
-        when all is well (``GET /ready`` answers 503 otherwise)."""
-        found = []
+    def problems(self, max_staleness: float | None = None) -> list[dict[str, Any]]:
+        """What keeps this instance from serving fresh features, worst first: the database
+        unreachable, background processing (:meth:`start`) stopped by an error, sources
+        and tables given up on or failing now (with the last reason), eager tables whose
+        oldest pending append waits more than ``max_staleness`` seconds (None: not
+        checked), quarantined keys, a database schema other than this ralf's migrations
+        make. Empty when all is well (``GET /ready`` answers 503 otherwise)."""
+        found = self._instance_problems()
+        # a table refreshed in full counts its pending appends in the database
+        check_behind = max_staleness is not None and not any(
+            p["problem"] == "storage unreachable" for p in found)
         with self._scheduler.turn():
             for name, node in self.pipeline.nodes.items():
                 failures = node.failures
@@ -575,13 +587,41 @@ class Ralf:
                 elif WHOLE in failures.count or node.broken:
                     found.append({"table": name, "kind": node.info.kind, "problem": "failing",
                                   "reason": reason, "failures": failures.count.get(WHOLE, 0)})
+                if (check_behind and isinstance(node, FeatureNode)
+                        and not node.on_lazy_path):  # a lazy table waits for queries
+                    behind = _staleness(node, self.clock.now())["staleness_max"]
+                    if behind > max_staleness:
+                        found.append({"table": name, "kind": node.info.kind,
+                                      "problem": "behind", "staleness_max": behind,
+                                      "reason": f"an append has waited {behind:.1f} s "
+                                                f"(more than {max_staleness:g} s)"})
                 quarantined = getattr(node, "quarantined", ())
                 if quarantined:
                     found.append({"table": name, "kind": node.info.kind,
                                   "problem": "quarantined keys", "keys": len(quarantined),
                                   "reason": next(iter(failures.last_error.values()), None)})
-        order = {"given up": 0, "failing": 1, "quarantined keys": 2}
-        return sorted(found, key=lambda p: order[p["problem"]])
+        return sorted(found, key=lambda p: _PROBLEM_ORDER.index(p["problem"]))
+
+    def _instance_problems(self) -> list[dict[str, Any]]:
+        found = []
+        try:  # a read of the reader session: the database answers, and with which schema
+            version = self.storage.schema_version()
+        except Exception as exc:  # whatever the driver raises when the database is gone
+            version = None
+            found.append({"table": None, "kind": "storage", "problem": "storage unreachable",
+                          "reason": f"{type(exc).__name__}: {exc}".strip()})
+        expected = len(migrate.available())
+        if version is not None and version != expected:
+            found.append({"table": None, "kind": "schema", "problem": "migrations pending"
+                          if version < expected else "schema newer than this ralf",
+                          "reason": f"the database is at migration {version}, this ralf's "
+                                    f"code expects {expected}"})
+        thread = self._thread
+        if thread is not None and not thread.is_alive() and not self._stop.is_set():
+            found.append({"table": None, "kind": "processing", "problem": "processing stopped",
+                          "reason": "the background processing thread ended on an error "
+                                    "(see the log); restart the process"})
+        return found
 
     def rejected(self, table: str | None = None, limit: int = 1000) -> pd.DataFrame:
         """Records refused at the door of a table (or of any table): the newest ``limit``,

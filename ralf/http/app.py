@@ -19,13 +19,24 @@ import pyarrow as pa
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, Field
 
 from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
-from ralf.http import codec
+from ralf.http import codec, docs
+from ralf.http.models import (
+    ROWS_OR_ARROW,
+    Health,
+    Readiness,
+    Removed,
+    Row,
+    SnapshotPath,
+    Status,
+    TableEntry,
+    errors,
+)
 
 if TYPE_CHECKING:
     from ralf.server import Ralf
@@ -95,13 +106,20 @@ class _MetricsCollector:
         yield from families.values()
 
 
+def authorized(given: str, token: str | None) -> bool:
+    """Whether a request's ``Authorization`` header ``given`` carries the bearer token
+    (any request does when there is none); compared in constant time."""
+    return token is None or hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
 def _body_limit(path: str) -> int:
     return MAX_ENTITY_BODY if path == "/historical" else MAX_BODY
 
 
 class Guard:
     """In front of every route (a plain ASGI middleware, so a route still hears its
-    client go away): the bearer token; the body limit, by Content-Length when given and by
+    client go away): the bearer token (but on :func:`ralf.http.docs.public` paths); the
+    body limit, by Content-Length when given and by
     counting the bytes as they arrive (a chunked body has no length to trust), holding no
     more than the limit; and ralf errors a route let through, as 4xx answers."""
 
@@ -114,12 +132,11 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        if self.token is not None:
-            given = headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                await error(401, "Unauthorized", "missing or wrong bearer token")(
-                    scope, receive, send)
-                return
+        if not docs.public(scope["path"]) and not authorized(headers.get("authorization", ""),
+                                                                self.token):
+            await error(401, "Unauthorized", "missing or wrong bearer token")(
+                scope, receive, send)
+            return
         limit = _body_limit(scope["path"])
         length = headers.get("content-length")
         too_large = error(413, "PayloadTooLarge", f"request bodies are limited to {limit} bytes")
@@ -161,10 +178,11 @@ class Guard:
 
 
 def create_app(server: Ralf, token: str | None = None) -> FastAPI:
-    """The ASGI app serving ``server``; with a token, every route wants ``Bearer <token>``."""
+    """The ASGI app serving ``server``; with a token, every route but the probes and the
+    API description wants ``Bearer <token>`` (:mod:`ralf.http.docs`)."""
     token = token or os.environ.get("RALF_TOKEN") or None
-    app = FastAPI(title="ralf", version="0.1.0",
-                  description="Feature tables kept incrementally up to date in DuckDB.")
+    app = docs.new_app(token_required=token is not None, title="ralf", version="0.1.0",
+                       description="Feature tables kept incrementally up to date in DuckDB.")
     app.state.queries = set()  # cancel events of the SQL queries running now
     app.add_middleware(Guard, token=token)
     registry = CollectorRegistry(auto_describe=False)
@@ -177,18 +195,25 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
                            for e in exc.errors())
         return error(422, "ValidationError", detail or "invalid request")
 
-    @app.get("/health", summary="Liveness")
+    @app.get("/health", summary="Liveness (no token needed)", response_model=Health)
     async def health() -> Response:
         return Response(codec.dumps({"status": "ok"}), media_type=JSON)
 
-    @app.get("/ready", summary="Readiness: 503 with the problems when degraded")
-    def ready() -> Response:
-        problems = server.problems()
+    @app.get("/ready", summary="Readiness: 503 with the problems when degraded (no token "
+             "needed)", response_model=Readiness, responses={
+                 503: {"model": Readiness, "description": "Degraded: the problems, worst "
+                       "first"}, **errors(422)})
+    def ready(request: Request, max_staleness: float | None = None) -> Response:
+        # the reasons are error messages, which may quote data: only for the token holder
+        problems = server.problems(max_staleness=max_staleness)
+        if not authorized(request.headers.get("authorization", ""), token):
+            problems = [{**p, "reason": None} for p in problems]
         status = "degraded" if problems else "ready"
         return Response(codec.dumps({"status": status, "problems": problems}),
                         503 if problems else 200, media_type=JSON)
 
-    @app.get("/tables", summary="Names, kinds, row counts and schemas of the tables")
+    @app.get("/tables", summary="Names, kinds, row counts and schemas of the tables",
+             response_model=list[TableEntry], responses=errors(401))
     def tables() -> Response:
         listed = server.tables()
         for entry in listed:
@@ -197,7 +222,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
                                "columns": {n: schema.sql_type(n) for n in schema.names}}
         return Response(codec.dumps(listed), media_type=JSON)
 
-    @app.get("/table/{table}/{key:path}", summary="One row by key (as_of: from history)")
+    @app.get("/table/{table}/{key:path}", summary="One row by key (as_of: from history)",
+             response_model=Row, responses=errors(400, 401, 404, 422))
     async def point(table: str, key: str, metadata: bool = False,
                     as_of: dt.datetime | None = None,
                     by: Literal["event", "processing"] = "event") -> Response:
@@ -211,7 +237,9 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             return _error_for(exc)
         return Response(codec.dumps(record.__dict__), media_type=JSON)
 
-    @app.get("/table/{table}", summary="All rows, one per key (JSON, or Arrow IPC on request)")
+    @app.get("/table/{table}", summary="All rows, one per key (JSON, or Arrow IPC on request)",
+             response_model=list[Row], responses={**ROWS_OR_ARROW, **errors(400, 401, 404,
+                                                                           422)})
     def bulk(table: str, request: Request, metadata: bool = False) -> Response:
         try:
             data = server.bulk_arrow(table, with_metadata=metadata)
@@ -219,7 +247,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             return _error_for(exc)
         return _rows(data, request)
 
-    @app.post("/sql", summary="One read-only SQL query")
+    @app.post("/sql", summary="One read-only SQL query", response_model=list[Row],
+              responses={**ROWS_OR_ARROW, **errors(400, 401, 413, 422)})
     async def sql(request: Request, body: SqlRequest) -> Response:
         # cancelled when the client goes away or the server stops (see HttpServer.stop)
         cancel = threading.Event()
@@ -239,7 +268,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         return _rows(data, request)
 
     @app.post("/feedback", status_code=204,
-              summary="Report a prediction error observed with a key's features")
+              summary="Report a prediction error observed with a key's features",
+              responses=errors(400, 401, 404, 413, 422))
     async def feedback(body: Feedback) -> Response:
         try:
             server.record_error(body.table, body.key, body.error)
@@ -248,7 +278,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         return Response(status_code=204)
 
     @app.post("/forget/{table}/{key:path}",
-              summary="Forget a key of a changelog source (needs a server with a token)")
+              summary="Forget a key of a changelog source (needs a server with a token)",
+              response_model=Removed, responses=errors(400, 401, 403, 404, 422))
     def forget(table: str, key: str) -> Response:
         if token is None:  # erasing data is never open to whoever reaches the port
             return error(403, "Forbidden", "forget needs a server started with a bearer "
@@ -259,17 +290,23 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             return _error_for(exc)
         return Response(codec.dumps({"removed": removed}), media_type=JSON)
 
-    @app.post("/snapshot", summary="Write a consistent read-only copy of the database file")
+    @app.post("/snapshot", summary="Write a consistent read-only copy of the database file",
+              response_model=SnapshotPath, responses=errors(400, 401))
     def snapshot() -> Response:
         return Response(codec.dumps({"path": server.snapshot()}), media_type=JSON)
 
-    @app.delete("/snapshot", status_code=204, summary="Delete a snapshot made by this server")
+    @app.delete("/snapshot", status_code=204, summary="Delete a snapshot made by this server",
+                responses=errors(401, 404, 422))
     def drop_snapshot(path: str) -> Response:
         if not server.drop_snapshot(path):
             return error(404, "NotFound", f"no snapshot of this server at {path!r}")
         return Response(status_code=204)
 
-    @app.post("/historical", summary="Point-in-time features for entity rows (Arrow IPC in)")
+    @app.post("/historical", summary="Point-in-time features for entity rows (Arrow IPC in)",
+              response_model=list[Row],
+              responses={**ROWS_OR_ARROW, **errors(400, 401, 404, 413, 422)},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  codec.ARROW: {"schema": {"type": "string", "format": "binary"}}}}})
     async def historical(request: Request, features: str,
                          timestamp_column: str = "event_timestamp",
                          by: Literal["event", "processing"] = "event") -> Response:
@@ -285,7 +322,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
             return _error_for(exc)
         return _rows(data, request)
 
-    @app.get("/rejected", summary="Records refused at the door of a table, newest first")
+    @app.get("/rejected", summary="Records refused at the door of a table, newest first",
+             response_model=list[Row], responses=errors(400, 401, 404, 422))
     def rejected(table: str | None = None, limit: int = 100) -> Response:
         if limit < 0 or limit > MAX_RESULT_ROWS:
             return error(400, "QueryError", f"limit must be 0..{MAX_RESULT_ROWS}")
@@ -296,13 +334,15 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         return Response(codec.rows_json(pa.Table.from_pandas(data, preserve_index=False)),
                         media_type=JSON)
 
-    @app.get("/status", summary="Per-table metrics as JSON")
+    @app.get("/status", summary="Per-table metrics as JSON", response_model=Status,
+             responses=errors(401))
     def status() -> Response:
         metrics = server.metrics()
         metrics["sql_running"] = len(app.state.queries)  # client SQL queries running now
         return Response(codec.dumps(metrics), media_type=JSON)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics (text format 0.0.4)",
+             response_class=PlainTextResponse, responses=errors(401))
     def metrics() -> Response:
         return Response(generate_latest(registry),
                         media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -87,16 +87,19 @@ def test_malformed_requests_get_4xx_not_500(served):
     assert r.status == 413
 
 
-def test_a_token_is_required_on_every_route_when_set(make_ralf):
+def test_a_token_is_required_on_every_route_but_the_probes_and_docs_when_set(make_ralf):
     with make_ralf() as server:
         server.create_source(ListSource, args=(RATINGS, ratings(10)), name="ratings")
         server.run()
         url = server.serve(port=0, token="s3cret")
-        for path in ("/health", "/tables", "/table/ratings", "/table/ratings/1", "/metrics",
-                     "/openapi.json"):
+        for path in ("/tables", "/table/ratings", "/table/ratings/1", "/metrics", "/status",
+                     "/rejected"):
             assert urllib3.request("GET", url + path).status == 401, path
             assert urllib3.request("GET", url + path,
                                    headers={"Authorization": "Bearer wrong"}).status == 401
+        # probes (Kubernetes sends no token) and the API description (nor does a browser)
+        for path in ("/health", "/ready", "/docs", "/openapi.json"):
+            assert urllib3.request("GET", url + path).status == 200, path
         with pytest.raises(RalfError, match="token"):
             RalfClient(url).bulk_query("ratings")
         assert len(RalfClient(url, token="s3cret").bulk_query("ratings")) > 0
