@@ -110,3 +110,27 @@ def postgres_server() -> Iterator[str]:
         subprocess.run(_as_postgres_user([pg_ctl, "-D", str(data / "db"), "-m", "immediate",
                                           "stop"]), stdout=subprocess.DEVNULL)
         shutil.rmtree(data, ignore_errors=True)
+
+
+@contextmanager
+def chromium() -> Iterator[object]:
+    """A headless Chromium (Debian's, /usr/bin/chromium + chromedriver) driven by Selenium."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("no selenium: pip install 'ralf[test]'")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        unavailable("no Chromium: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1300"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

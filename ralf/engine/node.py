@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ralf.engine.cache import ServingCache
 from ralf.engine.failures import WHOLE, Failures
+from ralf.engine.histogram import LATENCY_BOUNDS, Histogram
 from ralf.engine.progress import PendingIndex, Watermarks
 from ralf.engine.routing import KeyPartition
 from ralf.errors import OperatorError, RalfError
@@ -45,6 +46,8 @@ class TableMetrics:
     failures: int = 0
     queries: int = 0
     refresh_seconds: float = 0.0  # wall time spent refreshing (reading, operator, commit)
+    # the same time, per refresh: its distribution
+    refresh_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     errors_reported: int = 0  # client.record_error calls
     squared_error: float = 0.0  # their sum of squares
 
