@@ -606,7 +606,6 @@ class Ralf:
             now = self.clock.now()
             for name, node in self.pipeline.nodes.items():
                 m: dict[str, Any] = {"kind": node.info.kind, **vars(node.metrics)}
-                m["refresh_latency"] = node.metrics.refresh_latency.cumulative()
                 failing = node.failures.count.get(WHOLE, 0)
                 m["last_error"] = node.failures.last_error.get(WHOLE)
                 if isinstance(node, FeatureNode):
@@ -617,6 +616,7 @@ class Ralf:
                     m["table_failures"] = failing
                     m["table_failed"] = self._scheduler.failed(node)
                     m["budget"] = node.budget
+                    m["refresh_latency"] = node.refresh_latency.cumulative()
                 elif isinstance(node, SourceNode):
                     m["source_failures"] = failing
                     m["source_failed"] = self._scheduler.failed(node)

@@ -46,8 +46,6 @@ class TableMetrics:
     failures: int = 0
     queries: int = 0
     refresh_seconds: float = 0.0  # wall time spent refreshing (reading, operator, commit)
-    # the same time, per refresh: its distribution
-    refresh_latency: Histogram = field(default_factory=lambda: Histogram(LATENCY_BOUNDS))
     errors_reported: int = 0  # client.record_error calls
     squared_error: float = 0.0  # their sum of squares
 
@@ -241,6 +239,8 @@ class FeatureNode(Node):
         # the scheduler's current time (a windowed table's rows change as it passes)
         self.now: dt.datetime | None = None
         self.lookup_mark = 0  # how far the looked-up table's log is followed (see below)
+        # seconds each refresh took (their total: metrics.refresh_seconds)
+        self.refresh_latency = Histogram(LATENCY_BOUNDS)
 
     @property
     def quarantined(self) -> set[Any]:

@@ -53,7 +53,7 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
     finally:
         took = time.perf_counter() - start
         node.metrics.refresh_seconds += took
-        node.metrics.refresh_latency.observe(took)
+        node.refresh_latency.observe(took)
 
 
 @contextmanager

@@ -106,9 +106,7 @@ class _MetricsCollector:
             for name, family in families.items():
                 value = values.get(name)
                 if isinstance(value, dict):  # a histogram
-                    buckets = [(str(float(le)) if le != "+Inf" else le, n)
-                               for le, n in zip(value["le"], value["buckets"], strict=True)]
-                    family.add_metric([table], buckets, value["sum"])
+                    family.add_metric([table], *console.prometheus_buckets(value))
                 elif value is not None:
                     family.add_metric([table], value)
         yield from families.values()

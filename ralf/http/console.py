@@ -17,9 +17,10 @@ import pyarrow as pa
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily
 
-from ralf.engine.histogram import LATENCY_BOUNDS
+from ralf.engine.histogram import LATENCY_BOUNDS, Histogram
 from ralf.engine.node import FeatureNode, SqlTableNode
 from ralf.errors import RalfError
 from ralf.http import codec
@@ -98,19 +99,16 @@ class MetricsHistory:
 
 
 class RequestTimer:
-    """An ASGI middleware observing each request's seconds in
-    ``ralf_http_request_duration_seconds{route}`` (the route's template, so the label
-    stays bounded) and each point or bulk query's in ``ralf_query_duration_seconds{table}``
-    (tables of the pipeline only)."""
+    """An ASGI middleware timing requests: each one's seconds by route (the route's
+    template, so the label stays bounded) and each point or bulk query's by table (tables
+    of the pipeline only); :meth:`collect` gives them to Prometheus as
+    ``ralf_http_request_duration_seconds{route}`` and ``ralf_query_duration_seconds{table}``."""
 
     def __init__(self, app: Any, server: Ralf, registry: CollectorRegistry) -> None:
         self.app, self.server = app, server
-        self.requests = Histogram("ralf_http_request_duration_seconds",
-                                  "Seconds each HTTP request took, by route", ["route"],
-                                  registry=registry, buckets=LATENCY_BOUNDS)
-        self.queries = Histogram("ralf_query_duration_seconds",
-                                 "Seconds each point or bulk query over HTTP took, by table",
-                                 ["table"], registry=registry, buckets=LATENCY_BOUNDS)
+        self.routes: dict[str, Histogram] = {}
+        self.tables: dict[str, Histogram] = {}
+        registry.register(self)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -123,14 +121,41 @@ class RequestTimer:
             took = time.perf_counter() - start
             route = scope.get("route")  # set by the router on the shared scope
             if route is not None:
-                self.requests.labels(route.path).observe(took)
+                _observe(self.routes, route.path, took)
                 table = scope.get("path_params", {}).get("table")
                 if route.path.startswith("/table/") and self._known(table):
-                    self.queries.labels(table).observe(took)
+                    _observe(self.tables, table, took)
 
     def _known(self, table: str | None) -> bool:
         pipeline = self.server.pipeline
         return table is not None and (table in pipeline.nodes or table in pipeline.aliases)
+
+    def collect(self) -> Any:
+        """The two histogram families, read at scrape time."""
+        for name, label, help_text, histograms in (
+                ("ralf_http_request_duration_seconds", "route",
+                 "Seconds each HTTP request took, by route", self.routes),
+                ("ralf_query_duration_seconds", "table",
+                 "Seconds each point or bulk query over HTTP took, by table", self.tables)):
+            family = HistogramMetricFamily(name, help_text, labels=[label])
+            for value, histogram in list(histograms.items()):
+                family.add_metric([value], *prometheus_buckets(histogram.cumulative()))
+            yield family
+
+
+def _observe(histograms: dict[str, Histogram], label: str, seconds: float) -> None:
+    histogram = histograms.get(label)
+    if histogram is None:
+        histogram = histograms.setdefault(label, Histogram(LATENCY_BOUNDS))
+    histogram.observe(seconds)
+
+
+def prometheus_buckets(cumulative: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:
+    """A :meth:`Histogram.cumulative` as a Prometheus metric family wants it: the buckets as
+    (``le`` text, count) pairs, and the sum."""
+    return ([(le if le == "+Inf" else str(float(le)), n)
+             for le, n in zip(cumulative["le"], cumulative["buckets"], strict=True)],
+            cumulative["sum"])
 
 
 def graph(server: Ralf) -> dict[str, Any]:
