@@ -54,8 +54,8 @@ def serve(args: argparse.Namespace) -> int:
         build(server)
         server.start(interval=args.interval)
         url = server.serve(args.host, args.port, token=args.token)
-        print(f"ralf: serving {args.pipeline} on {url} (database: {args.db or 'in memory'})",
-              flush=True)
+        print(f"ralf: serving {args.pipeline} on {url} (database: {args.db or 'in memory'}; "
+              f"console: {url}/ui)", flush=True)
         while not stop.wait(args.log_every):
             print(_progress_line(server.metrics()), flush=True)
         print("ralf: stopping", flush=True)

@@ -159,14 +159,14 @@ def prometheus_buckets(cumulative: dict[str, Any]) -> tuple[list[tuple[str, floa
 
 
 def graph(server: Ralf) -> dict[str, Any]:
-    """The pipeline as nodes (``name``, ``kind``: source, sql, lazy or eager, and
+    """The pipeline as nodes (``name``, ``kind``: source, sql, lazy, budgeted or eager, and
     ``layer``: the longest path from a source) and edges (``from``, ``to``, ``role``:
     parent or lookup), plus aliases."""
     pipeline, nodes, edges, layer = server.pipeline, [], [], {}
     for name, node in pipeline.nodes.items():  # parents come before their children
         if isinstance(node, FeatureNode):
-            kind = "sql" if isinstance(node, SqlTableNode) else (
-                "lazy" if node.on_lazy_path else "eager")
+            kind = ("sql" if isinstance(node, SqlTableNode) else "lazy" if node.on_lazy_path
+                    else "budgeted" if node.budget is not None else "eager")
             links = [(node.parent, "parent")] + (
                 [(node.lookup, "lookup")] if node.lookup is not None else [])
             layer[name] = 1 + max(layer.get(n.name, 0) for n, _ in links)

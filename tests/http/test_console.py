@@ -1,11 +1,9 @@
-"""The web console (/ui) in a real headless Chromium against a real server on 127.0.0.1;
-its JSON routes; and RALF_SCREENSHOTS=DIR saves the docs' screenshots from the same run."""
+"""The web console (/ui) in a real headless Chromium against a real server on 127.0.0.1,
+and its JSON routes."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import urllib3
@@ -54,16 +52,27 @@ def browser():
 
 
 def _wait(driver, condition, timeout: float = 20.0):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(condition)
+    # the page redraws its metrics every 2 s: an element found may be replaced by the next
+    return WebDriverWait(driver, timeout, ignored_exceptions=(
+        StaleElementReferenceException,)).until(condition)
 
 
 def _cells(driver, css: str) -> list[list[str]]:
-    from selenium.webdriver.common.by import By
+    """The cells of the rows ``css`` selects, read in one step in the page (atomic with
+    respect to its redraws)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map("
+        "tr => [...tr.querySelectorAll('td')].map(td => td.textContent))", css)
 
-    return [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-            for tr in driver.find_elements(By.CSS_SELECTOR, css)]
+
+def _attributes(driver, css: str, *names: str) -> list[list[str]]:
+    """Attributes of the elements ``css`` selects, read in one step in the page."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map("
+        "e => arguments[1].map(n => e.getAttribute(n)))", css, list(names))
 
 
 def _number(text: str) -> float:
@@ -75,13 +84,11 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
 
     server, url = served
     browser.get(f"{url}/ui")
-    nodes = _wait(browser, lambda d: {n.get_attribute("data-table"): n.get_attribute("data-kind")
-                                      for n in d.find_elements(By.CSS_SELECTOR, "#graph .node")}
-                  or None)
+    nodes = dict(_wait(browser, lambda d: _attributes(d, "#graph .node", "data-table",
+                                                      "data-kind") or None))
     assert nodes == {"ratings": "source", "average": "eager", "counts": "lazy",
                      "by_user": "sql"}
-    edges = {(e.get_attribute("data-from"), e.get_attribute("data-to"))
-             for e in browser.find_elements(By.CSS_SELECTOR, "#graph .edge")}
+    edges = set(map(tuple, _attributes(browser, "#graph .edge", "data-from", "data-to")))
     assert edges == {("ratings", "average"), ("ratings", "counts"), ("ratings", "by_user")}
 
     # the metrics table shows what /status and /tables say
@@ -107,8 +114,7 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
     _wait(browser, lambda d: int(d.find_element(
         By.CSS_SELECTOR, '#plot-stale polyline[data-table="counts"]')
         .get_attribute("data-points")) >= 2)
-    lines = browser.find_elements(By.CSS_SELECTOR, "#plot-ingested polyline")
-    assert [line.get_attribute("data-table") for line in lines] == ["ratings"]
+    assert _attributes(browser, "#plot-ingested polyline", "data-table") == [["ratings"]]
 
     # rejected records list the bad one, with its reason
     rejected = _wait(browser, lambda d: _cells(d, "#rejected tbody tr") or None)
@@ -147,11 +153,6 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
     message = _wait(browser, lambda d: d.find_element(By.ID, "sql-error").text or None)
     assert message.startswith("QueryError") and "nowhere" in message
     assert _cells(browser, "#sql-result tbody tr") == []
-
-    shots = os.environ.get("RALF_SCREENSHOTS")
-    if shots:  # e.g. RALF_SCREENSHOTS=docs: the screenshots of docs/console.md
-        browser.set_window_size(1400, 1900)
-        browser.save_screenshot(str(Path(shots) / "console.png"))
 
 
 def test_with_a_token_the_page_loads_and_asks_for_it(browser):

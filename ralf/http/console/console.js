@@ -6,12 +6,13 @@
 const POLL_MS = 2000;
 const WINDOW_S = 600; // the plots show the last ten minutes
 const RATE_S = 10; // rates in the metrics table: over the last ten seconds
+const HISTORY_LIMIT = 20; // a key's newest versions shown
 const COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2",
                 "#eeca3b", "#9d755d", "#ff9da6", "#bab0ac"];
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = { samples: [], status: null, tables: {}, graph: null, selected: null,
-                offset: 0, limit: 50, paused: false, timer: null };
+                offset: 0, limit: 20, paused: false, timer: null };
 const $ = (id) => document.getElementById(id);
 
 // ---- talking to the server --------------------------------------------------------------
@@ -90,14 +91,17 @@ function drawGraph() {
   for (const n of g.nodes) (layers[n.layer] = layers[n.layer] || []).push(n);
   const depth = Math.max(0, ...g.nodes.map((n) => n.layer)) + 1;
   const widest = Math.max(1, ...Object.values(layers).map((l) => l.length));
-  const W = Math.max(root.clientWidth || 800, 300), boxW = 150, boxH = 30;
+  const longest = Math.max(...g.nodes.map((n) => n.name.length + n.kind.length));
+  const W = Math.max(root.clientWidth || 800, 300), boxW = Math.max(150, 7 * longest + 30);
+  const boxH = 30;
   const H = Math.max(120, widest * 50 + 20);
   root.setAttribute("viewBox", `0 0 ${W} ${H}`);
   root.style.height = H + "px";
   const at = {};
   for (const [layer, nodes] of Object.entries(layers)) {
     nodes.forEach((n, i) => {
-      const x = 10 + (depth === 1 ? 0 : (layer * (W - boxW - 20)) / (depth - 1));
+      const step = depth === 1 ? 0 : Math.min(boxW + 110, (W - boxW - 20) / (depth - 1));
+      const x = 10 + layer * step;
       const y = ((i + 0.5) * H) / nodes.length - boxH / 2;
       at[n.name] = { x, y };
     });
@@ -197,26 +201,33 @@ function series(name, counter, kinds) {
   return out;
 }
 
+// The plots' time span: the samples there are, at least a minute, at most WINDOW_S.
+function span() {
+  const first = state.samples.length ? state.samples[0].t : Date.now() / 1000;
+  return Math.min(WINDOW_S, Math.max(60, Date.now() / 1000 - first));
+}
+
 function drawPlot(root, data) {
-  const W = 300, H = 140, left = 34, bottom = 16, now = Date.now() / 1000;
+  const W = 300, H = 140, left = 34, bottom = 16, now = Date.now() / 1000, shown = span();
   root.setAttribute("viewBox", `0 0 ${W} ${H}`);
   root.setAttribute("preserveAspectRatio", "none");
   root.replaceChildren();
   const all = Object.values(data).flat();
   const top = Math.max(1e-9, ...all.map((p) => p[1])) * 1.1;
-  const x = (t) => left + ((t - (now - WINDOW_S)) / WINDOW_S) * (W - left - 4);
+  const x = (t) => left + ((t - (now - shown)) / shown) * (W - left - 4);
   const y = (v) => H - bottom - (v / top) * (H - bottom - 6);
   root.append(svg("line", { x1: left, y1: H - bottom, x2: W, y2: H - bottom, stroke: "#ccc" }));
   root.append(svg("line", { x1: left, y1: 0, x2: left, y2: H - bottom, stroke: "#ccc" }));
   const labels = [[2, 12, fmt(Number((top / 1.1).toPrecision(3)))], [2, H - bottom, "0"],
-    [left, H - 3, "−10 min"], [W - 26, H - 3, "now"]];
+    [left, H - 3, `−${shown >= 120 ? Math.round(shown / 60) + " min" : Math.round(shown) + " s"}`],
+    [W - 26, H - 3, "now"]];
   for (const [lx, ly, text] of labels) {
     const label = svg("text", { x: lx, y: ly });
     label.textContent = text;
     root.append(label);
   }
   Object.entries(data).forEach(([table, points]) => {
-    const visible = points.filter((p) => p[0] >= now - WINDOW_S);
+    const visible = points.filter((p) => p[0] >= now - shown);
     const line = svg("polyline", { stroke: colorOf(table), "data-table": table,
       "data-points": visible.length,
       points: visible.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ") });
@@ -282,7 +293,7 @@ async function loadHistory() {
   if (!name || !key) return;
   try {
     const versions = await api(`/ui/api/history/${encodeURIComponent(name)}/` +
-      encodeURIComponent(key));
+      `${encodeURIComponent(key)}?limit=${HISTORY_LIMIT}`);
     fillTable($("history"), Object.keys(versions[0] || { "no versions": 1 }), versions);
   } catch (e) {
     fillTable($("history"), ["error"], [{ error: e.message }]);
