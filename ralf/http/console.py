@@ -7,6 +7,7 @@ sampler thread in a bounded ring buffer — plus the request-latency histograms 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -22,11 +23,12 @@ from prometheus_client.core import HistogramMetricFamily
 
 from ralf.engine.histogram import LATENCY_BOUNDS, Histogram
 from ralf.engine.node import FeatureNode, SqlTableNode
-from ralf.errors import RalfError
 from ralf.http import codec
 
 if TYPE_CHECKING:
     from ralf.server import Ralf
+
+log = logging.getLogger("ralf")
 
 STATIC = Path(__file__).with_name("console")
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -37,8 +39,6 @@ SAMPLED = ("ingested", "processed", "refreshes", "queries", "rejected", "shed", 
            "staleness_p99", "quarantined_keys", "budget")
 MAX_ROWS_PAGE = 1000
 MAX_VERSIONS = 1000
-
-
 FILES = frozenset(p.name for p in STATIC.iterdir() if p.suffix in _TYPES)
 
 
@@ -51,9 +51,10 @@ def is_static(path: str) -> bool:
 
 
 class MetricsHistory:
-    """The last ``size`` samples of ``Ralf.metrics()``, one every ``every`` seconds while
-    :meth:`start` ed (a freshly opened page plots the last minutes from them). Each sample:
-    ``t`` (Unix seconds, processing time), ``ticks`` and per table the ``SAMPLED`` values."""
+    """The last ``size`` samples of ``Ralf.metrics()``, one every ``every`` seconds once
+    started (:meth:`start`), so a freshly opened page plots the minutes before it. Each
+    sample: ``t`` (Unix seconds by the wall clock, which the browser compares with its
+    own; not the server's ``Clock``), ``ticks`` and per table the ``SAMPLED`` values."""
 
     def __init__(self, server: Ralf, every: float = 1.0, size: int = 600) -> None:
         self.server, self.every = server, every
@@ -85,8 +86,8 @@ class MetricsHistory:
         while True:
             try:
                 self.sample()
-            except RalfError:  # closing: the next wait ends the loop
-                pass
+            except Exception:  # e.g. the database away for a moment: the next one may do
+                log.exception("console: a metrics sample failed")
             if self._stop.wait(self.every):
                 return
 
