@@ -8,7 +8,7 @@ import json
 import pytest
 import urllib3
 
-from ralf import RalfError
+from ralf import Operator, RalfError, Record
 from ralf.http import console
 from ralf.server import Ralf
 from ralf.testing import ListSource
@@ -18,13 +18,22 @@ from tests.services import chromium
 BAD = {"user": 3, "movie": 1, "rating": "five stars"}
 
 
+class RatedBefore(Operator):
+    """How many ratings the user had before this one (a lookup join into ``average``)."""
+
+    def on_record(self, record: Record, average: Record | None) -> Record:
+        return Record(user=record.user, count=average.n if average else 0)
+
+
 def _build(server: Ralf) -> None:
     rows = ratings(400, users=12)
     rows.insert(150, BAD)  # refused at the door: a rejected record
     source = server.create_source(ListSource, args=(RATINGS, rows), kwargs={"batch_size": 40},
                                   name="ratings")
-    source.map(AverageRating, args=(AVERAGE,), name="average")
+    average = source.map(AverageRating, args=(AVERAGE,), name="average")
     source.map(CountPerKey, args=(COUNT,), name="counts", lazy=True)
+    source.map(CountPerKey, args=(COUNT,), name="counts_budgeted", budget=5)
+    source.join(average, RatedBefore, args=(COUNT,), on="user", name="rated_before")
     source.aggregate(by="user", name="by_user", n=("*", "count"), top=("rating", "max"))
 
 
@@ -87,15 +96,23 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
     nodes = dict(_wait(browser, lambda d: _attributes(d, "#graph .node", "data-table",
                                                       "data-kind") or None))
     assert nodes == {"ratings": "source", "average": "eager", "counts": "lazy",
-                     "by_user": "sql"}
-    edges = set(map(tuple, _attributes(browser, "#graph .edge", "data-from", "data-to")))
-    assert edges == {("ratings", "average"), ("ratings", "counts"), ("ratings", "by_user")}
+                     "counts_budgeted": "budgeted", "rated_before": "eager", "by_user": "sql"}
+    edges = set(map(tuple, _attributes(browser, "#graph .edge", "data-from", "data-to",
+                                       "class")))
+    assert edges == {("ratings", t, "edge parent") for t in nodes if t != "ratings"} | {
+        ("average", "rated_before", "edge lookup")}
 
     # the metrics table shows what /status and /tables say
     status, tables = _get(f"{url}/status"), _get(f"{url}/tables")
-    rows = {r[0]: r for r in _wait(browser, lambda d: _cells(d, "#metrics tbody tr") or None)}
-    assert set(rows) == set(status["tables"])
     header = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#metrics th")]
+
+    def with_rates(d) -> dict | None:  # once the page has two samples to take rates from
+        shown = {r[0]: r for r in _cells(d, "#metrics tbody tr")}
+        budgeted = shown.get("counts_budgeted")
+        return shown if budgeted and budgeted[header.index("refreshes/s")] != "…" else None
+
+    rows = _wait(browser, with_rates)
+    assert set(rows) == set(status["tables"])
     for table in tables:
         line = dict(zip(header, rows[table["name"]], strict=True))
         m = status["tables"][table["name"]]
@@ -109,6 +126,9 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
     assert _number(rows["ratings"][header.index("rejected")]) == 1
     assert status["tables"]["counts"]["stale_keys"] == 12  # lazy: nothing refreshed yet
     assert _number(rows["counts"][header.index("stale keys")]) == 12
+    budget_use = {name: row[header.index("budget use")] for name, row in rows.items()}
+    assert budget_use.pop("counts_budgeted").endswith("%")  # refreshed / (ticks x budget)
+    assert set(budget_use.values()) == {"—"}
 
     # live plots: a line per table, with points from the sampled history
     _wait(browser, lambda d: int(d.find_element(
@@ -169,7 +189,8 @@ def test_with_a_token_the_page_loads_and_asks_for_it(browser):
         box = browser.find_element(By.ID, "token")
         box.send_keys("s3cret\n")  # sent as Authorization: Bearer from then on
         rows = _wait(browser, lambda d: _cells(d, "#metrics tbody tr") or None)
-        assert {r[0] for r in rows} == {"ratings", "average", "counts", "by_user"}
+        assert {r[0] for r in rows} == {"ratings", "average", "counts", "counts_budgeted",
+                                        "rated_before", "by_user"}
         assert not browser.find_element(By.ID, "alert").is_displayed()
         answer = urllib3.request("GET", f"{url}/ui/api/graph")
         assert answer.status == 401  # the data routes still want the token
