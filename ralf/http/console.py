@@ -217,6 +217,17 @@ def include(app: FastAPI, server: Ralf, registry: CollectorRegistry) -> None:
             data.num_rows, offset, codec.rows_json(data.slice(offset, limit))),
             media_type="application/json")
 
+    @app.get("/ui/api/keys/{table}", summary="A table's quarantined keys and stalest keys")
+    def keys(table: str, limit: int = 20) -> Response:
+        if not 0 <= limit <= MAX_ROWS_PAGE:
+            return _json({"error": "QueryError", "message": f"limit must be 0..{MAX_ROWS_PAGE}"},
+                         400)
+        stale = server.staleness(table).sort_values("staleness", ascending=False)
+        return Response(b'{"quarantined": %s, "stalest": %s}' % (
+            codec.dumps(server.quarantined(table)[:limit]),
+            codec.rows_json(pa.Table.from_pandas(stale.head(limit), preserve_index=False))),
+            media_type="application/json")
+
     @app.get("/ui/api/history/{table}/{key:path}", summary="A key's versions, newest first")
     async def key_history(table: str, key: str, limit: int = 100) -> Response:
         if not 0 <= limit <= MAX_VERSIONS:

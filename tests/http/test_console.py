@@ -25,6 +25,15 @@ class RatedBefore(Operator):
         return Record(user=record.user, count=average.n if average else 0)
 
 
+class Fragile(Operator):
+    """Fails on user 5's records: the key is quarantined (max_failures=1)."""
+
+    def on_record(self, record: Record) -> Record:
+        if record.user == 5:
+            raise ValueError("user 5 breaks me")
+        return Record(user=record.user, count=1)
+
+
 def _build(server: Ralf) -> None:
     rows = ratings(400, users=12)
     rows.insert(150, BAD)  # refused at the door: a rejected record
@@ -35,14 +44,18 @@ def _build(server: Ralf) -> None:
     source.map(CountPerKey, args=(COUNT,), name="counts_budgeted", budget=5)
     source.join(average, RatedBefore, args=(COUNT,), on="user", name="rated_before")
     source.aggregate(by="user", name="by_user", n=("*", "count"), top=("rating", "max"))
+    source.map(Fragile, args=(COUNT,), name="fragile")
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    with Ralf(str(tmp_path_factory.mktemp("console") / "console.duckdb")) as server:
+    with Ralf(str(tmp_path_factory.mktemp("console") / "console.duckdb"),
+              max_failures=1) as server:
         _build(server)
-        with pytest.raises(RalfError, match="rating"):
-            server.run()  # the bad record's error comes at the end; the rest is applied
+        with pytest.raises(RalfError):
+            server.run()  # the errors come at the end; the rest is applied
+        assert {type(e).__name__ for e in server.errors} == {"SchemaError", "OperatorError"}
+        assert server.quarantined("fragile") == [5]
         server.start(interval=0.05)
         yield server, server.serve(port=0)
 
@@ -84,6 +97,14 @@ def _attributes(driver, css: str, *names: str) -> list[list[str]]:
         "e => arguments[1].map(n => e.getAttribute(n)))", css, list(names))
 
 
+def _open(driver, table: str) -> None:
+    """Click a table in the graph and wait until its views are shown."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f'#graph .node[data-table="{table}"]').click()
+    _wait(driver, lambda d: d.find_element(By.ID, "rows").get_attribute("data-table") == table)
+
+
 def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
@@ -96,7 +117,8 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
     nodes = dict(_wait(browser, lambda d: _attributes(d, "#graph .node", "data-table",
                                                       "data-kind") or None))
     assert nodes == {"ratings": "source", "average": "eager", "counts": "lazy",
-                     "counts_budgeted": "budgeted", "rated_before": "eager", "by_user": "sql"}
+                     "counts_budgeted": "budgeted", "rated_before": "eager", "by_user": "sql",
+                     "fragile": "eager"}
     edges = set(map(tuple, _attributes(browser, "#graph .edge", "data-from", "data-to",
                                        "class")))
     assert edges == {("ratings", t, "edge parent") for t in nodes if t != "ratings"} | {
@@ -140,9 +162,24 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
     rejected = _wait(browser, lambda d: _cells(d, "#rejected tbody tr") or None)
     assert len(rejected) == 1 and rejected[0][1] == "ratings" and "five stars" in rejected[0][4]
 
+    assert _number(rows["fragile"][header.index("quarantined")]) == 1
+    problems = _wait(browser, lambda d: d.find_element(By.ID, "problems").text or None)
+    assert "fragile: quarantined keys — ValueError: user 5 breaks me" in problems
+
+    # a table's quarantined keys; its stalest keys, read before its rows (a lazy table's
+    # rows are refreshed when read)
+    _open(browser, "fragile")
+    quarantined = browser.find_element(By.ID, "quarantined").text
+    assert quarantined.endswith("keys (held after repeated failures): 5")
+    _open(browser, "counts")
+    stalest = _cells(browser, "#stalest tbody tr")
+    assert len(stalest) == 12 and sum(_number(r[1]) for r in stalest) == 400
+    staleness = [_number(r[3]) for r in stalest]
+    assert staleness == sorted(staleness, reverse=True)
+
     # clicking a table shows its rows, as the server has them
-    browser.find_element(By.CSS_SELECTOR, '#graph .node[data-table="average"]').click()
-    shown = _wait(browser, lambda d: _cells(d, "#rows tbody tr") or None)
+    _open(browser, "average")
+    shown = _cells(browser, "#rows tbody tr")
     expected = server.bulk_query("average")
     assert len(shown) == len(expected) == 12
     first = expected.iloc[0]
@@ -176,11 +213,13 @@ def test_the_console_shows_the_pipeline_metrics_rows_history_and_sql(served, bro
 
 
 def test_with_a_token_the_page_loads_and_asks_for_it(browser):
+    from selenium.webdriver.common.by import By
+
     with Ralf() as server:
         _build(server)
-        server.step()
+        with pytest.raises(RalfError):
+            server.run()  # (the rejected record)
         url = server.serve(port=0, token="s3cret")
-        from selenium.webdriver.common.by import By
 
         browser.get(f"{url}/ui")  # the page itself carries no data: served without a token
         alert = _wait(browser, lambda d: d.find_element(By.ID, "alert").text or None)
@@ -190,7 +229,7 @@ def test_with_a_token_the_page_loads_and_asks_for_it(browser):
         box.send_keys("s3cret\n")  # sent as Authorization: Bearer from then on
         rows = _wait(browser, lambda d: _cells(d, "#metrics tbody tr") or None)
         assert {r[0] for r in rows} == {"ratings", "average", "counts", "counts_budgeted",
-                                        "rated_before", "by_user"}
+                                        "rated_before", "by_user", "fragile"}
         assert not browser.find_element(By.ID, "alert").is_displayed()
         answer = urllib3.request("GET", f"{url}/ui/api/graph")
         assert answer.status == 401  # the data routes still want the token
@@ -225,3 +264,6 @@ def test_rows_page_and_key_history_routes(served):
     answer = urllib3.request("GET", f"{url}/ui/api/history/average/notanumber")
     assert answer.status == 400 and json.loads(answer.data)["error"] == "SchemaError"
     assert urllib3.request("GET", f"{url}/ui/static/../app.py").status == 404
+    keys = _get(f"{url}/ui/api/keys/fragile")
+    assert keys["quarantined"] == [5] and [k["key"] for k in keys["stalest"]] == [5]
+    assert urllib3.request("GET", f"{url}/ui/api/keys/fragile?limit=-1").status == 400

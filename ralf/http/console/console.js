@@ -270,6 +270,8 @@ async function loadRows() {
   if (!name) return;
   $("rows-title").textContent = name;
   try {
+    // the keys first: reading a lazy table's rows refreshes it
+    const keys = await api(`/ui/api/keys/${encodeURIComponent(name)}?limit=${HISTORY_LIMIT}`);
     const page = await api(`/ui/api/rows/${encodeURIComponent(name)}?offset=${state.offset}` +
       `&limit=${state.limit}`);
     const info = state.tables[name];
@@ -280,9 +282,17 @@ async function loadRows() {
       $("history-key").value = fmt(row[key]);
       loadHistory();
     });
+    $("quarantined").textContent = keys.quarantined.length
+      ? `quarantined keys (held after repeated failures): ${keys.quarantined.map(fmt).join(", ")}`
+      : "no quarantined keys";
+    fillTable($("stalest"), ["key", "pending", "since", "staleness"], keys.stalest, (row) => {
+      $("history-key").value = fmt(row.key);
+      loadHistory();
+    });
     const end = Math.min(page.total, state.offset + page.rows.length);
     $("rows-range").textContent = ` ${page.total ? state.offset + 1 : 0}–${end} of ${fmt(page.total)} `;
     $("rows").dataset.total = page.total;
+    $("rows").dataset.table = name; // what the views below the title show now
   } catch (e) {
     showError(e);
   }
