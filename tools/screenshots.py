@@ -103,8 +103,9 @@ def main() -> None:
             browser.get(f"{url}/ui")
             wait = WebDriverWait(browser, 30)
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#metrics tbody tr"))
-            browser.find_element(By.CSS_SELECTOR, '#graph .node[data-table="average"]').click()
-            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#rows tbody tr"))
+            browser.find_element(
+                By.CSS_SELECTOR, '#graph .node[data-table="average_budgeted"]').click()
+            wait.until(lambda d: d.find_element(By.ID, "rows").get_attribute("data-table"))
             browser.find_elements(By.CSS_SELECTOR, "#rows tbody tr")[2].click()
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history tbody tr"))
             query = browser.find_element(By.ID, "sql-query")
@@ -115,6 +116,7 @@ def main() -> None:
             wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sql-result tbody tr"))
             out = Path(args.out)
             browser.save_screenshot(str(out / "console.png"))
+            browser.set_window_size(1400, 2400)  # the whole section in view
             section = browser.find_elements(By.CSS_SELECTOR, "main > section")[3]
             browser.execute_script("arguments[0].scrollIntoView()", section)
             section.screenshot(str(out / "console-table.png"))
