@@ -120,7 +120,8 @@ def serve(args: argparse.Namespace) -> int:
         url = server.serve(args.host, args.port, token=_token(args),
                            access_log=args.access_log)
         database = mask_passwords(args.db) if args.db else "in memory"
-        print(f"ralf: serving {args.pipeline} on {url} (database: {database})", flush=True)
+        print(f"ralf: serving {args.pipeline} on {url} (database: {database}; "
+              f"console: {url}/ui)", flush=True)
         progress = logging.getLogger("ralf.progress")
         while not stop.wait(args.log_every if args.log_every > 0 else None):  # 0: no lines
             progress.info("%s", server.summary())

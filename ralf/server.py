@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from ralf.clock import Clock, SystemClock
 from ralf.engine.failures import WHOLE
+from ralf.engine.histogram import STALENESS_BOUNDS, Histogram
 from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
@@ -458,6 +459,16 @@ class Ralf:
                 fields[EVENT_TIME] = row[EVENT_TIME]
         return Record.from_dict(fields)
 
+    def history(self, table: str, key: Any, limit: int = 100) -> pd.DataFrame:
+        """A key's newest ``limit`` versions, newest first: each row a feature table wrote
+        for it (``_ralf_deleted``: the version recording its deletion), or each record a
+        source appended, with ``_ralf_seq`` and ``_ralf_updated_at`` (processing time;
+        ``_ralf_event_time`` too where the table has event time)."""
+        node = self._node(table)
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        return self.storage.versions(node.info, node.schema.parse_key(key), limit).to_pandas()
+
     def historical_query(self, entity_df: pd.DataFrame, features: list[str],
                          timestamp_column: str = "event_timestamp", *, by: str = "event"
                          ) -> pd.DataFrame:
@@ -635,7 +646,9 @@ class Ralf:
 
     def metrics(self) -> dict[str, Any]:
         """Per-table counters and staleness (seconds since each stale key's oldest pending
-        append: p50, p99, max over stale keys), the tick count and the database's
+        append: p50, p99, max and a histogram over stale keys); ``refresh_latency``: a
+        histogram of the seconds each refresh took; ``budget``: keys a feature table may
+        refresh per tick (None: all); the tick count and the database's
         ``schema_version`` (the newest migration applied)."""
         tables = {}
         with self._scheduler.turn():
@@ -651,6 +664,8 @@ class Ralf:
                         WHOLE in node.failures.retry_tick)
                     m["table_failures"] = failing
                     m["table_failed"] = self._scheduler.failed(node)
+                    m["budget"] = node.budget
+                    m["refresh_latency"] = node.refresh_latency.cumulative()
                 elif isinstance(node, SourceNode):
                     m["source_failures"] = failing
                     m["source_failed"] = self._scheduler.failed(node)
@@ -762,6 +777,7 @@ def _staleness(node: FeatureNode, now: Any) -> dict[str, Any]:
     counts, since = [counts[i] for i in held], [since[i] for i in held]
     ages = np.array([(now - t).total_seconds() for t in since], dtype=float)
     return {
+        "staleness": Histogram.of(STALENESS_BOUNDS, ages).cumulative(),
         "stale_keys": len(counts),
         "pending_appends": int(sum(counts)),
         "staleness_p50": float(np.percentile(ages, 50)) if len(ages) else 0.0,

@@ -112,3 +112,21 @@ def test_as_of_and_historical_over_http(make_ralf):
         entities = pd.DataFrame({"user": [1, 1], "event_timestamp": [at, T0]})
         pd.testing.assert_frame_equal(remote.historical_query(entities, ["counts.count"]),
                                       local.historical_query(entities, ["counts.count"]))
+
+
+def test_history_lists_a_keys_versions_newest_first(make_ralf):
+    server, _ = _one_update_per_second(make_ralf, 5)
+    with server:
+        versions = server.history("counts", 1)
+        assert versions["count"].tolist() == [5, 4, 3, 2, 1]
+        assert versions["_ralf_updated_at"].tolist() == [
+            T0 + dt.timedelta(seconds=s) for s in (5, 4, 3, 2, 1)]
+        assert versions["_ralf_seq"].is_monotonic_decreasing
+        assert versions["_ralf_deleted"].isna().all()
+        assert server.history("counts", 1, limit=2)["count"].tolist() == [5, 4]
+        assert server.history("counts", "1")["count"].tolist() == [5, 4, 3, 2, 1]  # as text
+        assert server.history("counts", 2).empty
+        records = server.history("ratings", 1)  # a source: its appended records
+        assert len(records) == 5 and "_ralf_deleted" not in records
+        with pytest.raises(ValueError, match="limit"):
+            server.history("counts", 1, limit=-1)

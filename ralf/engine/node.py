@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ralf.engine.cache import ServingCache
 from ralf.engine.failures import WHOLE, Failures
+from ralf.engine.histogram import LATENCY_BOUNDS, Histogram
 from ralf.engine.progress import PendingIndex, Watermarks
 from ralf.engine.routing import KeyPartition
 from ralf.errors import OperatorError, RalfError
@@ -238,6 +239,8 @@ class FeatureNode(Node):
         # the scheduler's current time (a windowed table's rows change as it passes)
         self.now: dt.datetime | None = None
         self.lookup_mark = 0  # how far the looked-up table's log is followed (see below)
+        # seconds each refresh took (their total: metrics.refresh_seconds)
+        self.refresh_latency = Histogram(LATENCY_BOUNDS)
 
     @property
     def quarantined(self) -> set[Any]:

@@ -51,7 +51,9 @@ def refresh(node: FeatureNode, keys: list[Any] | None, errors: list[RalfError],
         with _cyclic_gc_paused():
             return _refresh_python(node, keys, errors, max_failures, now)
     finally:
-        node.metrics.refresh_seconds += time.perf_counter() - start
+        took = time.perf_counter() - start
+        node.metrics.refresh_seconds += took
+        node.refresh_latency.observe(took)
 
 
 @contextmanager

@@ -21,11 +21,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from pydantic import BaseModel, Field
 
 from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
-from ralf.http import codec, docs
+from ralf.http import codec, console, docs
 from ralf.http.models import (
     ROWS_OR_ARROW,
     Health,
@@ -46,10 +51,14 @@ MAX_BODY = 64 * 1024
 MAX_ENTITY_BODY = 256 * 1024 * 1024
 MAX_RESULT_ROWS = 1_000_000
 _STATUS = {KeyNotFound: 404, TableNotFound: 404, SchemaError: 400, QueryError: 400}
+# Prometheus conventions: counters end in _total (added by the client library), durations
+# are in seconds and say so, distributions are histograms; every per-table family has the
+# label ``table``.
 _COUNTERS = ("ingested", "rejected", "processed", "shed", "refreshes", "failures", "queries",
-             "refresh_seconds", "errors_reported")
-_GAUGES = ("stale_keys", "pending_appends", "staleness_p50", "staleness_p99",
-           "staleness_max", "quarantined_keys")
+             "errors_reported")
+_GAUGES = {"stale_keys": "stale_keys", "pending_appends": "pending_appends",
+           "quarantined_keys": "quarantined_keys", "staleness_p50": "staleness_p50_seconds",
+           "staleness_p99": "staleness_p99_seconds", "staleness_max": "staleness_max_seconds"}
 
 
 class Feedback(BaseModel):
@@ -91,18 +100,26 @@ class _MetricsCollector:
         ticks = CounterMetricFamily("ralf_ticks", "Scheduler ticks run")
         ticks.add_metric([], metrics["ticks"])
         yield ticks
-        families = {}
+        families: dict[str, Any] = {}
         for name in _COUNTERS:
             families[name] = CounterMetricFamily(f"ralf_{name}", f"{name} per table",
                                                  labels=["table"])
-        for name in _GAUGES:
-            unit = " (seconds)" if name.startswith("staleness") else ""
-            families[name] = GaugeMetricFamily(f"ralf_{name}", f"{name} per table{unit}",
+        for name, exported in _GAUGES.items():
+            families[name] = GaugeMetricFamily(f"ralf_{exported}", f"{name} per table",
                                                labels=["table"])
+        families["refresh_latency"] = HistogramMetricFamily(
+            "ralf_refresh_duration_seconds", "Seconds each refresh of a table took",
+            labels=["table"])
+        families["staleness"] = GaugeHistogramMetricFamily(
+            "ralf_staleness_seconds", "Staleness of a table's stale keys now: seconds since "
+            "each one's oldest pending append", labels=["table"])
         for table, values in metrics["tables"].items():
             for name, family in families.items():
-                if values.get(name) is not None:
-                    family.add_metric([table], values[name])
+                value = values.get(name)
+                if isinstance(value, dict):  # a histogram
+                    family.add_metric([table], *console.prometheus_buckets(value))
+                elif value is not None:
+                    family.add_metric([table], value)
         yield from families.values()
 
 
@@ -132,8 +149,9 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        if not docs.public(scope["path"]) and not authorized(headers.get("authorization", ""),
-                                                                self.token):
+        path = scope["path"]
+        if not (docs.public(path) or console.is_static(path)) and not authorized(
+                headers.get("authorization", ""), self.token):
             await error(401, "Unauthorized", "missing or wrong bearer token")(
                 scope, receive, send)
             return
@@ -187,6 +205,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     app.add_middleware(Guard, token=token)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MetricsCollector(server))
+    console.include(app, server, registry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -48,11 +48,13 @@ class HttpServer:
             time.sleep(0.005)
         host, port = self._uvicorn.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
+        self._app.state.history.start()  # the console's metrics samples
         return self.url
 
     def stop(self) -> None:
         """Cancel the running SQL queries, shut uvicorn down and wait for it (requests in
         flight get up to 5 s)."""
+        self._app.state.history.stop()
         for cancel in list(self._app.state.queries):  # running SQL stops at once
             cancel.set()
         self._uvicorn.should_exit = True

@@ -1050,6 +1050,24 @@ class Storage(ABC):
         before; ``by``: see :func:`ralf.storage.sql.as_of_column`)."""
         return self._one(table, point_as_of_query(table, self.mark, by), [key, at])
 
+    def versions(self, table: TableInfo, key: Any, limit: int) -> pa.Table:
+        """A key's newest ``limit`` versions in a table's log, newest first: a feature
+        table's history (``_ralf_deleted`` marks a deletion) or a source's appends, each
+        with its ``_ralf_seq`` and the time ralf wrote it as ``_ralf_updated_at``."""
+        cols = [quote(c) for c in table.schema.names]
+        if table.kind != SOURCE:
+            cols.append(DELETED)
+        if table.timed:
+            cols.append(EVENT_TIME)
+        query = (f"SELECT {', '.join(cols)}, _ralf_seq, {time_column(table)} AS "
+                 f"_ralf_updated_at FROM {log_table(table)} WHERE "
+                 f"{quote(table.schema.primary_key)} = {self.mark} "
+                 f"ORDER BY _ralf_seq DESC LIMIT {self.mark}")
+        with self._reading() as tx:
+            return tx.arrow(query, [key, limit], types={
+                **_arrow_types(table, "_ralf_seq", "_ralf_updated_at", EVENT_TIME),
+                DELETED: pa.bool_()})
+
     def historical(self, entities: pa.Table, timestamp: str,
                    features: list[tuple[TableInfo, str, str]], by: str = "event",
                    ttls: dict[str, dt.timedelta] | None = None) -> pa.Table:

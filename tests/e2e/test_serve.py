@@ -125,7 +125,7 @@ def test_http_statuses_and_json_bodies(served):
             "/metrics"} <= set(spec["paths"])
     metrics = http.request("GET", url + "/metrics").data.decode()
     assert 'ralf_ingested_total{table="ratings"}' in metrics
-    assert "ralf_staleness_p99" in metrics
+    assert "ralf_staleness_p99_seconds{" in metrics
 
 
 def test_the_command_line_against_the_server(served):
