@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
 from ralf.http import codec
+from ralf.http.features import feature_routes
 
 if TYPE_CHECKING:
     from ralf.server import Ralf
@@ -176,6 +177,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
                            for e in exc.errors())
         return error(422, "ValidationError", detail or "invalid request")
+
+    app.router.routes.extend(feature_routes(server))  # POST /features, /get-online-features
 
     @app.get("/health", summary="Liveness")
     async def health() -> Response:
