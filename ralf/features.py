@@ -10,7 +10,6 @@ references the ways callers give them (ralf's and Feast's), and the answer,
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,21 +186,3 @@ def _rfc3339(stamp: dt.datetime) -> str:
         return f"{text}.{micros // 1000:03d}Z"
     return f"{text}.{micros:06d}Z"
 
-
-def parse_feast_request(body: bytes) -> tuple[dict[str, list[Any]], list[str], bool]:
-    """Feast's ``/get-online-features`` body: ``{"entities": {...}, "features": [...],
-    "full_feature_names": false}``; anything else is refused naming what is wrong."""
-    try:
-        request = json.loads(body)
-    except ValueError:
-        raise SchemaError("get-online-features: the body is not JSON") from None
-    if not isinstance(request, dict) or not isinstance(request.get("entities"), dict):
-        raise SchemaError("get-online-features: the body needs \"entities\": "
-                          "{column: [values]}")
-    if request.get("feature_service") is not None:
-        raise SchemaError("get-online-features: ralf has no feature services; name the "
-                          "features (\"features\": [\"table:column\"])")
-    full = request.get("full_feature_names", False)
-    if not isinstance(full, bool):
-        raise SchemaError("get-online-features: full_feature_names must be true or false")
-    return request["entities"], request.get("features", []), full

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
 from ralf.http import codec
+from ralf.http.fast import FastPath
 from ralf.http.features import feature_routes
 
 if TYPE_CHECKING:
@@ -168,6 +169,9 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
                   description="Feature tables kept incrementally up to date in DuckDB.")
     app.state.queries = set()  # cancel events of the SQL queries running now
     app.add_middleware(Guard, token=token)
+    # outermost: point queries and feature vectors served from the cache skip the stack
+    app.add_middleware(FastPath, server=server, token=token, limit=MAX_BODY,
+                       on_error=_error_for)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MetricsCollector(server))
 

@@ -2,16 +2,17 @@
 ``POST /get-online-features`` (Feast's feature-server request and response), see
 docs/features.md.
 
-Plain Starlette routes, not FastAPI ones: the body is one small JSON document read once,
-and FastAPI's pydantic validation and dependency solving would cost more than the lookup.
-A request whose tables are all answered from the serving cache runs on the event loop
-(no thread hop, no SQL); one that may refresh a lazy table runs in the thread pool. Errors
-are raised as ralf errors, which the app's Guard answers as 4xx.
+A request is parsed (:func:`parse`), answered (:func:`answer`) and encoded here; the fast
+path (ralf/http/fast.py) calls these on the event loop when no asked table may block, and
+the Starlette routes of :func:`feature_routes` answer everything else (a lazy table's
+refresh, SQL for a sharded worker) in the thread pool. Errors are raised as ralf errors,
+which the app answers as 4xx.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,62 +21,82 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ralf.errors import SchemaError
-from ralf.features import FeatureVectors, feature_refs, parse_feast_request
+from ralf.features import feature_refs
 from ralf.http import codec
 
 if TYPE_CHECKING:
     from ralf.server import Ralf
 
 JSON = "application/json"
+FEAST_ROUTE = "/get-online-features"
+
+
+@dataclass
+class Asked:
+    """A parsed feature-vector request: ``feast`` for Feast's route (its answer shape)."""
+
+    entities: Any
+    features: Any
+    with_staleness: bool = False
+    full_feature_names: bool = False
+    feast: bool = False
+
+
+def parse(path: str, body: bytes) -> Asked:
+    """The request a body of ``path`` (``/features`` or ``/get-online-features``) asks;
+    anything malformed is refused naming what is wrong."""
+    feast = path == FEAST_ROUTE
+    route = path.lstrip("/")
+    try:
+        request = json.loads(body)
+    except ValueError:
+        raise SchemaError(f"{route}: the body is not JSON") from None
+    if not isinstance(request, dict):
+        raise SchemaError(f"{route}: the body must be a JSON object with \"entities\" and "
+                          "\"features\"")
+    if feast and request.get("feature_service") is not None:
+        raise SchemaError(f"{route}: ralf has no feature services; name the features "
+                          "(\"features\": [\"table:column\"])")
+    flag = "full_feature_names" if feast else "with_staleness"
+    value = request.get(flag, False)
+    if not isinstance(value, bool):
+        raise SchemaError(f"{route}: {flag} must be true or false")
+    if feast and not isinstance(request.get("entities"), dict):
+        raise SchemaError(f"{route}: the body needs \"entities\": {{column: [values]}}")
+    return Asked(request.get("entities"), request.get("features"), with_staleness=value and
+                 not feast, full_feature_names=value and feast, feast=feast)
+
+
+def blocks(server: Ralf, asked: Asked) -> bool:
+    """Whether answering may block: a lazy table's refresh, or SQL for a key the serving
+    cache does not hold (a sharded worker)."""
+    tables = dict.fromkeys(table for table, _ in feature_refs(asked.features))
+    return server.partition is not None or any(
+        server.table(table).refreshes_on_query for table in tables)
+
+
+def answer(server: Ralf, asked: Asked, arrow: bool) -> tuple[bytes, str]:
+    """The encoded answer and its media type: Feast's response, Arrow IPC or JSON rows."""
+    vectors = server.feature_vectors(asked.entities, asked.features,
+                                     with_staleness=asked.with_staleness)
+    if asked.feast:
+        return codec.dumps(vectors.to_feast(asked.full_feature_names)), JSON
+    if arrow:
+        return codec.arrow_bytes(vectors.to_arrow(asked.with_staleness)), codec.ARROW
+    columns = vectors.columns(asked.with_staleness)
+    names = [name for name, _, _ in columns]
+    rows = [dict(zip(names, row, strict=True))
+            for row in zip(*(values for _, values, _ in columns), strict=True)]
+    return codec.dumps(rows), JSON
 
 
 def feature_routes(server: Ralf) -> list[Route]:
-    """The two routes, bound to ``server``."""
+    """The two routes, bound to ``server``, answering in the thread pool."""
 
-    async def vectors(entities: Any, features: Any, with_staleness: bool) -> FeatureVectors:
-        refs = feature_refs(features)
-        if any(_refreshes(server, table) for table in dict.fromkeys(t for t, _ in refs)):
-            return await run_in_threadpool(server.feature_vectors, entities, features,
-                                           with_staleness=with_staleness)
-        return server.feature_vectors(entities, features, with_staleness=with_staleness)
+    async def handle(request: Request) -> Response:
+        asked = parse(request.url.path, await request.body())
+        data, media = await run_in_threadpool(
+            answer, server, asked, codec.ARROW in request.headers.get("accept", ""))
+        return Response(data, media_type=media)
 
-    async def features(request: Request) -> Response:
-        body = _json(await request.body(), "features")
-        staleness = body.get("with_staleness", False)
-        if not isinstance(staleness, bool):
-            raise SchemaError("features: with_staleness must be true or false")
-        answer = await vectors(body.get("entities"), body.get("features"), staleness)
-        if codec.ARROW in request.headers.get("accept", ""):
-            return Response(codec.arrow_bytes(answer.to_arrow(staleness)),
-                            media_type=codec.ARROW)
-        columns = answer.columns(staleness)
-        names = [name for name, _, _ in columns]
-        rows = [dict(zip(names, row, strict=True))
-                for row in zip(*(values for _, values, _ in columns), strict=True)]
-        return Response(codec.dumps(rows), media_type=JSON)
-
-    async def feast(request: Request) -> Response:
-        entities, refs, full = parse_feast_request(await request.body())
-        answer = await vectors(entities, refs, False)
-        return Response(codec.dumps(answer.to_feast(full)), media_type=JSON)
-
-    return [Route("/features", features, methods=["POST"]),
-            Route("/get-online-features", feast, methods=["POST"])]
-
-
-def _refreshes(server: Ralf, table: str) -> bool:
-    """Whether a lookup in ``table`` may block (a lazy refresh, or SQL for a key the
-    serving cache does not hold)."""
-    return server.table(table).refreshes_on_query or server.partition is not None
-
-
-def _json(body: bytes, route: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        raise SchemaError(f"{route}: the body is not JSON") from None
-    if not isinstance(parsed, dict):
-        raise SchemaError(f"{route}: the body must be a JSON object with \"entities\" and "
-                          "\"features\"")
-    return parsed
-
+    return [Route(path, handle, methods=["POST"]) for path in ("/features", FEAST_ROUTE)]
