@@ -165,14 +165,21 @@ def measure(url: str, method: str, requests: list[tuple[str, bytes | None]], cli
 
 
 def parity(ralf_url: str, feast_url: str, keys: list[int]) -> str:
-    """Whether ralf's and Feast's /get-online-features answers agree (names, values,
-    statuses; event timestamps are each store's own)."""
-    answers = []
+    """Whether ralf's and Feast's /get-online-features answers agree: per feature name,
+    the values and statuses (event timestamps are each store's own; Feast does not keep
+    the requested order of the features, so the order is compared apart)."""
+    answers, orders = [], []
     for url in (ralf_url, feast_url):
         got = json.loads(urllib3.request("POST", url + "/get-online-features",
                                          body=feast_body(keys), headers=HEADERS).data)
-        answers.append((got["metadata"], [(r["values"], r["statuses"]) for r in got["results"]]))
-    return "same answer" if answers[0] == answers[1] else f"DIFFER: {answers}"
+        names = got["metadata"]["feature_names"]
+        orders.append(names)
+        answers.append({n: (r["values"], r["statuses"])
+                        for n, r in zip(names, got["results"], strict=True)})
+    if answers[0] != answers[1]:
+        return f"DIFFER: {answers}"
+    return "same answer" + ("" if orders[0] == orders[1] else
+                           f" (Feast ordered the features {orders[1]})")
 
 
 def main() -> None:
