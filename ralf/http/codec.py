@@ -65,7 +65,23 @@ def rows_json(table: pa.Table) -> bytes:
 
 def dumps(data: Any) -> bytes:
     """Compact JSON bytes of ``data``, each value as :func:`encode_value` makes it."""
-    return json.dumps(_encode(data), separators=(",", ":"), allow_nan=False).encode()
+    return dumps_encoded(_encode(data))
+
+
+def dumps_encoded(data: Any) -> bytes:
+    """Compact JSON bytes of ``data`` whose values are already as JSON carries them
+    (:func:`encode_column`): no walk over the values."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_column(values: list[Any]) -> list[Any]:
+    """A column's values as :func:`encode_value` makes them; the list itself when every
+    value already is (ints, strings, booleans, finite floats, nulls: one pass, no copy)."""
+    for value in values:
+        kind = type(value)
+        if not (kind in _PLAIN or (kind is float and math.isfinite(value))):
+            return [encode_value(v) for v in values]
+    return values
 
 
 def _encode(data: Any) -> Any:

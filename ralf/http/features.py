@@ -85,9 +85,9 @@ def answer(server: Ralf, asked: Asked, arrow: bool) -> tuple[bytes, str]:
         return codec.arrow_bytes(vectors.to_arrow(asked.with_staleness)), codec.ARROW
     columns = vectors.columns(asked.with_staleness)
     names = [name for name, _, _ in columns]
-    rows = [dict(zip(names, row, strict=True))
-            for row in zip(*(values for _, values, _ in columns), strict=True)]
-    return codec.dumps(rows), JSON
+    encoded = [codec.encode_column(values) for _, values, _ in columns]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*encoded, strict=True)]
+    return codec.dumps_encoded(rows), JSON
 
 
 def feature_routes(server: Ralf) -> list[Route]:
