@@ -17,6 +17,7 @@ import pyarrow as pa
 import urllib3
 
 import ralf.errors as errors
+from ralf.features import entity_columns
 from ralf.http import codec
 from ralf.schema import Record, Schema, as_frame
 from ralf.server import Ralf
@@ -66,6 +67,17 @@ class RalfClient:
             return self._server.historical_query(entity_df, features, timestamp_column,
                                                  by=by)
         return self._http.historical(entity_df, features, timestamp_column, by)
+
+    def get_features(self, entities: Any, features: list[str], *,
+                     with_staleness: bool = False) -> pd.DataFrame:
+        """Current ``"table.column"`` (or ``"table:column"``) features for a batch of
+        entities (a DataFrame, ``{"user": [1, 2]}`` or ``[{"user": 1}, ...]``), one row
+        per entity: the online counterpart of :meth:`historical_query`. Missing keys get
+        nulls; ``with_staleness`` adds per table its rows' status, write time and
+        staleness in seconds (docs/features.md). Over HTTP: one ``POST /features``."""
+        if self._server is not None:
+            return self._server.get_features(entities, features, with_staleness=with_staleness)
+        return self._http.features(entities, features, with_staleness)
 
     def bulk_query(self, table: str, *, with_metadata: bool = False) -> pd.DataFrame:
         """Every row of ``table``, one per key (a lazy table is refreshed first)."""
@@ -211,6 +223,13 @@ class _Http:
         body = codec.arrow_bytes(pa.Table.from_pandas(entity_df, preserve_index=False))
         data = self.request("POST", f"/historical?{query}", accept=codec.ARROW, body=body,
                             content_type=codec.ARROW).data
+        return as_frame(codec.arrow_table(data))
+
+    def features(self, entities: Any, features: list[str], with_staleness: bool
+                 ) -> pd.DataFrame:
+        body = codec.dumps({"entities": entity_columns(entities), "features": list(features),
+                            "with_staleness": with_staleness})
+        data = self.request("POST", "/features", accept=codec.ARROW, body=body).data
         return as_frame(codec.arrow_table(data))
 
     def bulk(self, table: str, with_metadata: bool) -> pd.DataFrame:

@@ -22,6 +22,16 @@ from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import KeyNotFound, OperatorError, RalfError, SchemaError
+from ralf.features import (
+    NOT_FOUND,
+    OUTSIDE_MAX_AGE,
+    PRESENT,
+    FeatureVectors,
+    TableAnswer,
+    entity_columns,
+    feature_refs,
+    key_column,
+)
 from ralf.logs import Progress
 from ralf.pipeline import Pipeline
 from ralf.schema import Record, Schema, as_frame
@@ -528,6 +538,115 @@ class Ralf:
                     result = result.append_column(out, rows.column(column))
         order = [c for c in entities.column_names if c != "__ralf_row"] + out_names
         return result.select(order)
+
+    def get_features(self, entities: Any, features: list[str], *,
+                     with_staleness: bool = False) -> pd.DataFrame:
+        """The current values of several features of several tables for a batch of
+        entities, one row per entity row: the entity columns, then ``"table.column"`` per
+        feature (docs/features.md). ``entities``: a DataFrame, a dict of lists (``{"user":
+        [1, 2]}``) or a list of dicts; each table is looked up by the entity column named
+        like its primary key (or the only entity column). ``features``: ``"table.column"``
+        or Feast's ``"table:column"``. A key without a row (or past the table's TTL) gets
+        nulls. Lazy tables first apply the asked keys' pending appends, in one refresh per
+        table. ``with_staleness`` adds per table ``table._ralf_status`` (PRESENT,
+        NOT_FOUND, OUTSIDE_MAX_AGE), ``table._ralf_updated_at`` and
+        ``table._ralf_staleness`` (seconds of processing time since the oldest append the
+        row has not applied; 0: fresh)."""
+        return as_frame(self.get_features_arrow(entities, features,
+                                                with_staleness=with_staleness))
+
+    def get_features_arrow(self, entities: Any, features: list[str], *,
+                           with_staleness: bool = False) -> pa.Table:
+        """:meth:`get_features` as Arrow."""
+        return self.feature_vectors(entities, features,
+                                    with_staleness=with_staleness).to_arrow(with_staleness)
+
+    def feature_vectors(self, entities: Any, features: list[str], *,
+                        with_staleness: bool = True) -> FeatureVectors:
+        """:meth:`get_features`'s answer before it is encoded (the HTTP routes encode it
+        as Arrow, JSON or Feast's response)."""
+        columns = entity_columns(entities)
+        refs = feature_refs(features)
+        asked: dict[str, list[str]] = {}
+        for table, column in refs:
+            node = self._node(table)
+            if column not in node.schema.columns:
+                raise SchemaError(f"get_features: table {table!r} has no column {column!r} "
+                                  f"(it has {node.schema.names})", table=table, column=column)
+            asked.setdefault(table, []).append(column)
+        answer = FeatureVectors(columns, {}, refs)
+        for table, wanted in asked.items():
+            node = self._node(table)
+            by = key_column(columns, table, node.schema.primary_key)
+            keys = [None if k is None else node.schema.parse_key(k) for k in columns[by]]
+            key_type = node.schema.arrow.field(node.schema.primary_key).type
+            answer.entity_types.setdefault(by, key_type)
+            if answer.entity_types[by] == key_type:
+                columns[by] = keys
+            answer.tables[table] = self._table_answer(node, wanted, keys, with_staleness)
+        return answer
+
+    def _table_answer(self, node: Node, wanted: list[str], keys: list[Any],
+                      with_staleness: bool) -> TableAnswer:
+        unique = list(dict.fromkeys(k for k in keys if k is not None))
+        node.metrics.queries += 1
+        if isinstance(node, FeatureNode):
+            if node.policies.priority is not None:
+                with self._scheduler.lock:
+                    now = self.clock.now()
+                    for key in unique:
+                        self._tell_policy(node, "on_query", key, now)
+            if node.on_lazy_path:
+                errors = self._scheduler.ensure_fresh(node, keys=unique)
+                self._note(errors)
+                _raise_first([e for e in errors
+                              if isinstance(e, OperatorError) and e.table == node.name])
+        entries = {}
+        for key in unique:
+            entry = None if node.cache is None else node.cache.get(key)
+            if entry is None and (node.cache is None or self.partition is not None):
+                row = self.storage.point(node.info, key)
+                entry = None if row is None else (
+                    tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"],
+                    row.get(EVENT_TIME))
+            entries[key] = entry
+        ttl, now = _ttl(node), self.clock.now()
+        positions = [node.schema.names.index(c) for c in wanted]
+        values: list[list[Any]] = [[] for _ in wanted]
+        status, updated, event = [], [], []
+        for key in keys:
+            entry = entries.get(key)
+            if entry is not None and ttl is not None and now - (
+                    entry[2] if node.info.timed else entry[1]) > ttl:
+                status.append(OUTSIDE_MAX_AGE)
+                entry = None
+            else:
+                status.append(NOT_FOUND if entry is None else PRESENT)
+            for out, i in zip(values, positions, strict=True):
+                out.append(None if entry is None else entry[0][i])
+            updated.append(None if entry is None else entry[1])
+            event.append(None if entry is None else entry[2])
+        arrow = node.schema.arrow
+        return TableAnswer(
+            node.name, wanted, [arrow.field(c).type for c in wanted], values, status, updated,
+            event if node.info.event_column is not None else None,
+            self._staleness_of(node, keys, now) if with_staleness else None)
+
+    def _staleness_of(self, node: Node, keys: list[Any], now: dt.datetime) -> list[float]:
+        """Per key, seconds (processing time) since the oldest append its row has not
+        applied; 0 when fresh."""
+        if not isinstance(node, FeatureNode):
+            return [0.0] * len(keys)
+        if node.pending is not None:
+            pending = node.pending.keys
+            since = {k: p.first_at for k in keys if (p := pending.get(k)) is not None}
+        elif node.aligned:
+            summary = self.storage.pending_summary(node.read_keys(
+                [k for k in dict.fromkeys(keys) if k is not None])).to_pydict()
+            since = dict(zip(summary["key"], summary["first_at"], strict=True))
+        else:
+            since = {}
+        return [(now - since[k]).total_seconds() if k in since else 0.0 for k in keys]
 
     def _refresh_for_query(self, node: FeatureNode, key: Any) -> None:
         if not node.on_lazy_path:

@@ -231,11 +231,15 @@ class Scheduler:
                 self._compacted_at = None  # try again next tick
 
     # ---- lazy refresh -----------------------------------------------------------------------
-    def ensure_fresh(self, node: Node, key: Any = None) -> list[RalfError]:
-        """Bring a lazy table (and its lazy ancestors) up to date for one key, or all keys."""
+    def ensure_fresh(self, node: Node, key: Any = None, *, keys: list[Any] | None = None
+                     ) -> list[RalfError]:
+        """Bring a lazy table (and its lazy ancestors) up to date for one key, for ``keys``
+        (one refresh for all of them), or for all keys (neither given)."""
         errors: list[RalfError] = []
+        if keys is None and key is not None:
+            keys = [key]
         with self.turn():
-            self._ensure_fresh(node, key, errors, self.clock.now())
+            self._ensure_fresh(node, keys, errors, self.clock.now())
         return errors
 
     @contextmanager
@@ -253,32 +257,32 @@ class Scheduler:
         while self._waiting > 0 and time.monotonic() < deadline:
             time.sleep(0.0005)
 
-    def _ensure_fresh(self, node: Node, key: Any, errors: list[RalfError], now: dt.datetime
-                      ) -> None:
+    def _ensure_fresh(self, node: Node, keys: list[Any] | None, errors: list[RalfError],
+                      now: dt.datetime) -> None:
         if not isinstance(node, FeatureNode) or not node.on_lazy_path:
             return
         if not node.aligned:
-            key = None
-        self._ensure_fresh(node.parent, key, errors, now)
+            keys = None
+        self._ensure_fresh(node.parent, keys, errors, now)
         if not self._due(node):
             return
-        self.guarded(node, errors, self._refresh_lazy, node, key, errors, now)
+        self.guarded(node, errors, self._refresh_lazy, node, keys, errors, now)
 
-    def _refresh_lazy(self, node: FeatureNode, key: Any, errors: list[RalfError],
-                      now: dt.datetime) -> int:
+    def _refresh_lazy(self, node: FeatureNode, wanted: list[Any] | None,
+                      errors: list[RalfError], now: dt.datetime) -> int:
         node.now = now
         if getattr(node, "windowed", False):  # the exact window as of now
-            if key is None:
+            if wanted is None:
                 return refresh(node, None, errors, self.max_failures, now)
-            return 0 if key in node.held else refresh(node, [key], errors, self.max_failures,
-                                                      now)
+            keys = [k for k in dict.fromkeys(wanted) if k not in node.held]
+            return refresh(node, keys, errors, self.max_failures, now)
         follow_lookup(node)
         if node.pending is None:  # an eager table below a lazy one: refreshed in full
             return refresh(node, None, errors, self.max_failures, now) if node.has_work() else 0
-        if key is None:
+        if wanted is None:
             keys = node.stale_keys()
         else:
-            keys = [key] if key in node.pending and key not in node.held else []
+            keys = [k for k in dict.fromkeys(wanted) if k in node.pending and k not in node.held]
         if not keys:
             return 0
         crashpoint("lazy.before_refresh")

@@ -30,7 +30,8 @@ from prometheus_client.core import (
 from pydantic import BaseModel, Field
 
 from ralf.errors import KeyNotFound, QueryError, RalfError, SchemaError, TableNotFound
-from ralf.http import codec, console, docs
+from ralf.http import codec, console, docs, features
+from ralf.http.fast import FastPath
 from ralf.http.models import (
     ROWS_OR_ARROW,
     Health,
@@ -203,6 +204,9 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
                        description="Feature tables kept incrementally up to date in DuckDB.")
     app.state.queries = set()  # cancel events of the SQL queries running now
     app.add_middleware(Guard, token=token)
+    # outermost: point queries and feature vectors served from the cache skip the stack
+    app.add_middleware(FastPath, server=server, token=token, limit=MAX_BODY,
+                       on_error=_error_for)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_MetricsCollector(server))
     console.include(app, server, registry)
@@ -213,6 +217,8 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
         detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
                            for e in exc.errors())
         return error(422, "ValidationError", detail or "invalid request")
+
+    features.include(app, server)  # POST /features, /get-online-features
 
     @app.get("/health", summary="Liveness (no token needed)", response_model=Health)
     async def health() -> Response:

@@ -128,3 +128,41 @@ ROWS_OR_ARROW: dict[int | str, dict[str, Any]] = {200: {
     "description": "The rows as JSON objects, or as an Arrow IPC stream when the request "
                    f"says `Accept: {ARROW}`",
     "content": {ARROW: {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+class FeaturesRequest(BaseModel):
+    """The body of ``POST /features``: entity rows (``{column: [values]}`` or a list of
+    ``{column: value}``) and the features asked, ``"table.column"`` or ``"table:column"``."""
+
+    entities: dict[str, list[Any]] | list[dict[str, Any]]
+    features: list[str] = Field(examples=[["average.average", "counts.n"]])
+    with_staleness: bool = False
+
+
+class FeastRequest(BaseModel):
+    """The body of ``POST /get-online-features``, as Feast's feature server takes it."""
+
+    features: list[str] = Field(examples=[["average:average"]])
+    entities: dict[str, list[Any]]
+    full_feature_names: bool = False
+
+
+class FeastMetadata(BaseModel):
+    """The names of the answer's columns: entity columns, then the features."""
+
+    feature_names: list[str]
+
+
+class FeastResult(BaseModel):
+    """One column of Feast's answer, a value, status and timestamp per entity row."""
+
+    values: list[Any]
+    statuses: list[Literal["PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"]]
+    event_timestamps: list[str]
+
+
+class FeastResponse(BaseModel):
+    """``POST /get-online-features``: Feast's feature-server answer."""
+
+    metadata: FeastMetadata
+    results: list[FeastResult]

@@ -45,3 +45,11 @@ def test_rows_json_holds_infinite_timestamps_and_arrow_round_trips():
     assert json.loads(codec.rows_json(table)) == [
         {"t": "infinity"}, {"t": "1970-01-01T00:00:00"}, {"t": None}]
     assert codec.arrow_table(codec.arrow_bytes(table)).equals(table)
+
+
+def test_a_plain_column_passes_through_and_any_other_is_encoded_value_by_value():
+    plain = [1, "a", True, 2.5, None]
+    assert codec.encode_column(plain) is plain
+    odd = [1.0, math.inf, dt.datetime(2024, 1, 2), b"\x00"]
+    assert codec.encode_column(odd) == [1.0, "Infinity", "2024-01-02T00:00:00", "AA=="]
+    assert codec.dumps_encoded(codec.encode_column(odd)) == codec.dumps(odd)
