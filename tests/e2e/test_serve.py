@@ -151,10 +151,13 @@ def test_the_command_line_against_the_server(served):
     assert "read-only" in out.stdout + out.stderr  # the shell cannot touch the served data
 
 
-def test_serve_prints_progress(served):
+def test_serve_logs_progress(served):
     proc = served[1]
-    line = proc.stdout.readline()
-    assert line.startswith("ralf: tick")
+    for _ in range(100):  # a line every 0.2 s (--log-every), after any other records
+        line = proc.stderr.readline()
+        if "logger=ralf.progress" in line:
+            break
+    assert "level=info" in line and "records ingested" in line, line
 
 
 @pytest.mark.parametrize("command", ["serve", "tables", "status", "query", "bulk", "sql",
