@@ -24,6 +24,14 @@ from prometheus_client.core import HistogramMetricFamily
 from ralf.engine.histogram import LATENCY_BOUNDS, Histogram
 from ralf.engine.node import FeatureNode, SqlTableNode
 from ralf.http import codec
+from ralf.http.models import (
+    KeyLists,
+    MetricsSamples,
+    PipelineGraph,
+    Row,
+    RowsPage,
+    errors,
+)
 
 if TYPE_CHECKING:
     from ralf.server import Ralf
@@ -196,18 +204,21 @@ def include(app: FastAPI, server: Ralf, registry: CollectorRegistry) -> None:
                             media_type="application/json")
         return _static(name)
 
-    @app.get("/status/history", summary="Metrics samples of the last minutes, oldest first")
+    @app.get("/status/history", summary="Metrics samples of the last minutes, oldest first",
+             response_model=MetricsSamples, responses=errors(401, 422))
     def status_history(since: float = 0.0) -> Response:
         if not history.running:  # served without the runner (tests): sample on demand
             history.sample()
         return _json({"every": history.every,
                       "samples": [s for s in list(history.samples) if s["t"] > since]})
 
-    @app.get("/ui/api/graph", summary="The pipeline graph: tables, kinds, parents, lookups")
+    @app.get("/ui/api/graph", summary="The pipeline graph: tables, kinds, parents, lookups",
+             response_model=PipelineGraph, responses=errors(401))
     def pipeline_graph() -> Response:
         return _json(graph(server))
 
-    @app.get("/ui/api/rows/{table}", summary="A page of a table's rows, by key")
+    @app.get("/ui/api/rows/{table}", summary="A page of a table's rows, by key",
+             response_model=RowsPage, responses=errors(400, 401, 404, 422))
     def rows(table: str, offset: int = 0, limit: int = 100) -> Response:
         if not (0 <= limit <= MAX_ROWS_PAGE and offset >= 0):
             return _json({"error": "QueryError", "message": f"limit must be 0..{MAX_ROWS_PAGE}"
@@ -217,7 +228,8 @@ def include(app: FastAPI, server: Ralf, registry: CollectorRegistry) -> None:
             data.num_rows, offset, codec.rows_json(data.slice(offset, limit))),
             media_type="application/json")
 
-    @app.get("/ui/api/keys/{table}", summary="A table's quarantined keys and stalest keys")
+    @app.get("/ui/api/keys/{table}", summary="A table's quarantined keys and stalest keys",
+             response_model=KeyLists, responses=errors(400, 401, 404, 422))
     def keys(table: str, limit: int = 20) -> Response:
         if not 0 <= limit <= MAX_ROWS_PAGE:
             return _json({"error": "QueryError", "message": f"limit must be 0..{MAX_ROWS_PAGE}"},
@@ -228,7 +240,8 @@ def include(app: FastAPI, server: Ralf, registry: CollectorRegistry) -> None:
             codec.rows_json(pa.Table.from_pandas(stale.head(limit), preserve_index=False))),
             media_type="application/json")
 
-    @app.get("/ui/api/history/{table}/{key:path}", summary="A key's versions, newest first")
+    @app.get("/ui/api/history/{table}/{key:path}", summary="A key's versions, newest first",
+             response_model=list[Row], responses=errors(400, 401, 404, 422))
     async def key_history(table: str, key: str, limit: int = 100) -> Response:
         if not 0 <= limit <= MAX_VERSIONS:
             return _json({"error": "QueryError", "message": f"limit must be 0..{MAX_VERSIONS}"},
