@@ -166,3 +166,53 @@ class FeastResponse(BaseModel):
 
     metadata: FeastMetadata
     results: list[FeastResult]
+
+
+class MetricsSamples(BaseModel):
+    """``GET /status/history``: samples of ``Ralf.metrics()`` taken every ``every``
+    seconds, oldest first; each has ``t`` (Unix seconds, wall clock), ``ticks`` and per
+    table the sampled counters and gauges."""
+
+    every: float
+    samples: list[dict[str, Any]]
+
+
+class GraphNode(BaseModel):
+    """A table of the pipeline graph: its kind and layer (longest path from a source)."""
+
+    name: str
+    kind: str
+    layer: int
+
+
+class GraphEdge(BaseModel):
+    """An edge of the pipeline graph from a parent or looked-up table (``role``)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    from_: str = Field(alias="from")
+    to: str
+    role: Literal["parent", "lookup"]
+
+
+class PipelineGraph(BaseModel):
+    """``GET /ui/api/graph``: the pipeline's tables, their edges and aliases."""
+
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+    aliases: dict[str, str]
+
+
+class RowsPage(BaseModel):
+    """``GET /ui/api/rows/{table}``: a page of rows and the table's row count."""
+
+    total: int
+    offset: int
+    rows: list[Row]
+
+
+class KeyLists(BaseModel):
+    """``GET /ui/api/keys/{table}``: quarantined keys and the stalest keys with their
+    staleness."""
+
+    quarantined: list[Any]
+    stalest: list[Row]
