@@ -23,7 +23,7 @@ from prometheus_client.core import HistogramMetricFamily
 
 from ralf.engine.histogram import LATENCY_BOUNDS, Histogram
 from ralf.engine.node import FeatureNode, SqlTableNode
-from ralf.http import codec
+from ralf.http import codec, fast
 from ralf.http.models import (
     KeyLists,
     MetricsSamples,
@@ -128,11 +128,13 @@ class RequestTimer:
             await self.app(scope, receive, send)
         finally:
             took = time.perf_counter() - start
-            route = scope.get("route")  # set by the router on the shared scope
-            if route is not None:
-                _observe(self.routes, route.path, took)
+            # the template: set by the router on the shared scope, or by the fast path
+            route = scope.get("route")
+            template = route.path if route is not None else scope.get(fast.ROUTE)
+            if template is not None:
+                _observe(self.routes, template, took)
                 table = scope.get("path_params", {}).get("table")
-                if route.path.startswith("/table/") and self._known(table):
+                if template.startswith("/table/") and self._known(table):
                     _observe(self.tables, table, took)
 
     def _known(self, table: str | None) -> bool:

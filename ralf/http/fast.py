@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 _JSON = [(b"content-type", b"application/json")]
 _ARROW = [(b"content-type", codec.ARROW.encode())]
 _VECTOR_ROUTES = ("/features", FEAST_ROUTE)
+ROUTE = "ralf.route"  # the scope entry naming the route template the fast path answered
+POINT_ROUTE = "/table/{table}/{key:path}"  # the app's template of the route
 
 
 class FastPath:
@@ -63,6 +65,9 @@ class FastPath:
         server = self.server
         if not key or server.partition is not None or not self._allowed(scope):
             return False
+        # what the router would have set, for the request timer (console.RequestTimer)
+        scope[ROUTE] = POINT_ROUTE
+        scope["path_params"] = {"table": table, "key": key}
         try:
             if server.table(table).refreshes_on_query:
                 return False
@@ -93,6 +98,7 @@ class FastPath:
         try:
             asked = parse(path, body)
             if not blocks(self.server, asked):
+                scope[ROUTE] = path
                 arrow = codec.ARROW.encode() in (self._header(scope, b"accept") or b"")
                 data, media = answer(self.server, asked, arrow)
                 await _send(send, data, _ARROW if media == codec.ARROW else _JSON)
