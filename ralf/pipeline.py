@@ -20,6 +20,7 @@ from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode, SqlTab
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import SchemaError, TableNotFound
+from ralf.evolve import MODES, REBUILD, SOURCE_CHANGE, differences, digest, operator_identity
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import Other
 from ralf.ivm.windows import EXPIRES, FIRST, LAST, TILE, WindowAggregate
@@ -34,8 +35,15 @@ class Pipeline:
     earlier run stored but this one did not define), created against the catalog."""
 
     def __init__(self, storage: Storage, scheduler: Scheduler, *, path: str | None,
-                 partition: KeyPartition | None, executor: str, num_replicas: int) -> None:
+                 partition: KeyPartition | None, executor: str, num_replicas: int,
+                 evolve: str = "refuse") -> None:
+        if evolve not in MODES:
+            raise ValueError(f"evolve must be one of {MODES}, got {evolve!r}")
+        if evolve == REBUILD and partition is not None:
+            raise ValueError("evolve='rebuild' is not supported with shards yet")
         self.storage, self.scheduler = storage, scheduler
+        self.evolve = evolve
+        self.rebuilt: list[str] = []  # tables this run found changed and rebuilt
         self.lock = scheduler.lock  # the engine lock: the graph changes under it
         self.path, self.partition = path, partition
         self.executor, self.num_replicas = executor, num_replicas
@@ -84,9 +92,10 @@ class Pipeline:
     def add_operator_table(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
                            schema: Schema | None, name: str | None, lazy: bool,
                            budget: int | None, lookup: Node | None = None,
-                           on: str | None = None) -> OperatorNode:
+                           on: str | None = None, version: str | None = None) -> OperatorNode:
         """A feature table a Python operator derives from ``parent`` (a lookup join with
-        ``lookup`` when given)."""
+        ``lookup`` when given); ``version``: the operator's, else a hash of its code
+        identifies it (ralf/evolve.py)."""
         check_budget(budget)
         _refuse_windowed_parent(parent)
         if lookup is not None and self.partition is not None:
@@ -120,7 +129,8 @@ class Pipeline:
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name,
             lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy, timed=timed,
-            retracts=_retracts(parent)))
+            retracts=_retracts(parent),
+            definition=self._reads(operator_identity(operator, version), parent, lookup)))
         node = OperatorNode(info, self.storage, parent, instance, lookup, budget)
         node.remake = _remaker(operator, instance, args, kwargs, schema, what)
         if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
@@ -158,12 +168,10 @@ class Pipeline:
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         delta = isinstance(plan, DeltaAggregate)
-        if delta:
-            described = self.storage.describe(plan.query(source))
-            helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
-        else:
-            described = self.storage.describe(plan.query)
-            helpers = []
+        query = plan.query(source) if delta else plan.query
+        described = self.storage.describe(query)
+        helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:] if (
+            delta) else []
         columns = {column: python_type(sql) for column, sql in described}
         schema = Schema(plan.key, columns)
         derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
@@ -171,7 +179,7 @@ class Pipeline:
             name, FEATURE, schema, parent=parent.name, lazy=lazy, hidden=helpers,
             derived=derived, lookup=lookup.name if lookup else None,
             lookup_on=plan.lookup.on if lookup else None, timed=timed,
-            retracts=_retracts(parent)))
+            retracts=_retracts(parent), definition=self._reads({"query": query}, parent, lookup)))
         node = SqlTableNode(info, self.storage, parent, plan, budget, lookup)
         self._register(node)
         return node
@@ -183,15 +191,16 @@ class Pipeline:
             raise SchemaError("windowed aggregate: not supported with shards yet")
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
-        columns = {column: python_type(sql)
-                   for column, sql in self.storage.describe(plan.query(source))}
+        query = plan.query(source)
+        columns = {column: python_type(sql) for column, sql in self.storage.describe(query)}
         schema = Schema(plan.key, columns)
         helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
         key_type = parent.schema.sql_type(plan.key)
         tiles = [(plan.key, key_type), (TILE, "BIGINT"), *helpers, (FIRST, "TIMESTAMP"),
                  (LAST, "TIMESTAMP")]
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
-                                      hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles))
+                                      hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles,
+                                      definition=self._reads({"query": query}, parent, None)))
         stored = self.storage.setting(f"tiles:{name}", plan.layout())
         if stored != plan.layout():
             raise SchemaError(f"table {name!r} already exists in {self.path!r} with tiles of "
@@ -242,27 +251,61 @@ class Pipeline:
             self.scheduler.features.append(node)
             self.nodes[node.name] = node
 
+    def _reads(self, definition: dict[str, Any], parent: Node, lookup: Node | None
+               ) -> dict[str, Any]:
+        """A feature table's definition: what computes it, and the digests of the tables it
+        reads as this run defines them (a rebuilt one invalidates it)."""
+        read = [parent] + ([lookup] if lookup is not None else [])
+        return {**definition, "reads": {n.name: digest(self.catalog[n.name]) for n in read}}
+
     def _define(self, info: TableInfo) -> TableInfo:
-        """Create the table, or check that the stored one has the same definition."""
+        """Create the table, or check that the stored one has the same definition (rebuild
+        it if it has not and this run evolves the pipeline)."""
         existing = self.catalog.get(info.name)
         if existing is None:
             info.watermark = self.storage.seq_base
             self.storage.create_table(info)
             self.catalog[info.name] = info
             return info
-        if existing.kind != info.kind or existing.schema != info.schema or (
-                existing.parent != info.parent) or existing.changelog != info.changelog:
+        reasons = differences(existing, info)
+        if reasons and (info.kind == SOURCE or existing.kind == SOURCE):
             raise SchemaError(
                 f"table {info.name!r} already exists in {self.path!r} with another definition "
-                f"({existing.kind} {existing.schema!r} from {existing.parent!r}); "
-                f"choose another name",
-                table=info.name)
+                f"({'; '.join(reasons)}); {SOURCE_CHANGE}", table=info.name)
+        if reasons and self.evolve != REBUILD:
+            raise SchemaError(
+                f"table {info.name!r} already exists in {self.path!r} with another definition "
+                f"({'; '.join(reasons)}); see what changed with `ralf plan PIPELINE.py`, "
+                "rebuild it and the tables reading it with `ralf apply` (or "
+                "Ralf(..., evolve='rebuild')), or choose another name", table=info.name)
+        if reasons:  # rebuilt by replay from its parent's log, as a new table would be
+            info.watermark = self.storage.seq_base
+            self.storage.replace_table(info)
+            self.catalog[info.name] = info
+            self.rebuilt.append(info.name)
+            return info
         info.watermark = existing.watermark
-        if (existing.lazy, existing.lookup, existing.lookup_on) != (
-                info.lazy, info.lookup, info.lookup_on):
+        if (existing.lazy, existing.lookup, existing.lookup_on, existing.definition) != (
+                info.lazy, info.lookup, info.lookup_on, info.definition):
             self.storage.update_definition(info)
         self.catalog[info.name] = info
         return info
+
+    def removed(self) -> list[str]:
+        """Stored tables this run has not defined (so far)."""
+        return [name for name in self.catalog if name not in self.nodes]
+
+    def drop(self, name: str) -> None:
+        """Drop a stored table this run has not defined, with everything kept about it."""
+        if name in self.nodes or name in self.aliases:
+            raise ValueError(f"{name!r} is defined by this pipeline; only a removed table "
+                             "can be dropped")
+        if name not in self.catalog:
+            raise TableNotFound(f"no table named {name!r}")
+        with self.lock:
+            self.storage.drop_table(name)
+            del self.catalog[name]
+            self.stored.pop(name, None)
 
     def _new_name(self, name: str | None, obj: Any) -> str:
         if name is None:

@@ -57,13 +57,17 @@ class Ralf:
     PostgreSQL database; it ingests and refreshes only the keys its shard owns (a stable
     hash of the routing key), and together the shards produce the one-process result.
     ``query_timeout``: seconds a client SQL query may run (None: no limit).
+    ``evolve``: what a table the database stores with another definition meets (a new
+    column, another query, an edited operator; docs/evolve.md): ``"refuse"`` (an error
+    saying what changed) or ``"rebuild"`` (it and the tables reading it are rebuilt by
+    replay from the log).
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
                  clock: Clock | None = None, history_retention: float | None = None,
                  memory_limit: str | None = None, executor: str = "local",
                  num_replicas: int = 1, shard: int = 0, num_shards: int = 1,
-                 query_timeout: float | None = 30.0) -> None:
+                 query_timeout: float | None = 30.0, evolve: str = "refuse") -> None:
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         if num_replicas < 1:
@@ -85,7 +89,7 @@ class Ralf:
         self.clock = self._scheduler.clock
         self.pipeline = Pipeline(self.storage, self._scheduler, path=path,
                                  partition=self.partition, executor=executor,
-                                 num_replicas=num_replicas)
+                                 num_replicas=num_replicas, evolve=evolve)
         self.errors: deque[RalfError] = deque(maxlen=1000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -245,6 +249,21 @@ class Ralf:
         """The audit of forgets: per request, the table, a SHA-256 of the key, when it was
         asked and done, and what it removed (JSON)."""
         return self.storage.forgotten().to_pandas()
+
+    def removed_tables(self) -> list[str]:
+        """Tables the database stores that this pipeline has not defined (docs/evolve.md):
+        kept, and answered from the database, until :meth:`drop_table`."""
+        return self.pipeline.removed()
+
+    def rebuilt_tables(self) -> list[str]:
+        """Tables this run found changed and is rebuilding by replay (``evolve="rebuild"``)."""
+        return list(self.pipeline.rebuilt)
+
+    def drop_table(self, name: str) -> None:
+        """Drop a stored table this pipeline no longer defines, its history and progress
+        with it (in one transaction)."""
+        self._check_open()
+        self.pipeline.drop(name)
 
     def snapshot(self, directory: str | None = None) -> str:
         """A consistent copy of the database file (for ``ralf shell`` while serving). On

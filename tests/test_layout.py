@@ -14,7 +14,7 @@ FLOORS = {
     0: ("ralf.errors", "ralf.clock", "ralf.durations", "ralf.faults", "ralf.schema"),
     1: ("ralf.operators", "ralf.policies", "ralf.ivm", "ralf.sources", "ralf.storage"),
     2: ("ralf.engine",),
-    3: ("ralf.pipeline", "ralf.table"),
+    3: ("ralf.pipeline", "ralf.table", "ralf.evolve"),
     4: ("ralf.server", "ralf.client", "ralf.http", "ralf.cli", "ralf.testing", "ralf"),
 }
 
