@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -199,6 +200,52 @@ def shell(args: argparse.Namespace) -> int:
             client.drop_snapshot(target)
 
 
+def pipeline_plan(pipeline: str, db: str | None, *, drop_removed: bool = False) -> Any:
+    """What applying a pipeline file to ``db`` would change (a :class:`ralf.evolve.Plan`):
+    its tables as built on an empty in-memory database, against the ones ``db`` stores."""
+    from ralf.evolve import plan
+    from ralf.server import Ralf
+
+    build = load_pipeline(pipeline)
+    with Ralf() as scratch:
+        build(scratch)
+        defined = scratch.pipeline.catalog
+    with Ralf(db) as target:
+        stored = target.pipeline.catalog
+    # a SQL table's types are the backend's; its query and parents decide them anyway
+    return plan(stored, defined, schemas=not is_postgres_url(db), drop_removed=drop_removed)
+
+
+def plan_pipeline(args: argparse.Namespace) -> int:
+    """Print what ``ralf apply`` would change: new, changed, removed tables, the ones a
+    change invalidates, and what identifies each operator (``--json``: as JSON)."""
+    found = pipeline_plan(args.pipeline, args.db)
+    print(json.dumps(found.to_dict(), indent=2) if args.json else found.render())
+    return 0
+
+
+def apply_pipeline(args: argparse.Namespace) -> int:
+    """Print the plan, then carry it out: create new tables, rebuild changed ones and the
+    tables reading them by replay until a tick finds nothing to do, drop removed tables
+    with ``--drop-removed``."""
+    from ralf.server import Ralf
+
+    found = pipeline_plan(args.pipeline, args.db, drop_removed=args.drop_removed)
+    print(found.render(), flush=True)
+    build = load_pipeline(args.pipeline)
+    with Ralf(args.db, evolve="rebuild") as server:
+        build(server)
+        if args.drop_removed:
+            for name in server.removed_tables():
+                server.drop_table(name)
+        ticks = 0
+        while server.step():
+            ticks += 1
+        print(f"ralf: applied ({', '.join(server.rebuilt_tables()) or 'nothing'} rebuilt, "
+              f"{ticks} ticks)", flush=True)
+    return 0
+
+
 def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("RALF_URL", DEFAULT_URL),
                         help=f"server URL (default: $RALF_URL or {DEFAULT_URL})")
@@ -278,7 +325,27 @@ def parser() -> argparse.ArgumentParser:
                    help="after --, passed to duckdb or psql (e.g. -- -c 'SELECT 1')")
     _add_connection(p)
     p.set_defaults(run=shell)
+    _add_evolve(sub)
     return top
+
+
+def _add_evolve(sub: Any) -> None:
+    """The ``plan`` and ``apply`` subcommands (docs/evolve.md)."""
+    p = sub.add_parser("plan", help="what applying a pipeline file to --db would change",
+                       description="Compare the tables PIPELINE defines with the ones --db "
+                                   "stores: new, changed (and why), invalidated, removed.")
+    p.add_argument("pipeline", help="Python file defining build(server)")
+    p.add_argument("--db", required=True, help="DuckDB file, or a postgresql:// URL")
+    p.add_argument("--json", action="store_true", help="the plan as JSON")
+    p.set_defaults(run=plan_pipeline)
+    p = sub.add_parser("apply", help="carry out the plan: create, rebuild, drop tables",
+                       description="Print the plan, then create new tables and rebuild "
+                                   "changed ones and their descendants by replay.")
+    p.add_argument("pipeline", help="Python file defining build(server)")
+    p.add_argument("--db", required=True, help="DuckDB file, or a postgresql:// URL")
+    p.add_argument("--drop-removed", action="store_true",
+                   help="drop stored tables the pipeline no longer defines")
+    p.set_defaults(run=apply_pipeline)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import marshal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,19 +28,32 @@ SOURCE_CHANGE = ("a source's log is its data, which a rebuild cannot bring back:
 
 def operator_identity(operator: Any, version: str | None) -> dict[str, str]:
     """What identifies a Python operator's code: the ``version`` its author gave, else a
-    hash of its class's source (of its methods' bytecode where the source is not
-    available, e.g. a class typed into a REPL)."""
+    hash of its class's source (of its methods', or their bytecode's, where the class's
+    is not available). Code the class calls elsewhere is not part of it: a changed
+    helper needs a new ``version``."""
     if version is not None:
         if not isinstance(version, str | int) or isinstance(version, bool):
             raise ValueError(f"version must be a string or an int, got {version!r}")
         return {"version": str(version)}
     cls = operator if isinstance(operator, type) else type(operator)
     try:
-        code = inspect.getsource(cls).encode()
-    except (OSError, TypeError):
-        code = b"".join(marshal.dumps(f.__code__) for _, f in sorted(vars(cls).items())
-                        if hasattr(f, "__code__"))
-    return {"code": hashlib.sha256(code).hexdigest()[:12]}
+        code = inspect.getsource(cls)
+    except (OSError, TypeError):  # e.g. its module is not in sys.modules: method by method
+        code = "\n".join(_function_text(f) for _, f in sorted(vars(cls).items())
+                         if inspect.isfunction(f))
+    return {"code": hashlib.sha256(code.encode()).hexdigest()[:12]}
+
+
+def _function_text(function: Any) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):  # typed into a REPL: its bytecode, without where it was
+        return _code_text(function.__code__)
+
+
+def _code_text(code: Any) -> str:
+    consts = [_code_text(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
+    return repr((code.co_code, code.co_names, code.co_varnames, consts))
 
 
 def digest(info: TableInfo) -> str:

@@ -1,0 +1,220 @@
+"""Pipelines that evolve (ralf/evolve.py, docs/evolve.md): what changed is detected and
+shown, refused by default, rebuilt by replay on request (equal to a build from scratch),
+and a rebuild a SIGKILL interrupts is finished on reopen."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ralf import Ralf
+from ralf.cli import load_pipeline, main, pipeline_plan
+from ralf.errors import SchemaError, TableNotFound
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A pipeline file; the tests edit it the way its author would
+PIPELINE = '''
+from ralf import Operator, Record
+from ralf.testing import ListSource
+from tests.pipelines import AVERAGE, RATINGS, ratings
+
+
+class Average(Operator):
+    def __init__(self, schema):
+        self.sums = {{}}
+
+    def on_record(self, record):
+        s, n = self.sums.get(record.user, (0.0, 0))
+        s, n = s + record.rating{edit}, n + 1
+        self.sums[record.user] = (s, n)
+        return Record(user=record.user, average=s / n, n=n)
+
+
+def build(server):
+    ratings_ = server.create_source(ListSource, (RATINGS, ratings(600), 50), name="ratings")
+    average = ratings_.map(Average, (AVERAGE,), name="average"{version})
+    average.sql("SELECT user, average * 2 AS twice FROM average", name="twice")
+    ratings_.sql("SELECT user, {total}(rating) AS total FROM ratings GROUP BY user",
+                 name="total")
+{extra}
+'''
+EXTRA = '    ratings_.aggregate(by="user", name="counts", n=("*", "count"))\n'
+
+
+def write(tmp_path: Path, name: str = "pipeline.py", *, edit: str = "", version: str = "",
+          total: str = "sum", extra: str = "") -> str:
+    """Write the pipeline file with the given edits; returns its path."""
+    path = tmp_path / name
+    path.write_text(PIPELINE.format(edit=edit, version=version, total=total, extra=extra))
+    return str(path)
+
+
+def run(pipeline: str, db: str | None, **options) -> Ralf:
+    """Build the pipeline file on ``db`` and run it until drained (left open)."""
+    server = Ralf(db, **options)
+    load_pipeline(pipeline)(server)
+    server.run()
+    return server
+
+
+def tables(server: Ralf, names: list[str]) -> dict[str, pd.DataFrame]:
+    return {n: server.bulk_query(n).sort_values("user").reset_index(drop=True) for n in names}
+
+
+def assert_same(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame]) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name], check_dtype=False, obj=name)
+
+
+def oracle(pipeline: str, names: list[str]) -> dict[str, pd.DataFrame]:
+    """The tables the pipeline gives built from scratch, in memory."""
+    with run(pipeline, None) as fresh:
+        return tables(fresh, names)
+
+
+def test_a_changed_table_is_refused_by_default_saying_what_changed(tmp_path, database):
+    run(write(tmp_path), database).close()
+    with Ralf(database) as server, pytest.raises(SchemaError) as refused:
+        load_pipeline(write(tmp_path, "v2.py", total="avg"))(server)
+    text = str(refused.value)
+    assert "'total'" in text and "sum(rating)" in text and "avg(rating)" in text
+    assert "ralf plan" in text and "ralf apply" in text and "evolve='rebuild'" in text
+    with Ralf(database) as server:  # refused, nothing was changed
+        load_pipeline(write(tmp_path))(server)
+        assert server.rebuilt_tables() == []
+
+
+def test_the_plan_shows_new_changed_removed_and_invalidated_tables(tmp_path, database):
+    run(write(tmp_path, extra=EXTRA), database).close()
+    plan = pipeline_plan(write(tmp_path, "v2.py", edit=" * 2", total="avg"), database)
+    status = {c.name: c.status for c in plan.changes}
+    assert status == {"ratings": "unchanged", "average": "changed", "twice": "invalidated",
+                      "total": "changed", "counts": "removed"}
+    average = next(c for c in plan.changes if c.name == "average")
+    assert average.invalidates == ["twice"] and average.identity.startswith("code hash ")
+    assert average.reasons[0].startswith("operator code hash ")
+    text = plan.render()
+    assert "~ average: changed [code hash" in text and "invalidates: twice" in text
+    assert "- counts: removed (kept; drop with --drop-removed)" in text
+    assert "2 changed, 1 invalidated, 1 removed" in text
+    assert json.loads(json.dumps(plan.to_dict()))["tables"][1]["invalidates"] == ["twice"]
+    unchanged = pipeline_plan(write(tmp_path, extra=EXTRA), database)
+    assert unchanged.empty and "no changes" in unchanged.render()
+
+
+def test_an_aggregate_function_changed_with_the_same_output_type_is_detected(tmp_path):
+    db = str(tmp_path / "f.duckdb")
+    run(write(tmp_path), db).close()
+    plan = pipeline_plan(write(tmp_path, "v2.py", total="avg"), db)
+    (total,) = [c for c in plan.changes if c.status == "changed"]
+    assert total.name == "total" and "avg(rating)" in total.reasons[0]
+
+
+def test_a_version_set_by_the_author_identifies_the_operator(tmp_path):
+    db = str(tmp_path / "f.duckdb")
+    run(write(tmp_path, version=', version="3"'), db).close()
+    # the code is edited, the version is not: the author says it computes the same
+    same = pipeline_plan(write(tmp_path, "v2.py", edit=" + 0", version=', version="3"'), db)
+    assert same.empty and "average: unchanged [version 3]" in same.render()
+    bumped = pipeline_plan(write(tmp_path, "v3.py", edit=" + 0", version=", version=4"), db)
+    (average,) = [c for c in bumped.changes if c.name == "average"]
+    assert average.reasons == ["operator version 3 -> version 4"]
+    assert bumped.by_status("invalidated") == ["twice"]
+
+
+def test_rebuild_equals_a_build_from_scratch(tmp_path, database):
+    names = ["average", "twice", "total"]
+    run(write(tmp_path), database).close()
+    v2 = write(tmp_path, "v2.py", edit=" * 2", total="avg")
+    with run(v2, database, evolve="rebuild") as server:
+        assert server.rebuilt_tables() == names
+        assert_same(tables(server, names), oracle(v2, names))
+    with Ralf(database) as server:  # the new definitions are the stored ones now
+        load_pipeline(v2)(server)
+        assert server.rebuilt_tables() == []
+    assert pipeline_plan(v2, database).empty
+
+
+def test_a_table_stored_without_a_definition_is_adopted(tmp_path, database):
+    run(write(tmp_path), database).close()
+    with Ralf(database) as server:  # as a database written before migration 0009
+        with server.storage._transaction() as tx:  # noqa: SLF001 - forging an old catalog
+            tx.execute("UPDATE ralf.tables SET definition = NULL")
+    plan = pipeline_plan(write(tmp_path, "v2.py", edit=" * 2"), database)
+    assert plan.by_status("adopted") == ["average", "twice", "total"]
+    assert "average: stored without a definition: adopting the current one" in plan.render()
+    with Ralf(database) as server:
+        load_pipeline(write(tmp_path, "v2.py", edit=" * 2"))(server)
+        assert server.rebuilt_tables() == []
+    assert pipeline_plan(write(tmp_path, "v2.py", edit=" * 2"), database).empty
+
+
+def test_removed_tables_are_kept_until_dropped(tmp_path, database):
+    run(write(tmp_path, extra=EXTRA), database).close()
+    with Ralf(database) as server:
+        load_pipeline(write(tmp_path))(server)
+        assert server.removed_tables() == ["counts"]
+        assert len(server.bulk_query("counts")) > 0  # still answered from the database
+        with pytest.raises(ValueError, match="defined by this pipeline"):
+            server.drop_table("total")
+        server.drop_table("counts")
+        assert server.removed_tables() == []
+        with pytest.raises(TableNotFound):
+            server.bulk_query("counts")
+    with run(write(tmp_path, extra=EXTRA), database) as server:  # defined anew, from scratch
+        assert_same(tables(server, ["counts"]),
+                    oracle(write(tmp_path, extra=EXTRA), ["counts"]))
+
+
+def test_plan_and_apply_on_the_command_line(tmp_path, database, capsys):
+    run(write(tmp_path, extra=EXTRA), database).close()
+    v2 = write(tmp_path, "v2.py", total="avg")
+    assert main(["plan", v2, "--db", database]) == 0
+    out = capsys.readouterr().out
+    assert "~ total: changed [query]" in out and "- counts: removed" in out
+    assert main(["plan", v2, "--db", database, "--json"]) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert {t["name"]: t["status"] for t in as_json["tables"]}["total"] == "changed"
+    assert main(["apply", v2, "--db", database, "--drop-removed"]) == 0
+    out = capsys.readouterr().out
+    assert "- counts: dropped" in out and "ralf: applied (total rebuilt" in out
+    assert main(["plan", v2, "--db", database]) == 0
+    assert capsys.readouterr().out.strip().endswith("no changes")
+    with Ralf(database) as server:
+        load_pipeline(v2)(server)
+        assert server.removed_tables() == []
+        assert_same(tables(server, ["total"]), oracle(v2, ["total"]))
+
+
+@pytest.mark.parametrize("crash_at", ["evolve.before_commit@2", "refresh.after_commit@1",
+                                      "sql.after_commit@1"])
+def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, crash_at):
+    """`ralf apply` SIGKILLed at a crash point inside the rebuild (between the two tables'
+    replacements; after the changed operator table's replay committed, its descendant's
+    not; after a SQL table's replay committed); a second `ralf apply` finishes it."""
+    names = ["average", "twice", "total"]
+    run(write(tmp_path), database).close()
+    v2 = write(tmp_path, "v2.py", edit=" * 2", total="avg")
+    command = [sys.executable, "-m", "ralf.cli", "apply", v2, "--db", database]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    killed = subprocess.run(command, cwd=ROOT, env={**env, "RALF_CRASH_AT": crash_at},
+                            capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    assert "ralf: applied" not in killed.stdout
+    if crash_at.startswith("evolve."):  # the second replacement was rolled back
+        assert pipeline_plan(v2, database).by_status("invalidated") == ["twice"]
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    with Ralf(database) as server:
+        load_pipeline(v2)(server)
+        server.run()
+        assert server.rebuilt_tables() == []
+        assert_same(tables(server, names), oracle(v2, names))
