@@ -92,6 +92,8 @@ def differences(stored: TableInfo, defined: TableInfo, *, schemas: bool = True) 
         return reasons  # a definition stored before ralf kept one is adopted
     if old.get("query") != new.get("query"):
         reasons.append(f"query {old.get('query')!r} -> {new.get('query')!r}")
+    if old.get("tiles") != new.get("tiles"):
+        reasons.append(f"tiles {old.get('tiles')} -> {new.get('tiles')}")
     old_id, new_id = _identity_text(old), _identity_text(new)
     if (old.get("version"), old.get("code")) != (new.get("version"), new.get("code")):
         reasons.append(f"operator {old_id} -> {new_id}")

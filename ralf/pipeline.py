@@ -198,9 +198,10 @@ class Pipeline:
         key_type = parent.schema.sql_type(plan.key)
         tiles = [(plan.key, key_type), (TILE, "BIGINT"), *helpers, (FIRST, "TIMESTAMP"),
                  (LAST, "TIMESTAMP")]
+        definition = self._reads({"query": query, "tiles": plan.layout()}, parent, None)
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
                                       hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles,
-                                      definition=self._reads({"query": query}, parent, None)))
+                                      definition=definition))
         stored = self.storage.setting(f"tiles:{name}", plan.layout())
         if stored != plan.layout():
             raise SchemaError(f"table {name!r} already exists in {self.path!r} with tiles of "

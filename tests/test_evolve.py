@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ralf import Ralf
+from ralf import Ralf, faults
 from ralf.cli import load_pipeline, main, pipeline_plan
 from ralf.errors import SchemaError, TableNotFound
 
@@ -217,4 +217,24 @@ def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, cra
         load_pipeline(v2)(server)
         server.run()
         assert server.rebuilt_tables() == []
+        assert_same(tables(server, names), oracle(v2, names))
+
+
+def test_a_replacement_that_fails_changes_nothing(tmp_path, database):
+    """An exception inside a table's replacement (its one transaction) leaves the stored
+    table as it was, and the pipeline's catalog with it: a rebuild after it starts over."""
+    names = ["average", "twice", "total"]
+    run(write(tmp_path), database).close()
+    v2 = write(tmp_path, "v2.py", total="avg")
+    with Ralf(database, evolve="rebuild") as server:
+        faults.arm("evolve.before_commit")
+        with pytest.raises(faults.InjectedFault):
+            load_pipeline(v2)(server)
+        faults.disarm()
+        assert "total" not in server.rebuilt_tables()
+        assert server.pipeline.catalog["total"].definition["query"].startswith(
+            'SELECT "user" AS "user", sum(')
+    assert pipeline_plan(v2, database).by_status("changed") == ["total"]
+    with run(v2, database, evolve="rebuild") as server:
+        assert server.rebuilt_tables() == ["total"]
         assert_same(tables(server, names), oracle(v2, names))
