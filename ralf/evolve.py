@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ def operator_identity(operator: Any, version: str | None) -> dict[str, str]:
         return {"version": str(version)}
     cls = operator if isinstance(operator, type) else type(operator)
     try:
-        code = inspect.getsource(cls)
+        code = textwrap.dedent(inspect.getsource(cls))  # nested in a function or not
     except (OSError, TypeError):  # e.g. its module is not in sys.modules: method by method
         code = "\n".join(_function_text(f) for _, f in sorted(vars(cls).items())
                          if inspect.isfunction(f))
@@ -46,7 +47,7 @@ def operator_identity(operator: Any, version: str | None) -> dict[str, str]:
 
 def _function_text(function: Any) -> str:
     try:
-        return inspect.getsource(function)
+        return textwrap.dedent(inspect.getsource(function))
     except (OSError, TypeError):  # typed into a REPL: its bytecode, without where it was
         return _code_text(function.__code__)
 
@@ -93,7 +94,7 @@ def differences(stored: TableInfo, defined: TableInfo, *, schemas: bool = True) 
     if old.get("query") != new.get("query"):
         reasons.append(f"query {old.get('query')!r} -> {new.get('query')!r}")
     if old.get("tiles") != new.get("tiles"):
-        reasons.append(f"tiles {old.get('tiles')} -> {new.get('tiles')}")
+        reasons.append(f"tiles of another layout {old.get('tiles')} -> {new.get('tiles')}")
     old_id, new_id = _identity_text(old), _identity_text(new)
     if (old.get("version"), old.get("code")) != (new.get("version"), new.get("code")):
         reasons.append(f"operator {old_id} -> {new_id}")

@@ -191,14 +191,15 @@ class Pipeline:
             raise SchemaError("windowed aggregate: not supported with shards yet")
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
-        query = plan.query(source)
-        columns = {column: python_type(sql) for column, sql in self.storage.describe(query)}
+        columns = {column: python_type(sql)
+                   for column, sql in self.storage.describe(plan.query(source))}
         schema = Schema(plan.key, columns)
         helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
         key_type = parent.schema.sql_type(plan.key)
         tiles = [(plan.key, key_type), (TILE, "BIGINT"), *helpers, (FIRST, "TIMESTAMP"),
                  (LAST, "TIMESTAMP")]
-        definition = self._reads({"query": query, "tiles": plan.layout()}, parent, None)
+        # its tiles serve any window length exactly: their layout is what computes its rows
+        definition = self._reads({"tiles": plan.layout()}, parent, None)
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
                                       hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles,
                                       definition=definition))
