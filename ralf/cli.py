@@ -210,8 +210,10 @@ def pipeline_plan(pipeline: str, db: str | None, *, drop_removed: bool = False) 
     with Ralf() as scratch:
         build(scratch)
         defined = scratch.pipeline.catalog
-    with Ralf(db) as target:
-        stored = target.pipeline.catalog
+    stored = {}
+    if is_postgres_url(db) or Path(db).exists():  # planning creates no database file
+        with Ralf(db) as target:
+            stored = target.pipeline.catalog
     # a SQL table's types are the backend's; its query and parents decide them anyway
     return plan(stored, defined, schemas=not is_postgres_url(db), drop_removed=drop_removed)
 

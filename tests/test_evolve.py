@@ -238,3 +238,10 @@ def test_a_replacement_that_fails_changes_nothing(tmp_path, database):
     with run(v2, database, evolve="rebuild") as server:
         assert server.rebuilt_tables() == ["total"]
         assert_same(tables(server, names), oracle(v2, names))
+
+
+def test_planning_against_a_database_not_made_yet_creates_none(tmp_path):
+    db = tmp_path / "none.duckdb"
+    plan = pipeline_plan(write(tmp_path), str(db))
+    assert plan.by_status("new") == ["ratings", "average", "twice", "total"]
+    assert not db.exists()
