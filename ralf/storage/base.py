@@ -414,8 +414,8 @@ class Storage(ABC):
         with self._transaction() as tx:
             self._lock_catalog(tx)
             self._drop(tx, info.name)
-            crashpoint("evolve.before_commit")
             self._create(tx, info)
+            crashpoint("evolve.before_commit")
 
     def drop_table(self, name: str) -> None:
         """Drop a table, its logs, progress and catalog row, in one transaction."""
