@@ -60,10 +60,19 @@ def _code_text(code: Any) -> str:
 def digest(info: TableInfo) -> str:
     """A short hash of everything that makes a table's rows what they are; a table reading
     it keeps it in its definition."""
-    text = json.dumps([info.kind, info.schema.to_json(), info.parent,
+    # a SQL table's schema is the backend's reading of its query: left out, the digest is
+    # the same on DuckDB and PostgreSQL (ralf plan builds the pipeline on DuckDB)
+    schema = None if _computed_schema(info) else info.schema.to_json()
+    text = json.dumps([info.kind, schema, info.parent,
                        info.changelog.to_json() if info.changelog else None,
                        info.definition], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _computed_schema(info: TableInfo) -> bool:
+    """Whether SQL computes the table's schema (from its query and its parents')."""
+    definition = info.definition or {}
+    return "query" in definition or "tiles" in definition
 
 
 def _identity_text(definition: dict[str, Any]) -> str:
@@ -83,12 +92,11 @@ def differences(stored: TableInfo, defined: TableInfo, *, schemas: bool = True) 
         reasons.append(f"kind {stored.kind} -> {defined.kind}")
     if stored.parent != defined.parent:
         reasons.append(f"parent {stored.parent!r} -> {defined.parent!r}")
-    new = defined.definition or {}
-    if (schemas or "query" not in new) and stored.schema != defined.schema:
+    if (schemas or not _computed_schema(defined)) and stored.schema != defined.schema:
         reasons.append(f"schema {stored.schema!r} -> {defined.schema!r}")
     if stored.changelog != defined.changelog:
         reasons.append("changelog mode or key")
-    old = stored.definition
+    old, new = stored.definition, defined.definition or {}
     if old is None or reasons:
         return reasons  # a definition stored before ralf kept one is adopted
     if old.get("query") != new.get("query"):

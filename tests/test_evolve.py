@@ -41,8 +41,9 @@ def build(server):
     ratings_ = server.create_source(ListSource, (RATINGS, ratings(600), 50), name="ratings")
     average = ratings_.map(Average, (AVERAGE,), name="average"{version})
     average.sql("SELECT user, average * 2 AS twice FROM average", name="twice")
-    ratings_.sql("SELECT user, {total}(rating) AS total FROM ratings GROUP BY user",
-                 name="total")
+    total = ratings_.sql("SELECT user, {total}(rating) AS total FROM ratings GROUP BY user",
+                         name="total")
+    total.sql("SELECT user, total + 1 AS more FROM total", name="more")
 {extra}
 '''
 EXTRA = '    ratings_.aggregate(by="user", name="counts", n=("*", "count"))\n'
@@ -97,14 +98,14 @@ def test_the_plan_shows_new_changed_removed_and_invalidated_tables(tmp_path, dat
     plan = pipeline_plan(write(tmp_path, "v2.py", edit=" * 2", total="avg"), database)
     status = {c.name: c.status for c in plan.changes}
     assert status == {"ratings": "unchanged", "average": "changed", "twice": "invalidated",
-                      "total": "changed", "counts": "removed"}
+                      "total": "changed", "more": "invalidated", "counts": "removed"}
     average = next(c for c in plan.changes if c.name == "average")
     assert average.invalidates == ["twice"] and average.identity.startswith("code hash ")
     assert average.reasons[0].startswith("operator code hash ")
     text = plan.render()
     assert "~ average: changed [code hash" in text and "invalidates: twice" in text
     assert "- counts: removed (kept; drop with --drop-removed)" in text
-    assert "2 changed, 1 invalidated, 1 removed" in text
+    assert "2 changed, 2 invalidated, 1 removed" in text
     assert json.loads(json.dumps(plan.to_dict()))["tables"][1]["invalidates"] == ["twice"]
     unchanged = pipeline_plan(write(tmp_path, extra=EXTRA), database)
     assert unchanged.empty and "no changes" in unchanged.render()
@@ -131,7 +132,7 @@ def test_a_version_set_by_the_author_identifies_the_operator(tmp_path):
 
 
 def test_rebuild_equals_a_build_from_scratch(tmp_path, database):
-    names = ["average", "twice", "total"]
+    names = ["average", "twice", "total", "more"]
     run(write(tmp_path), database).close()
     v2 = write(tmp_path, "v2.py", edit=" * 2", total="avg")
     with run(v2, database, evolve="rebuild") as server:
@@ -149,7 +150,7 @@ def test_a_table_stored_without_a_definition_is_adopted(tmp_path, database):
         with server.storage._transaction() as tx:  # noqa: SLF001 - forging an old catalog
             tx.execute("UPDATE ralf.tables SET definition = NULL")
     plan = pipeline_plan(write(tmp_path, "v2.py", edit=" * 2"), database)
-    assert plan.by_status("adopted") == ["average", "twice", "total"]
+    assert plan.by_status("adopted") == ["average", "twice", "total", "more"]
     assert "average: stored without a definition: adopting the current one" in plan.render()
     with Ralf(database) as server:
         load_pipeline(write(tmp_path, "v2.py", edit=" * 2"))(server)
@@ -185,7 +186,7 @@ def test_plan_and_apply_on_the_command_line(tmp_path, database, capsys):
     assert {t["name"]: t["status"] for t in as_json["tables"]}["total"] == "changed"
     assert main(["apply", v2, "--db", database, "--drop-removed"]) == 0
     out = capsys.readouterr().out
-    assert "- counts: dropped" in out and "ralf: applied (total rebuilt" in out
+    assert "- counts: dropped" in out and "ralf: applied (total, more rebuilt" in out
     assert main(["plan", v2, "--db", database]) == 0
     assert capsys.readouterr().out.strip().endswith("no changes")
     with Ralf(database) as server:
@@ -200,7 +201,7 @@ def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, cra
     """`ralf apply` SIGKILLed at a crash point inside the rebuild (between the two tables'
     replacements; after the changed operator table's replay committed, its descendant's
     not; after a SQL table's replay committed); a second `ralf apply` finishes it."""
-    names = ["average", "twice", "total"]
+    names = ["average", "twice", "total", "more"]
     run(write(tmp_path), database).close()
     v2 = write(tmp_path, "v2.py", edit=" * 2", total="avg")
     command = [sys.executable, "-m", "ralf.cli", "apply", v2, "--db", database]
@@ -210,7 +211,7 @@ def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, cra
     assert killed.returncode == -9, killed.stderr
     assert "ralf: applied" not in killed.stdout
     if crash_at.startswith("evolve."):  # the second replacement was rolled back
-        assert pipeline_plan(v2, database).by_status("invalidated") == ["twice"]
+        assert pipeline_plan(v2, database).by_status("invalidated") == ["twice", "more"]
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     with Ralf(database) as server:
@@ -223,7 +224,7 @@ def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, cra
 def test_a_replacement_that_fails_changes_nothing(tmp_path, database):
     """An exception inside a table's replacement (its one transaction) leaves the stored
     table as it was, and the pipeline's catalog with it: a rebuild after it starts over."""
-    names = ["average", "twice", "total"]
+    names = ["average", "twice", "total", "more"]
     run(write(tmp_path), database).close()
     v2 = write(tmp_path, "v2.py", total="avg")
     with Ralf(database, evolve="rebuild") as server:
@@ -231,17 +232,18 @@ def test_a_replacement_that_fails_changes_nothing(tmp_path, database):
         with pytest.raises(faults.InjectedFault):
             load_pipeline(v2)(server)
         faults.disarm()
-        assert "total" not in server.rebuilt_tables()
+        assert server.rebuilt_tables() == []
         assert server.pipeline.catalog["total"].definition["query"].startswith(
             'SELECT "user" AS "user", sum(')
     assert pipeline_plan(v2, database).by_status("changed") == ["total"]
+    assert pipeline_plan(v2, database).by_status("invalidated") == ["more"]
     with run(v2, database, evolve="rebuild") as server:
-        assert server.rebuilt_tables() == ["total"]
+        assert server.rebuilt_tables() == ["total", "more"]
         assert_same(tables(server, names), oracle(v2, names))
 
 
 def test_planning_against_a_database_not_made_yet_creates_none(tmp_path):
     db = tmp_path / "none.duckdb"
     plan = pipeline_plan(write(tmp_path), str(db))
-    assert plan.by_status("new") == ["ratings", "average", "twice", "total"]
+    assert plan.by_status("new") == ["ratings", "average", "twice", "total", "more"]
     assert not db.exists()
