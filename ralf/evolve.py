@@ -23,8 +23,20 @@ from ralf.storage.units import SOURCE, TableInfo
 # how a table is treated when its stored definition differs from the pipeline's
 REFUSE, REBUILD = "refuse", "rebuild"
 MODES = (REFUSE, REBUILD)
+# a changed table's new version is built beside it under this suffix, then swapped in
+SHADOW = "__next"
 SOURCE_CHANGE = ("a source's log is its data, which a rebuild cannot bring back: define the "
                  "changed source under another name")
+
+
+def shadow_name(name: str) -> str:
+    """The name a changed table's new version is built under while the old one serves."""
+    return name + SHADOW
+
+
+def is_shadow(name: str) -> bool:
+    """Whether a stored table is a new version being built (see :func:`shadow_name`)."""
+    return name.endswith(SHADOW)
 
 
 def operator_identity(operator: Any, version: str | None) -> dict[str, str]:

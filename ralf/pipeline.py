@@ -10,6 +10,7 @@ sees the scheduler, the HTTP server or the queries.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,17 @@ from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode, SqlTab
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import SchemaError, TableNotFound
-from ralf.evolve import MODES, REBUILD, SOURCE_CHANGE, differences, digest, operator_identity
+from ralf.evolve import (
+    MODES,
+    REBUILD,
+    SHADOW,
+    SOURCE_CHANGE,
+    differences,
+    digest,
+    is_shadow,
+    operator_identity,
+    shadow_name,
+)
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import Other
 from ralf.ivm.windows import EXPIRES, FIRST, LAST, TILE, WindowAggregate
@@ -47,7 +58,15 @@ class Pipeline:
         self.lock = scheduler.lock  # the engine lock: the graph changes under it
         self.path, self.partition = path, partition
         self.executor, self.num_replicas = executor, num_replicas
-        self.catalog = storage.catalog()
+        stored = storage.catalog()
+        # shadow tables: changed tables' new versions being built (ralf/evolve.py)
+        self.shadows = {n: info for n, info in stored.items() if is_shadow(n)}
+        self.catalog = {n: info for n, info in stored.items() if not is_shadow(n)}
+        # the old versions serving, read-only, until their shadow is swapped in
+        self.frozen: dict[str, Node] = {}
+        # shadows reading a shadow: refreshed once what they read is swapped in
+        self.waiting: list[FeatureNode] = []
+        scheduler.after_tick.append(self.swap_caught_up)
         self.nodes: dict[str, Node] = {}
         self.aliases: dict[str, Node] = {}
         self.stored: dict[str, Node] = {}  # catalog tables this run did not define
@@ -203,7 +222,7 @@ class Pipeline:
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
                                       hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles,
                                       definition=definition))
-        stored = self.storage.setting(f"tiles:{name}", plan.layout())
+        stored = self.storage.setting(f"tiles:{info.name}", plan.layout())
         if stored != plan.layout():
             raise SchemaError(f"table {name!r} already exists in {self.path!r} with tiles of "
                               f"another layout ({stored}); a changed tile size or function "
@@ -246,12 +265,44 @@ class Pipeline:
         self.aliases[alias] = node
 
     def _register(self, node: OperatorNode | SqlTableNode) -> None:
-        """Resume a new feature table's progress and put it into the graph."""
+        """Resume a new feature table's progress and put it into the graph (a table reading
+        a shadow waits for its swap: a SQL query names the table it reads)."""
         with self.lock:
+            if is_shadow(node.info.name):
+                node.label = node.info.name[:-len(SHADOW)]
             node.resume()
-            node.parent.children.append(node)
-            self.scheduler.features.append(node)
+            node.parent.children.append(node)  # told of appends meanwhile, if it waits
+            if _reads_shadow(node):
+                self.waiting.append(node)
+            else:
+                self.scheduler.features.append(node)
             self.nodes[node.name] = node
+
+    def served(self, name: str) -> Node:
+        """The table queries of ``name`` read: the old version while a new one is built."""
+        return self.frozen.get(name) or self.node(name)
+
+    def swap_caught_up(self) -> bool:
+        """Swap in each shadow table whose refresh has caught up with what it reads (a
+        lazy one at once: it refreshes on query); then let the tables waiting for it in.
+        Called at the end of a tick, under the engine lock; returns whether it swapped."""
+        swapped = False
+        for node in list(self.scheduler.features):
+            if node.label is None or self.scheduler.failed(node) or (
+                    not node.lazy and node.has_work(now_only=False)):
+                continue
+            name, shadow = node.label, node.info.name
+            self.storage.swap_table(shadow, name)  # one transaction; nothing moved before
+            node.info.name, node.label = name, None
+            self.catalog[name] = node.info
+            del self.shadows[shadow]
+            del self.frozen[name]
+            node.load_cache()  # served from now on: as the database has it after the swap
+            swapped = True
+        for node in [n for n in self.waiting if not _reads_shadow(n)]:
+            self.waiting.remove(node)
+            self.scheduler.features.append(node)
+        return swapped
 
     def _reads(self, definition: dict[str, Any], parent: Node, lookup: Node | None
                ) -> dict[str, Any]:
@@ -280,18 +331,30 @@ class Pipeline:
                 f"({'; '.join(reasons)}); see what changed with `ralf plan PIPELINE.py`, "
                 "rebuild it and the tables reading it with `ralf apply` (or "
                 "Ralf(..., evolve='rebuild')), or choose another name", table=info.name)
-        if reasons:  # rebuilt by replay from its parent's log, as a new table would be
-            info.watermark = self.storage.seq_base
-            self.storage.replace_table(info)
-            self.catalog[info.name] = info
-            self.rebuilt.append(info.name)
-            return info
+        if reasons:
+            return self._shadow(existing, info)
         info.watermark = existing.watermark
         if (existing.lazy, existing.lookup, existing.lookup_on, existing.definition) != (
                 info.lazy, info.lookup, info.lookup_on, info.definition):
             self.storage.update_definition(info)
         self.catalog[info.name] = info
         return info
+
+    def _shadow(self, existing: TableInfo, info: TableInfo) -> TableInfo:
+        """A changed table's new version: a shadow table (resumed where a crash left it)
+        filled by replay from its parent's log while the old version serves, frozen."""
+        shadow = dataclasses.replace(info, name=shadow_name(info.name))
+        stored = self.shadows.get(shadow.name)
+        if stored is not None and not differences(stored, shadow):
+            shadow.watermark = stored.watermark  # its progress is in the catalog
+        else:  # none yet, or one a crash left of another definition
+            shadow.watermark = self.storage.seq_base
+            self.storage.replace_table(shadow)
+        self.shadows[shadow.name] = shadow
+        self.catalog[info.name] = info  # what the tables reading it name (its digest)
+        self.frozen[info.name] = Node(existing, self.storage)
+        self.rebuilt.append(info.name)
+        return shadow
 
     def removed(self) -> list[str]:
         """Stored tables this run has not defined (so far)."""
@@ -320,7 +383,7 @@ class Pipeline:
             raise ValueError(f"a table name must be a non-empty string, got {name!r}")
         if name in self.nodes or name in self.aliases:
             raise ValueError(f"a table named {name!r} is already defined")
-        if name.lower().startswith("_ralf") or name.lower() == "ralf":
+        if name.lower().startswith("_ralf") or name.lower() == "ralf" or is_shadow(name):
             raise ValueError(f"table name {name!r} is reserved")
         return name
 
@@ -336,6 +399,11 @@ class Pipeline:
         # Stored by an earlier run but not defined by this one: answer from the database.
         node = self.stored[name] = Node(info, self.storage)
         return node
+
+
+def _reads_shadow(node: FeatureNode) -> bool:
+    """Whether a table reads a table not swapped in yet."""
+    return any(n is not None and n.label is not None for n in (node.parent, node.lookup))
 
 
 def _retracts(parent: Node) -> bool:

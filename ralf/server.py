@@ -167,12 +167,13 @@ class Ralf:
     def table(self, name: str) -> Table:
         """The table (or alias) named ``name``: its schema, kind, and the methods that
         derive tables from it."""
-        return Table(self.pipeline, self._node(name))
+        return Table(self.pipeline, self.pipeline.node(name))
 
     def tables(self) -> list[dict[str, Any]]:
         """Names, kinds and row counts of the defined tables (and aliases)."""
         pipeline, out = self.pipeline, []
-        for name, node in pipeline.nodes.items():
+        for name in pipeline.nodes:
+            node = pipeline.served(name)
             out.append({"name": name, "kind": node.info.kind, "lazy": node.info.lazy,
                         "rows": self.storage.count_rows(node.info)})
         for alias, node in pipeline.aliases.items():
@@ -185,7 +186,7 @@ class Ralf:
         return out
 
     def _node(self, name: str) -> Node:
-        return self.pipeline.node(name)
+        return self.pipeline.served(name)
 
     def stale_keys(self, table: str) -> list[Any]:
         """The parent keys whose appends a feature table has not applied yet (quarantined

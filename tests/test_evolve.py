@@ -195,14 +195,50 @@ def test_plan_and_apply_on_the_command_line(tmp_path, database, capsys):
         assert_same(tables(server, ["total"]), oracle(v2, ["total"]))
 
 
-@pytest.mark.parametrize("crash_at", ["evolve.before_commit@2", "refresh.after_commit@1",
-                                      "sql.after_commit@1"])
+def average_of(server: Ralf, table: str = "average") -> float:
+    """The served average of user 1 (point query) — the old operator's or the new one's."""
+    return server.point_query(table, 1)["average" if table == "average" else "twice"]
+
+
+def test_the_old_version_serves_until_the_new_one_has_caught_up(tmp_path, database):
+    """In process: after the changed pipeline is built, and while its shadow tables fill,
+    point, bulk and SQL queries answer from the old version; a tick that catches a shadow
+    up swaps it in, and a descendant serves its old version until its own swap."""
+    run(write(tmp_path), database).close()
+    v2 = write(tmp_path, "v2.py", edit=" * 2")
+    with run(write(tmp_path, "v1.py"), None) as fresh:
+        old = {"average": average_of(fresh), "twice": average_of(fresh, "twice")}
+        old_rows = tables(fresh, ["average"])
+    new = oracle(v2, ["average", "twice"])
+    with Ralf(database, evolve="rebuild") as server:
+        load_pipeline(v2)(server)
+        assert server.rebuilt_tables() == ["average", "twice"]
+        assert average_of(server) == old["average"]
+        assert_same(tables(server, ["average"]), old_rows)
+        via_sql = server.sql("SELECT average FROM average WHERE user = 1")
+        assert via_sql["average"].tolist() == [old["average"]]
+        assert server.storage.count_rows(server.pipeline.shadows["average__next"]) == 0
+        assert server.step()  # the shadow filled and swapped in; "twice" waited for it
+        assert average_of(server) == new["average"].set_index("user").loc[1, "average"]
+        assert average_of(server, "twice") == old["twice"]
+        assert server.step()  # now "twice"
+        assert average_of(server, "twice") == new["twice"].set_index("user").loc[1, "twice"]
+        assert not server.step() and server.pipeline.shadows == {}
+        assert_same(tables(server, ["average", "twice"]), new)
+
+
+@pytest.mark.parametrize("crash_at", ["refresh.after_commit@1", "sql.after_commit@1",
+                                      "evolve.before_swap@1", "evolve.before_swap@3"])
 def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, crash_at):
-    """`ralf apply` SIGKILLed at a crash point inside the rebuild (between the two tables'
-    replacements; after the changed operator table's replay committed, its descendant's
-    not; after a SQL table's replay committed); a second `ralf apply` finishes it."""
+    """`ralf apply` SIGKILLed at a crash point inside the rebuild (a shadow being filled:
+    its first replay committed, an operator's or a SQL table's; right before the first
+    swap's commit; right before a descendant's swap, its parents swapped); until the swap
+    the old version is what the database serves, and a second `ralf apply` finishes."""
     names = ["average", "twice", "total", "more"]
     run(write(tmp_path), database).close()
+    with Ralf(database) as before:
+        load_pipeline(write(tmp_path))(before)
+        old = tables(before, names)
     v2 = write(tmp_path, "v2.py", edit=" * 2", total="avg")
     command = [sys.executable, "-m", "ralf.cli", "apply", v2, "--db", database]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -210,36 +246,43 @@ def test_a_rebuild_killed_part_way_is_finished_on_reopen(tmp_path, database, cra
                             capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     assert "ralf: applied" not in killed.stdout
-    if crash_at.startswith("evolve."):  # the second replacement was rolled back
-        assert pipeline_plan(v2, database).by_status("invalidated") == ["twice", "more"]
+    plan = pipeline_plan(v2, database)
+    unswapped = sorted(plan.by_status("changed") + plan.by_status("invalidated"))
+    assert unswapped == sorted(["twice", "more"] if crash_at.endswith("@3") else names)
+    with Ralf(database, evolve="rebuild") as reopened:  # the old versions serve meanwhile
+        load_pipeline(v2)(reopened)
+        assert_same(tables(reopened, unswapped), {n: old[n] for n in unswapped})
+        assert set(reopened.pipeline.shadows) == {f"{n}__next" for n in unswapped}
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     with Ralf(database) as server:
         load_pipeline(v2)(server)
         server.run()
-        assert server.rebuilt_tables() == []
+        assert server.rebuilt_tables() == [] and server.pipeline.shadows == {}
         assert_same(tables(server, names), oracle(v2, names))
 
 
-def test_a_replacement_that_fails_changes_nothing(tmp_path, database):
-    """An exception inside a table's replacement (its one transaction) leaves the stored
-    table as it was, and the pipeline's catalog with it: a rebuild after it starts over."""
+def test_a_swap_that_fails_changes_nothing(tmp_path, database):
+    """An exception inside a swap (its one transaction) leaves the old version stored and
+    serving, the shadow caught up beside it, and memory as the database has it: the next
+    tick swaps it in."""
     names = ["average", "twice", "total", "more"]
     run(write(tmp_path), database).close()
     v2 = write(tmp_path, "v2.py", total="avg")
     with Ralf(database, evolve="rebuild") as server:
-        faults.arm("evolve.before_commit")
+        load_pipeline(v2)(server)
+        old_total = tables(server, ["total"])
+        faults.arm("evolve.before_swap")
         with pytest.raises(faults.InjectedFault):
-            load_pipeline(v2)(server)
+            server.step()
         faults.disarm()
-        assert server.rebuilt_tables() == []
-        assert server.pipeline.catalog["total"].definition["query"].startswith(
-            'SELECT "user" AS "user", sum(')
-    assert pipeline_plan(v2, database).by_status("changed") == ["total"]
-    assert pipeline_plan(v2, database).by_status("invalidated") == ["more"]
-    with run(v2, database, evolve="rebuild") as server:
-        assert server.rebuilt_tables() == ["total", "more"]
+        assert set(server.pipeline.shadows) == {"total__next", "more__next"}
+        assert_same(tables(server, ["total"]), old_total)
+        assert "sum(rating)" in server.storage.catalog()["total"].definition["query"]
+        server.run()
+        assert server.pipeline.shadows == {}
         assert_same(tables(server, names), oracle(v2, names))
+    assert pipeline_plan(v2, database).empty
 
 
 def test_planning_against_a_database_not_made_yet_creates_none(tmp_path):

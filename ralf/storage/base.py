@@ -410,12 +410,34 @@ class Storage(ABC):
 
     def replace_table(self, info: TableInfo) -> None:
         """Drop a table and everything kept about it, and create it anew as ``info``
-        defines it, in one transaction (ralf/evolve.py: it is then rebuilt by replay)."""
+        defines it, in one transaction (ralf/evolve.py: a shadow table left by another
+        definition)."""
         with self._transaction() as tx:
             self._lock_catalog(tx)
             self._drop(tx, info.name)
             self._create(tx, info)
-            crashpoint("evolve.before_commit")
+
+    def swap_table(self, shadow: str, name: str) -> None:
+        """Drop table ``name`` with everything kept about it and put table ``shadow`` (its
+        new version, caught up) in its place — its rows, history, tiles, progress and
+        catalog row renamed — in one transaction (ralf/evolve.py)."""
+        mark = self.mark
+        with self._transaction() as tx:
+            self._lock_catalog(tx)
+            info = self._stored_info(tx, shadow)
+            self._drop(tx, name)
+            renamed = TableInfo(name, info.kind, info.schema, changelog=info.changelog,
+                                tiles=info.tiles)
+            for old, new in zip(self._parts(info), self._parts(renamed), strict=True):
+                tx.execute(f"ALTER TABLE {old} RENAME TO {new.split('.', 1)[-1]}")
+            for table in ("ralf.watermarks", "ralf.operator_state"):
+                tx.execute(f"UPDATE {table} SET table_name = {mark} WHERE table_name = {mark}",
+                           [self._progress_name(name), self._progress_name(shadow)])
+            tx.execute(f"UPDATE ralf.settings SET name = {mark} WHERE name = {mark}",
+                       [f"tiles:{name}", f"tiles:{shadow}"])
+            tx.execute(f"UPDATE ralf.tables SET name = {mark} WHERE name = {mark}",
+                       [name, shadow])
+            crashpoint("evolve.before_swap")
 
     def drop_table(self, name: str) -> None:
         """Drop a table, its logs, progress and catalog row, in one transaction."""
@@ -443,16 +465,25 @@ class Storage(ABC):
         parts += [tiles_table(info.name)] if info.tiles else []
         return parts + ([current_table(info.name)] if info.changelog else [])
 
+    def _stored_info(self, tx: Transaction, name: str) -> TableInfo | None:
+        """What the catalog says of a table's parts (None: no such table)."""
+        rows = tx.arrow(f"SELECT kind, schema_json, changelog FROM ralf.tables WHERE name = "
+                        f"{self.mark}", [name]).to_pylist()
+        if not rows:
+            return None
+        has_tiles = tx.arrow(f"SELECT 1 FROM ralf.settings WHERE name = {self.mark}",
+                             [f"tiles:{name}"]).num_rows
+        return TableInfo(name, rows[0]["kind"], Schema.from_json(rows[0]["schema_json"]),
+                         changelog=Changelog.from_json(rows[0]["changelog"]),
+                         tiles=[("", "")] if has_tiles else [])
+
     def _drop(self, tx: Transaction, name: str) -> None:
         mark = self.mark
-        rows = tx.arrow(f"SELECT kind, schema_json, changelog FROM ralf.tables WHERE name = "
-                        f"{mark}", [name]).to_pylist()
-        if not rows:
+        info = self._stored_info(tx, name)
+        if info is None:
             return
-        info = TableInfo(name, rows[0]["kind"], Schema.from_json(rows[0]["schema_json"]),
-                         changelog=Changelog.from_json(rows[0]["changelog"]))
         # a tiles table exists for windowed aggregates only; IF EXISTS spares asking
-        for part in [*self._parts(info), tiles_table(name)]:
+        for part in dict.fromkeys([*self._parts(info), tiles_table(name)]):
             tx.execute(f"DROP TABLE IF EXISTS {part} {self._drop_dependents}")
         progress = self._progress_name(name)
         for table in ("ralf.watermarks", "ralf.operator_state"):
