@@ -279,8 +279,10 @@ class Pipeline:
             self.nodes[node.name] = node
 
     def served(self, name: str) -> Node:
-        """The table queries of ``name`` read: the old version while a new one is built."""
-        return self.frozen.get(name) or self.node(name)
+        """The table queries of ``name`` (or an alias) read: the old version while a new
+        one is built."""
+        node = self.node(name)
+        return self.frozen[node.label] if node.label is not None else node
 
     def swap_caught_up(self) -> bool:
         """Swap in each shadow table whose refresh has caught up with what it reads (a
@@ -298,6 +300,8 @@ class Pipeline:
             del self.shadows[shadow]
             del self.frozen[name]
             node.load_cache()  # served from now on: as the database has it after the swap
+            for alias in [a for a, n in self.aliases.items() if n is node]:
+                self.storage.create_alias(alias, name)  # PostgreSQL dropped it with the old
             swapped = True
         for node in [n for n in self.waiting if not _reads_shadow(n)]:
             self.waiting.remove(node)
@@ -334,6 +338,7 @@ class Pipeline:
         if reasons:
             return self._shadow(existing, info)
         info.watermark = existing.watermark
+        self._drop_shadow(info.name)  # one a crash left, of a definition given up since
         if (existing.lazy, existing.lookup, existing.lookup_on, existing.definition) != (
                 info.lazy, info.lookup, info.lookup_on, info.definition):
             self.storage.update_definition(info)
@@ -371,6 +376,13 @@ class Pipeline:
             self.storage.drop_table(name)
             del self.catalog[name]
             self.stored.pop(name, None)
+            self._drop_shadow(name)
+
+    def _drop_shadow(self, name: str) -> None:
+        """Drop the shadow table of ``name`` a rebuild left, if any."""
+        if shadow_name(name) in self.shadows:
+            self.storage.drop_table(shadow_name(name))
+            del self.shadows[shadow_name(name)]
 
     def _new_name(self, name: str | None, obj: Any) -> str:
         if name is None:

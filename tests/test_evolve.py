@@ -285,6 +285,39 @@ def test_a_swap_that_fails_changes_nothing(tmp_path, database):
     assert pipeline_plan(v2, database).empty
 
 
+def test_an_alias_serves_the_old_version_until_the_swap_and_the_new_one_after(
+        tmp_path, database):
+    run(write(tmp_path), database).close()
+    v2 = write(tmp_path, "v2.py", total="avg")
+    with run(write(tmp_path, "v1.py"), None) as fresh:
+        old = fresh.point_query("total", 1)["total"]
+    with Ralf(database, evolve="rebuild") as server:
+        load_pipeline(v2)(server)
+        server.table("total").as_queryable("spend")
+        assert server.point_query("spend", 1)["total"] == old
+        assert server.sql("SELECT total FROM spend WHERE user = 1")["total"].tolist() == [old]
+        server.run()
+        new = oracle(v2, ["total"])["total"].set_index("user").loc[1, "total"]
+        assert server.point_query("spend", 1)["total"] == new
+        assert server.sql("SELECT total FROM spend WHERE user = 1")["total"].tolist() == [new]
+
+
+def test_a_shadow_of_a_change_given_up_is_dropped(tmp_path, database):
+    """A rebuild interrupted before its swap, then the change reverted: the shadow tables
+    it left are dropped when the old definitions are given again."""
+    run(write(tmp_path), database).close()
+    with Ralf(database, evolve="rebuild") as server:
+        load_pipeline(write(tmp_path, "v2.py", total="avg"))(server)
+        assert set(server.pipeline.shadows) == {"total__next", "more__next"}
+    with Ralf(database) as server:
+        load_pipeline(write(tmp_path))(server)
+        assert server.pipeline.shadows == {}
+        assert [n for n in server.storage.catalog() if n.endswith("__next")] == []
+        with pytest.raises(ValueError, match="reserved"):
+            server.table("ratings").sql("SELECT user, 1 AS one FROM ratings GROUP BY user",
+                                        name="x__next")
+
+
 def test_planning_against_a_database_not_made_yet_creates_none(tmp_path):
     db = tmp_path / "none.duckdb"
     plan = pipeline_plan(write(tmp_path), str(db))
