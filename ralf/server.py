@@ -60,7 +60,8 @@ class Ralf:
     ``evolve``: what a table the database stores with another definition meets (a new
     column, another query, an edited operator; docs/evolve.md): ``"refuse"`` (an error
     saying what changed) or ``"rebuild"`` (it and the tables reading it are rebuilt by
-    replay from the log).
+    replay from the log as shadow tables, the old versions serving until each new one has
+    caught up and is swapped in by one transaction).
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
