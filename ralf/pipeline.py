@@ -290,7 +290,8 @@ class Pipeline:
         Called at the end of a tick, under the engine lock; returns whether it swapped."""
         swapped = False
         for node in list(self.scheduler.features):
-            if node.label is None or self.scheduler.failed(node) or (
+            # a quarantined key is not caught up: the old version serves until it is released
+            if node.label is None or self.scheduler.failed(node) or node.quarantined or (
                     not node.lazy and node.has_work(now_only=False)):
                 continue
             name, shadow = node.label, node.info.name

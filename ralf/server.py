@@ -168,7 +168,7 @@ class Ralf:
     def table(self, name: str) -> Table:
         """The table (or alias) named ``name``: its schema, kind, and the methods that
         derive tables from it."""
-        return Table(self.pipeline, self.pipeline.node(name))
+        return Table(self.pipeline, self._defined(name))
 
     def tables(self) -> list[dict[str, Any]]:
         """Names, kinds and row counts of the defined tables (and aliases)."""
@@ -187,7 +187,13 @@ class Ralf:
         return out
 
     def _node(self, name: str) -> Node:
+        """The table queries of ``name`` read (during a rebuild: the old version)."""
         return self.pipeline.served(name)
+
+    def _defined(self, name: str) -> Node:
+        """The table ``name`` as this pipeline defines it (during a rebuild: the new
+        version being built, whose progress, quarantine and feedback these are)."""
+        return self.pipeline.node(name)
 
     def stale_keys(self, table: str) -> list[Any]:
         """The parent keys whose appends a feature table has not applied yet (quarantined
@@ -198,7 +204,7 @@ class Ralf:
         """Per stale key of a feature table (quarantined and backing-off keys included):
         ``pending`` parent appends, the ingestion time of the oldest (``since``, processing
         time) and ``staleness``, seconds from then to the server clock's now."""
-        node = self._node(table)
+        node = self._defined(table)
         keys, counts, since = [], [], []
         with self._scheduler.turn():
             now = self.clock.now()
@@ -216,13 +222,13 @@ class Ralf:
 
     def quarantined(self, table: str) -> list[Any]:
         """Keys of a feature table held back after ``max_failures`` operator failures."""
-        node = self._node(table)
+        node = self._defined(table)
         return sorted(getattr(node, "quarantined", ()), key=repr)
 
     def release(self, table: str, key: Any = None) -> int:
         """Give quarantined keys (one, or all with ``key=None``) — or a source or table that
         was given up on — another chance; returns how many were released."""
-        node = self._node(table)
+        node = self._defined(table)
         with self._scheduler.lock:
             released = int(node.failures.release(WHOLE))
             if key is None and isinstance(node, FeatureNode):
@@ -416,7 +422,7 @@ class Ralf:
         """Feedback: the prediction error a client observed using ``key``'s features (e.g.
         prediction minus truth). Kept per key for prioritization policies
         (``AccuracyAware``) and counted in metrics; not persisted."""
-        node = self._node(table)
+        node = self._defined(table)
         key = node.schema.parse_key(key)
         try:
             error = float(error)

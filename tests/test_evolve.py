@@ -15,7 +15,7 @@ import pytest
 
 from ralf import Ralf, faults
 from ralf.cli import load_pipeline, main, pipeline_plan
-from ralf.errors import SchemaError, TableNotFound
+from ralf.errors import RalfError, SchemaError, TableNotFound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -300,6 +300,22 @@ def test_an_alias_serves_the_old_version_until_the_swap_and_the_new_one_after(
         new = oracle(v2, ["total"])["total"].set_index("user").loc[1, "total"]
         assert server.point_query("spend", 1)["total"] == new
         assert server.sql("SELECT total FROM spend WHERE user = 1")["total"].tolist() == [new]
+
+
+def test_a_shadow_with_a_quarantined_key_is_not_swapped_in(tmp_path, database):
+    """The new operator fails on one key: its shadow has not caught up, so the old version
+    keeps serving every key (the quarantine is the new version's, to release or fix)."""
+    run(write(tmp_path), database).close()
+    with run(write(tmp_path, "v1.py"), None) as fresh:
+        old = tables(fresh, ["average"])
+    failing = write(tmp_path, "v2.py", edit=" + (1 / 0 if record.user == 1 else 0)")
+    with Ralf(database, evolve="rebuild", max_failures=1) as server:
+        load_pipeline(failing)(server)
+        with pytest.raises(RalfError, match="ZeroDivisionError"):
+            server.run()
+        assert server.quarantined("average") == [1]
+        assert set(server.pipeline.shadows) == {"average__next", "twice__next"}
+        assert_same(tables(server, ["average"]), old)
 
 
 def test_a_shadow_of_a_change_given_up_is_dropped(tmp_path, database):
