@@ -110,12 +110,9 @@ def serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with Ralf(args.db, shard=args.shard, num_shards=args.num_shards) as server:
-        try:
-            build(server)
-        except Exception as exc:  # noqa: BLE001 - the user's code: any error, with its line
-            code = getattr(build, "__code__", None)
-            raise RalfError(located(exc, code.co_filename if code else args.pipeline)) from exc
+    with Ralf(args.db, shard=args.shard, num_shards=args.num_shards,
+              evolve=args.evolve) as server:
+        _build(build, server, args.pipeline)
         server.start(interval=args.interval)
         url = server.serve(args.host, args.port, token=_token(args),
                            access_log=args.access_log)
@@ -127,6 +124,15 @@ def serve(args: argparse.Namespace) -> int:
             progress.info("%s", server.summary())
         log.info("stopping")
     return 0
+
+
+def _build(build: Callable[..., Any], server: Any, pipeline: str) -> None:
+    """Call the pipeline's ``build(server)``; any error it raises names its file and line."""
+    try:
+        build(server)
+    except Exception as exc:  # noqa: BLE001 - the user's code: any error, with its line
+        code = getattr(build, "__code__", None)
+        raise RalfError(located(exc, code.co_filename if code else pipeline)) from exc
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -300,6 +306,54 @@ def shell(args: argparse.Namespace) -> int:
             client.drop_snapshot(target)
 
 
+def pipeline_plan(pipeline: str, db: str | None, *, drop_removed: bool = False) -> Any:
+    """What applying a pipeline file to ``db`` would change (a :class:`ralf.evolve.Plan`):
+    its tables as built on an empty in-memory database, against the ones ``db`` stores."""
+    from ralf.evolve import plan
+    from ralf.server import Ralf
+
+    build = load_pipeline(pipeline)
+    with Ralf() as scratch:
+        _build(build, scratch, pipeline)
+        defined = scratch.pipeline.catalog
+    stored = {}
+    if is_postgres_url(db) or Path(db).exists():  # planning creates no database file
+        with Ralf(db) as target:
+            stored = target.pipeline.catalog
+    # a SQL table's types are the backend's; its query and parents decide them anyway
+    return plan(stored, defined, schemas=not is_postgres_url(db), drop_removed=drop_removed)
+
+
+def plan_pipeline(args: argparse.Namespace) -> int:
+    """Print what ``ralf apply`` would change: new, changed, removed tables, the ones a
+    change invalidates, and what identifies each operator (``--json``: as JSON)."""
+    found = pipeline_plan(args.pipeline, args.db)
+    print(json.dumps(found.to_dict(), indent=2) if args.json else found.render())
+    return 0
+
+
+def apply_pipeline(args: argparse.Namespace) -> int:
+    """Print the plan, then carry it out: create new tables, rebuild changed ones and the
+    tables reading them by replay until a tick finds nothing to do, drop removed tables
+    with ``--drop-removed``."""
+    from ralf.server import Ralf
+
+    found = pipeline_plan(args.pipeline, args.db, drop_removed=args.drop_removed)
+    print(found.render(), flush=True)
+    build = load_pipeline(args.pipeline)
+    with Ralf(args.db, evolve="rebuild") as server:
+        _build(build, server, args.pipeline)
+        if args.drop_removed:
+            for name in server.removed_tables():
+                server.drop_table(name)
+        ticks = 0
+        while server.step():
+            ticks += 1
+        print(f"ralf: applied ({', '.join(server.rebuilt_tables()) or 'nothing'} rebuilt, "
+              f"{ticks} ticks)", flush=True)
+    return 0
+
+
 def _add_connection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("RALF_URL", DEFAULT_URL),
                         help=f"server URL (default: $RALF_URL or {DEFAULT_URL})")
@@ -396,6 +450,10 @@ def parser() -> argparse.ArgumentParser:
                         "0: none)")
     p.add_argument("--access-log", action="store_true",
                    help="log every HTTP request at info level (default off)")
+    p.add_argument("--evolve", choices=("refuse", "rebuild"), default="refuse",
+                   help="a table the database stores with another definition: refuse to "
+                        "start (default), or rebuild it beside the old version, which "
+                        "serves until the new one has caught up (docs/evolve.md)")
 
     p = _command("tables", tables, "list tables with kinds and row counts")
     _add_output(p)
@@ -441,6 +499,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("shell_args", nargs="*",
                    help="after --, passed to duckdb or psql (e.g. -- -c 'SELECT 1')")
     _add_connection(p)
+
+    pipeline_help = ("a file defining build(server) (path/to/pipeline.py), a name in a "
+                     "file (pipeline.py:make) or in a module (mypkg.pipeline:build)")
+    p = _command("plan", plan_pipeline, "what applying a pipeline to --db would change",
+                 "Compare the tables PIPELINE defines with the ones --db stores: new, "
+                 "changed (and why), invalidated, removed (docs/evolve.md).")
+    p.add_argument("pipeline", metavar="PIPELINE", help=pipeline_help)
+    p.add_argument("--db", required=True, help="DuckDB file, or a postgresql:// URL")
+    p.add_argument("--json", action="store_true", help="the plan as JSON")
+
+    p = _command("apply", apply_pipeline, "carry out the plan: create, rebuild, drop tables",
+                 "Print the plan, then create new tables and rebuild changed ones and their "
+                 "descendants by replay, each beside its old version and swapped in one "
+                 "transaction (no other process may serve --db meanwhile; `ralf serve "
+                 "--evolve rebuild` does the same while serving).")
+    p.add_argument("pipeline", metavar="PIPELINE", help=pipeline_help)
+    p.add_argument("--db", required=True, help="DuckDB file, or a postgresql:// URL")
+    p.add_argument("--drop-removed", action="store_true",
+                   help="drop stored tables the pipeline no longer defines")
     return top
 
 

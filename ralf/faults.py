@@ -60,6 +60,9 @@ WINDOWS: dict[str, str] = {
                            "row completed in an open transaction",
     "forget.after_erase": "the erasure committed; caches and watermarks in memory not yet "
                           "moved",
+    # a changed table rebuilt (ralf.evolve)
+    "evolve.before_swap": "the old table dropped and its caught-up shadow renamed into its "
+                          "place in an open transaction",
     # lazy refresh on query, and the tick boundary
     "lazy.before_refresh": "a query about to refresh a lazy table's key",
     "tick.end": "a tick done (history compacted)",

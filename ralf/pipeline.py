@@ -10,6 +10,7 @@ sees the scheduler, the HTTP server or the queries.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,17 @@ from ralf.engine.node import FeatureNode, Node, OperatorNode, SourceNode, SqlTab
 from ralf.engine.routing import KeyPartition
 from ralf.engine.scheduler import Scheduler
 from ralf.errors import SchemaError, TableNotFound
+from ralf.evolve import (
+    MODES,
+    REBUILD,
+    SHADOW,
+    SOURCE_CHANGE,
+    differences,
+    digest,
+    is_shadow,
+    operator_identity,
+    shadow_name,
+)
 from ralf.ivm.aggregate import DeltaAggregate
 from ralf.ivm.views import Other
 from ralf.ivm.windows import EXPIRES, FIRST, LAST, TILE, WindowAggregate
@@ -34,12 +46,27 @@ class Pipeline:
     earlier run stored but this one did not define), created against the catalog."""
 
     def __init__(self, storage: Storage, scheduler: Scheduler, *, path: str | None,
-                 partition: KeyPartition | None, executor: str, num_replicas: int) -> None:
+                 partition: KeyPartition | None, executor: str, num_replicas: int,
+                 evolve: str = "refuse") -> None:
+        if evolve not in MODES:
+            raise ValueError(f"evolve must be one of {MODES}, got {evolve!r}")
+        if evolve == REBUILD and partition is not None:
+            raise ValueError("evolve='rebuild' is not supported with shards yet")
         self.storage, self.scheduler = storage, scheduler
+        self.evolve = evolve
+        self.rebuilt: list[str] = []  # tables this run found changed and rebuilt
         self.lock = scheduler.lock  # the engine lock: the graph changes under it
         self.path, self.partition = path, partition
         self.executor, self.num_replicas = executor, num_replicas
-        self.catalog = storage.catalog()
+        stored = storage.catalog()
+        # shadow tables: changed tables' new versions being built (ralf/evolve.py)
+        self.shadows = {n: info for n, info in stored.items() if is_shadow(n)}
+        self.catalog = {n: info for n, info in stored.items() if not is_shadow(n)}
+        # the old versions serving, read-only, until their shadow is swapped in
+        self.frozen: dict[str, Node] = {}
+        # shadows reading a shadow: refreshed once what they read is swapped in
+        self.waiting: list[FeatureNode] = []
+        scheduler.after_tick.append(self.swap_caught_up)
         self.nodes: dict[str, Node] = {}
         self.aliases: dict[str, Node] = {}
         self.stored: dict[str, Node] = {}  # catalog tables this run did not define
@@ -84,9 +111,10 @@ class Pipeline:
     def add_operator_table(self, parent: Node, operator: Any, args: tuple, kwargs: dict, *,
                            schema: Schema | None, name: str | None, lazy: bool,
                            budget: int | None, lookup: Node | None = None,
-                           on: str | None = None) -> OperatorNode:
+                           on: str | None = None, version: str | None = None) -> OperatorNode:
         """A feature table a Python operator derives from ``parent`` (a lookup join with
-        ``lookup`` when given)."""
+        ``lookup`` when given); ``version``: the operator's, else a hash of its code
+        identifies it (ralf/evolve.py)."""
         check_budget(budget)
         _refuse_windowed_parent(parent)
         if lookup is not None and self.partition is not None:
@@ -120,7 +148,8 @@ class Pipeline:
         info = self._define(TableInfo(
             name, FEATURE, schema, parent=parent.name,
             lookup=lookup.name if lookup else None, lookup_on=on, lazy=lazy, timed=timed,
-            retracts=_retracts(parent)))
+            retracts=_retracts(parent),
+            definition=self._reads(operator_identity(operator, version), parent, lookup)))
         node = OperatorNode(info, self.storage, parent, instance, lookup, budget)
         node.remake = _remaker(operator, instance, args, kwargs, schema, what)
         if self.executor == "ray" and not callable(getattr(instance, "on_batch", None)):
@@ -158,12 +187,10 @@ class Pipeline:
         name = self._new_name(name, plan)
         source = f"main.{quote(parent.name)}"
         delta = isinstance(plan, DeltaAggregate)
-        if delta:
-            described = self.storage.describe(plan.query(source))
-            helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
-        else:
-            described = self.storage.describe(plan.query)
-            helpers = []
+        query = plan.query(source) if delta else plan.query
+        described = self.storage.describe(query)
+        helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:] if (
+            delta) else []
         columns = {column: python_type(sql) for column, sql in described}
         schema = Schema(plan.key, columns)
         derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
@@ -171,7 +198,7 @@ class Pipeline:
             name, FEATURE, schema, parent=parent.name, lazy=lazy, hidden=helpers,
             derived=derived, lookup=lookup.name if lookup else None,
             lookup_on=plan.lookup.on if lookup else None, timed=timed,
-            retracts=_retracts(parent)))
+            retracts=_retracts(parent), definition=self._reads({"query": query}, parent, lookup)))
         node = SqlTableNode(info, self.storage, parent, plan, budget, lookup)
         self._register(node)
         return node
@@ -190,9 +217,12 @@ class Pipeline:
         key_type = parent.schema.sql_type(plan.key)
         tiles = [(plan.key, key_type), (TILE, "BIGINT"), *helpers, (FIRST, "TIMESTAMP"),
                  (LAST, "TIMESTAMP")]
+        # its tiles serve any window length exactly: their layout is what computes its rows
+        definition = self._reads({"tiles": plan.layout()}, parent, None)
         info = self._define(TableInfo(name, FEATURE, schema, parent=parent.name, lazy=lazy,
-                                      hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles))
-        stored = self.storage.setting(f"tiles:{name}", plan.layout())
+                                      hidden=[(EXPIRES, "TIMESTAMP")], tiles=tiles,
+                                      definition=definition))
+        stored = self.storage.setting(f"tiles:{info.name}", plan.layout())
         if stored != plan.layout():
             raise SchemaError(f"table {name!r} already exists in {self.path!r} with tiles of "
                               f"another layout ({stored}); a changed tile size or function "
@@ -235,34 +265,125 @@ class Pipeline:
         self.aliases[alias] = node
 
     def _register(self, node: OperatorNode | SqlTableNode) -> None:
-        """Resume a new feature table's progress and put it into the graph."""
+        """Resume a new feature table's progress and put it into the graph (a table reading
+        a shadow waits for its swap: a SQL query names the table it reads)."""
         with self.lock:
+            if is_shadow(node.info.name):
+                node.label = node.info.name[:-len(SHADOW)]
             node.resume()
-            node.parent.children.append(node)
-            self.scheduler.features.append(node)
+            node.parent.children.append(node)  # told of appends meanwhile, if it waits
+            if _reads_shadow(node):
+                self.waiting.append(node)
+            else:
+                self.scheduler.features.append(node)
             self.nodes[node.name] = node
 
+    def served(self, name: str) -> Node:
+        """The table queries of ``name`` (or an alias) read: the old version while a new
+        one is built."""
+        node = self.node(name)
+        return self.frozen[node.label] if node.label is not None else node
+
+    def swap_caught_up(self) -> bool:
+        """Swap in each shadow table whose refresh has caught up with what it reads (a
+        lazy one at once: it refreshes on query); then let the tables waiting for it in.
+        Called at the end of a tick, under the engine lock; returns whether it swapped."""
+        swapped = False
+        for node in list(self.scheduler.features):
+            # a quarantined key is not caught up: the old version serves until it is released
+            if node.label is None or self.scheduler.failed(node) or node.quarantined or (
+                    not node.lazy and node.has_work(now_only=False)):
+                continue
+            name, shadow = node.label, node.info.name
+            self.storage.swap_table(shadow, name)  # one transaction; nothing moved before
+            node.info.name, node.label = name, None
+            self.catalog[name] = node.info
+            del self.shadows[shadow]
+            del self.frozen[name]
+            node.load_cache()  # served from now on: as the database has it after the swap
+            for alias in [a for a, n in self.aliases.items() if n is node]:
+                self.storage.create_alias(alias, name)  # PostgreSQL dropped it with the old
+            swapped = True
+        for node in [n for n in self.waiting if not _reads_shadow(n)]:
+            self.waiting.remove(node)
+            self.scheduler.features.append(node)
+        return swapped
+
+    def _reads(self, definition: dict[str, Any], parent: Node, lookup: Node | None
+               ) -> dict[str, Any]:
+        """A feature table's definition: what computes it, and the digests of the tables it
+        reads as this run defines them (a rebuilt one invalidates it)."""
+        read = [parent] + ([lookup] if lookup is not None else [])
+        return {**definition, "reads": {n.name: digest(self.catalog[n.name]) for n in read}}
+
     def _define(self, info: TableInfo) -> TableInfo:
-        """Create the table, or check that the stored one has the same definition."""
+        """Create the table, or check that the stored one has the same definition (rebuild
+        it if it has not and this run evolves the pipeline)."""
         existing = self.catalog.get(info.name)
         if existing is None:
             info.watermark = self.storage.seq_base
             self.storage.create_table(info)
             self.catalog[info.name] = info
             return info
-        if existing.kind != info.kind or existing.schema != info.schema or (
-                existing.parent != info.parent) or existing.changelog != info.changelog:
+        reasons = differences(existing, info)
+        if reasons and (info.kind == SOURCE or existing.kind == SOURCE):
             raise SchemaError(
                 f"table {info.name!r} already exists in {self.path!r} with another definition "
-                f"({existing.kind} {existing.schema!r} from {existing.parent!r}); "
-                f"choose another name",
-                table=info.name)
+                f"({'; '.join(reasons)}); {SOURCE_CHANGE}", table=info.name)
+        if reasons and self.evolve != REBUILD:
+            raise SchemaError(
+                f"table {info.name!r} already exists in {self.path!r} with another definition "
+                f"({'; '.join(reasons)}); see what changed with `ralf plan PIPELINE.py`, "
+                "rebuild it and the tables reading it with `ralf apply` (or "
+                "Ralf(..., evolve='rebuild')), or choose another name", table=info.name)
+        if reasons:
+            return self._shadow(existing, info)
         info.watermark = existing.watermark
-        if (existing.lazy, existing.lookup, existing.lookup_on) != (
-                info.lazy, info.lookup, info.lookup_on):
+        self._drop_shadow(info.name)  # one a crash left, of a definition given up since
+        if (existing.lazy, existing.lookup, existing.lookup_on, existing.definition) != (
+                info.lazy, info.lookup, info.lookup_on, info.definition):
             self.storage.update_definition(info)
         self.catalog[info.name] = info
         return info
+
+    def _shadow(self, existing: TableInfo, info: TableInfo) -> TableInfo:
+        """A changed table's new version: a shadow table (resumed where a crash left it)
+        filled by replay from its parent's log while the old version serves, frozen."""
+        shadow = dataclasses.replace(info, name=shadow_name(info.name))
+        stored = self.shadows.get(shadow.name)
+        if stored is not None and not differences(stored, shadow):
+            shadow.watermark = stored.watermark  # its progress is in the catalog
+        else:  # none yet, or one a crash left of another definition
+            shadow.watermark = self.storage.seq_base
+            self.storage.replace_table(shadow)
+        self.shadows[shadow.name] = shadow
+        self.catalog[info.name] = info  # what the tables reading it name (its digest)
+        self.frozen[info.name] = Node(existing, self.storage)
+        self.rebuilt.append(info.name)
+        return shadow
+
+    def removed(self) -> list[str]:
+        """Stored tables this run has not defined (so far)."""
+        return [name for name in self.catalog if name not in self.nodes]
+
+    def drop(self, name: str) -> None:
+        """Drop a stored table this run has not defined, with everything kept about it."""
+        if name in self.nodes or name in self.aliases:
+            raise ValueError(f"{name!r} is defined by this pipeline; only a removed table "
+                             "can be dropped")
+        if name not in self.catalog:
+            raise TableNotFound(f"no table named {name!r}")
+        with self.lock:
+            self.storage.drop_table(name)
+            del self.catalog[name]
+            self.stored.pop(name, None)
+            self._drop_shadow(name)
+
+    def _drop_shadow(self, name: str) -> None:
+        """Drop the shadow table of ``name`` a rebuild left, if any."""
+        if shadow_name(name) in self.shadows:
+            self.storage.drop_table(shadow_name(name))
+            del self.shadows[shadow_name(name)]
 
     def _new_name(self, name: str | None, obj: Any) -> str:
         if name is None:
@@ -275,7 +396,7 @@ class Pipeline:
             raise ValueError(f"a table name must be a non-empty string, got {name!r}")
         if name in self.nodes or name in self.aliases:
             raise ValueError(f"a table named {name!r} is already defined")
-        if name.lower().startswith("_ralf") or name.lower() == "ralf":
+        if name.lower().startswith("_ralf") or name.lower() == "ralf" or is_shadow(name):
             raise ValueError(f"table name {name!r} is reserved")
         return name
 
@@ -291,6 +412,11 @@ class Pipeline:
         # Stored by an earlier run but not defined by this one: answer from the database.
         node = self.stored[name] = Node(info, self.storage)
         return node
+
+
+def _reads_shadow(node: FeatureNode) -> bool:
+    """Whether a table reads a table not swapped in yet."""
+    return any(n is not None and n.label is not None for n in (node.parent, node.lookup))
 
 
 def _retracts(parent: Node) -> bool:

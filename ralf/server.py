@@ -74,13 +74,18 @@ class Ralf:
     PostgreSQL database; it ingests and refreshes only the keys its shard owns (a stable
     hash of the routing key), and together the shards produce the one-process result.
     ``query_timeout``: seconds a client SQL query may run (None: no limit).
+    ``evolve``: what a table the database stores with another definition meets (a new
+    column, another query, an edited operator; docs/evolve.md): ``"refuse"`` (an error
+    saying what changed) or ``"rebuild"`` (it and the tables reading it are rebuilt by
+    replay from the log as shadow tables, the old versions serving until each new one has
+    caught up and is swapped in by one transaction).
     """
 
     def __init__(self, path: str | None = None, *, max_failures: int = 3,
                  clock: Clock | None = None, history_retention: float | None = None,
                  memory_limit: str | None = None, executor: str = "local",
                  num_replicas: int = 1, shard: int = 0, num_shards: int = 1,
-                 query_timeout: float | None = 30.0) -> None:
+                 query_timeout: float | None = 30.0, evolve: str = "refuse") -> None:
         if executor not in ("local", "ray"):
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         if num_replicas < 1:
@@ -103,7 +108,7 @@ class Ralf:
         self.clock = self._scheduler.clock
         self.pipeline = Pipeline(self.storage, self._scheduler, path=path,
                                  partition=self.partition, executor=executor,
-                                 num_replicas=num_replicas)
+                                 num_replicas=num_replicas, evolve=evolve)
         self.errors: deque[RalfError] = deque(maxlen=1000)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -181,12 +186,13 @@ class Ralf:
     def table(self, name: str) -> Table:
         """The table (or alias) named ``name``: its schema, kind, and the methods that
         derive tables from it."""
-        return Table(self.pipeline, self._node(name))
+        return Table(self.pipeline, self._defined(name))
 
     def tables(self) -> list[dict[str, Any]]:
         """Names, kinds and row counts of the defined tables (and aliases)."""
         pipeline, out = self.pipeline, []
-        for name, node in pipeline.nodes.items():
+        for name in pipeline.nodes:
+            node = pipeline.served(name)
             out.append({"name": name, "kind": node.info.kind, "lazy": node.info.lazy,
                         "rows": self.storage.count_rows(node.info)})
         for alias, node in pipeline.aliases.items():
@@ -199,6 +205,12 @@ class Ralf:
         return out
 
     def _node(self, name: str) -> Node:
+        """The table queries of ``name`` read (during a rebuild: the old version)."""
+        return self.pipeline.served(name)
+
+    def _defined(self, name: str) -> Node:
+        """The table ``name`` as this pipeline defines it (during a rebuild: the new
+        version being built, whose progress, quarantine and feedback these are)."""
         return self.pipeline.node(name)
 
     def stale_keys(self, table: str) -> list[Any]:
@@ -210,7 +222,7 @@ class Ralf:
         """Per stale key of a feature table (quarantined and backing-off keys included):
         ``pending`` parent appends, the ingestion time of the oldest (``since``, processing
         time) and ``staleness``, seconds from then to the server clock's now."""
-        node = self._node(table)
+        node = self._defined(table)
         keys, counts, since = [], [], []
         with self._scheduler.turn():
             now = self.clock.now()
@@ -228,13 +240,13 @@ class Ralf:
 
     def quarantined(self, table: str) -> list[Any]:
         """Keys of a feature table held back after ``max_failures`` operator failures."""
-        node = self._node(table)
+        node = self._defined(table)
         return sorted(getattr(node, "quarantined", ()), key=repr)
 
     def release(self, table: str, key: Any = None) -> int:
         """Give quarantined keys (one, or all with ``key=None``) — or a source or table that
         was given up on — another chance; returns how many were released."""
-        node = self._node(table)
+        node = self._defined(table)
         with self._scheduler.lock:
             released = int(node.failures.release(WHOLE))
             if key is None and isinstance(node, FeatureNode):
@@ -263,6 +275,21 @@ class Ralf:
         """The audit of forgets: per request, the table, a SHA-256 of the key, when it was
         asked and done, and what it removed (JSON)."""
         return self.storage.forgotten().to_pandas()
+
+    def removed_tables(self) -> list[str]:
+        """Tables the database stores that this pipeline has not defined (docs/evolve.md):
+        kept, and answered from the database, until :meth:`drop_table`."""
+        return self.pipeline.removed()
+
+    def rebuilt_tables(self) -> list[str]:
+        """Tables this run found changed and is rebuilding by replay (``evolve="rebuild"``)."""
+        return list(self.pipeline.rebuilt)
+
+    def drop_table(self, name: str) -> None:
+        """Drop a stored table this pipeline no longer defines, its history and progress
+        with it (in one transaction)."""
+        self._check_open()
+        self.pipeline.drop(name)
 
     def snapshot(self, directory: str | None = None) -> str:
         """A consistent copy of the database file (for ``ralf shell`` while serving). On
@@ -420,7 +447,7 @@ class Ralf:
         """Feedback: the prediction error a client observed using ``key``'s features (e.g.
         prediction minus truth). Kept per key for prioritization policies
         (``AccuracyAware``) and counted in metrics; not persisted."""
-        node = self._node(table)
+        node = self._defined(table)
         key = node.schema.parse_key(key)
         try:
             error = float(error)

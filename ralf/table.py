@@ -61,23 +61,26 @@ class Table:
 
     def map(self, operator: Any, args: tuple = (), kwargs: dict | None = None, *,
             schema: Schema | None = None, name: str | None = None, lazy: bool = False,
-            budget: int | None = None, ttl: Any = None) -> Table:
+            budget: int | None = None, ttl: Any = None, version: str | None = None) -> Table:
         """A feature table whose rows ``operator.on_record(record)`` derives from this one's.
         ``ttl`` (``"7d"``, seconds, a timedelta): a row not updated within it is served as
         missing by point, bulk and historical queries (its age counts from its event
-        time, or, without one, from when ralf wrote it)."""
+        time, or, without one, from when ralf wrote it). ``version`` identifies the
+        operator's code (without it, a hash of its class's source does): a changed one
+        makes the table a changed one (docs/evolve.md)."""
         self._refuse_deletions("map")
         ttl = _duration(ttl)
         return self._with_ttl(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
-            budget=budget), ttl)
+            budget=budget, version=version), ttl)
 
     def join(self, other: Table, operator: Any, args: tuple = (), kwargs: dict | None = None,
              *, on: str, schema: Schema | None = None, name: str | None = None,
-             lazy: bool = False, budget: int | None = None, ttl: Any = None) -> Table:
+             lazy: bool = False, budget: int | None = None, ttl: Any = None,
+             version: str | None = None) -> Table:
         """A lookup join: ``on_record(record, other_row)`` with other's current row for
-        ``record.<on>`` (None if absent). New records of this table drive it. ``ttl``: as
-        for :meth:`map`."""
+        ``record.<on>`` (None if absent). New records of this table drive it. ``ttl`` and
+        ``version``: as for :meth:`map`."""
         if on not in self.schema.columns:
             raise SchemaError(f"join on {on!r}: table {self.name!r} has no such column",
                               table=self.name, column=on)
@@ -87,7 +90,7 @@ class Table:
         ttl = _duration(ttl)
         return self._with_ttl(self._pipeline.add_operator_table(
             self._node, operator, args, kwargs or {}, schema=schema, name=name, lazy=lazy,
-            budget=budget, lookup=other._node, on=on), ttl)
+            budget=budget, lookup=other._node, on=on, version=version), ttl)
 
     def aggregate(self, by: str, *, name: str | None = None, lazy: bool = False,
                   budget: int | None = None, ttl: Any = None, tile: Any = None,

@@ -15,7 +15,7 @@ FLOORS = {
         "ralf.logs"),
     1: ("ralf.operators", "ralf.policies", "ralf.ivm", "ralf.sources", "ralf.storage"),
     2: ("ralf.engine",),
-    3: ("ralf.pipeline", "ralf.table"),
+    3: ("ralf.pipeline", "ralf.table", "ralf.evolve"),
     4: ("ralf.server", "ralf.client", "ralf.http", "ralf.cli", "ralf.testing", "ralf"),
 }
 

@@ -68,11 +68,14 @@ class Node:
         # Set when a failure could not be followed by a resume (the database was down):
         # the node is resumed before it is used again.
         self.broken = False
+        # the name the pipeline knows a shadow table by (ralf/evolve.py: a changed table's
+        # new version, built under another name until it is swapped in); None otherwise
+        self.label: str | None = None
 
     @property
     def name(self) -> str:
-        """The table's name."""
-        return self.info.name
+        """The table's name (a shadow's: the table it will replace)."""
+        return self.label or self.info.name
 
     @property
     def schema(self):  # noqa: ANN201 - Schema, kept short
@@ -188,7 +191,7 @@ class SourceNode(Node, UserCode):
         """Put the source where the database says it stopped: at open, and after any
         failure (a restart in miniature, by the same steps). An exhausted source is polled
         again: a file may have grown, a list may have got more rows."""
-        saved = self.storage.load_source_state(self.name)
+        saved = self.storage.load_source_state(self.info.name)
         state, emitted = (saved[0], saved[1]) if saved is not None else (None, 0)
         if self.checkpointed:
             self.source.restore(pickle.loads(state) if state is not None else self.initial)
@@ -332,12 +335,12 @@ class FeatureNode(Node):
         serving cache, index of stale keys. Opening does this, and so does every failure
         in a tick (a restart in miniature, by the same steps), so memory never keeps
         anything the database does not hold."""
-        self.info.watermark = self.storage.load_floor(self.name)
+        self.info.watermark = self.storage.load_floor(self.info.name)
         self.seq = self.storage.max_seq(self.info)
         self._resume_state()
         overrides = {
             self.parent.schema.key_from_text(text): seq
-            for text, seq in self.storage.load_watermarks(self.name).items()
+            for text, seq in self.storage.load_watermarks(self.info.name).items()
         }
         self.marks = Watermarks(self.info.watermark, overrides)
         self.load_cache()
@@ -425,7 +428,7 @@ class SqlTableNode(FeatureNode):
         """A SQL table's state is the table itself; one that looks up another keeps how
         far it has followed the other's log, a windowed one when its rows next change."""
         if self.lookup is not None:
-            self.lookup_mark = self.storage.load_lookup_floor(self.name)
+            self.lookup_mark = self.storage.load_lookup_floor(self.info.name)
         if self.windowed:
             self.next_expiry = self.storage.next_expiry(self.info)
 
@@ -498,8 +501,8 @@ class OperatorNode(FeatureNode, UserCode):
 
     def _resume_state(self) -> None:
         if self.follows_lookup:
-            self.lookup_mark = self.storage.load_lookup_floor(self.name)
-        found, state = self.storage.load_operator_state(self.name)
+            self.lookup_mark = self.storage.load_lookup_floor(self.info.name)
+        found, state = self.storage.load_operator_state(self.info.name)
         if not found:  # nothing committed yet: the state the operator was created with
             self._restart_operator()
             return
@@ -509,8 +512,8 @@ class OperatorNode(FeatureNode, UserCode):
             self.restore(state)
         except ValueError as exc:  # unpicklable, or another number of Ray replicas
             log.warning("table %r: %s; rebuilding it from the append log", self.name, exc)
-            self.storage.reset_progress(self.name)
-            self.info.watermark = self.storage.load_floor(self.name)
+            self.storage.reset_progress(self.info.name)
+            self.info.watermark = self.storage.load_floor(self.info.name)
             self.initial = None  # rebuilt from a fresh operator: nothing to restore
             self._restart_operator()
 

@@ -44,6 +44,9 @@ class Scheduler:
         self.history_retention = history_retention
         self._compacted_at: dt.datetime | None = None
         self._forgets_finished = False  # the forgets a crash left open (first tick)
+        # work done at the end of each tick under the lock (the pipeline's swaps of caught
+        # up shadow tables); each says whether it did something
+        self.after_tick: list[Callable[[], bool]] = []
 
     # ---- one tick -------------------------------------------------------------------------
     def tick(self) -> tuple[bool, list[RalfError]]:
@@ -70,6 +73,8 @@ class Scheduler:
                                            now) > 0
                 elif node.lookup_changed():  # a lazy table learns its stale keys each tick
                     self.guarded(node, errors, follow_lookup, node)
+            for work in self.after_tick:
+                worked |= work()
             self.ticks += 1
             self._compact(now, errors)
             crashpoint("tick.end")

@@ -189,6 +189,9 @@ class Storage(ABC):
     # The dialect's parameter placeholder, and the schema user tables live in.
     mark = "?"
     user_schema = "main"
+    # What DROP TABLE adds to drop the views over a table too (PostgreSQL refuses to drop
+    # a table an alias's view reads; DuckDB's views are resolved when queried).
+    _drop_dependents = ""
     # Errors of the driver that mean "this value cannot be in this database" (a point
     # query for such a key finds nothing).
     unreadable_value: tuple[type[BaseException], ...] = ()
@@ -346,7 +349,7 @@ class Storage(ABC):
 
     def _catalog_query(self) -> str:
         return ("SELECT name, kind, schema_json, parent, lookup, lookup_on, lazy, watermark, "
-                "changelog FROM ralf.tables")
+                "changelog, definition FROM ralf.tables")
 
     # ---- catalog ----------------------------------------------------------------------------
     def migrate(self, directory: Path | None = None) -> list[int]:
@@ -390,7 +393,8 @@ class Storage(ABC):
         infos = {r["name"]: TableInfo(r["name"], r["kind"], Schema.from_json(r["schema_json"]),
                                       r["parent"], r["lookup"], r["lookup_on"], bool(r["lazy"]),
                                       r["watermark"],
-                                      changelog=Changelog.from_json(r["changelog"]))
+                                      changelog=Changelog.from_json(r["changelog"]),
+                                      definition=_json_or_none(r["definition"]))
                  for r in rows}
         for info in infos.values():  # a feature table has event time if its source has
             root = info
@@ -403,23 +407,95 @@ class Storage(ABC):
     def create_table(self, info: TableInfo) -> None:
         """Create a source's append table, or a feature table and its history log, with its
         catalog row (a process sharing the database that created it first wins)."""
+        with self._transaction() as tx:
+            self._lock_catalog(tx)
+            if tx.arrow(f"SELECT 1 FROM ralf.tables WHERE name = {self.mark}",
+                        [info.name]).num_rows:
+                return
+            self._create(tx, info)
+
+    def replace_table(self, info: TableInfo) -> None:
+        """Drop a table and everything kept about it, and create it anew as ``info``
+        defines it, in one transaction (ralf/evolve.py: a shadow table left by another
+        definition)."""
+        with self._transaction() as tx:
+            self._lock_catalog(tx)
+            self._drop(tx, info.name)
+            self._create(tx, info)
+
+    def swap_table(self, shadow: str, name: str) -> None:
+        """Drop table ``name`` with everything kept about it and put table ``shadow`` (its
+        new version, caught up) in its place — its rows, history, tiles, progress and
+        catalog row renamed — in one transaction (ralf/evolve.py)."""
         mark = self.mark
         with self._transaction() as tx:
             self._lock_catalog(tx)
-            if tx.arrow(f"SELECT 1 FROM ralf.tables WHERE name = {mark}", [info.name]).num_rows:
-                return
-            for statement in self._create_ddl(info):
-                tx.execute(statement)
-            created = [quote(info.name)] + ([] if info.kind == SOURCE else [log_table(info)])
-            created += [tiles_table(info.name)] if info.tiles else []
-            created += [current_table(info.name)] if info.changelog else []
-            self._after_create(tx, created)
-            tx.execute("INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, "
-                       "lookup, lookup_on, lazy, changelog, watermark) VALUES "
-                       f"({', '.join([mark] * 9)}, 0)",
-                       [info.name, info.kind, info.schema.to_json(), info.parent, utcnow(),
-                        info.lookup, info.lookup_on, info.lazy,
-                        info.changelog.to_json() if info.changelog else None])
+            info = self._stored_info(tx, shadow)
+            self._drop(tx, name)
+            renamed = TableInfo(name, info.kind, info.schema, changelog=info.changelog,
+                                tiles=info.tiles)
+            for old, new in zip(self._parts(info), self._parts(renamed), strict=True):
+                tx.execute(f"ALTER TABLE {old} RENAME TO {new.split('.', 1)[-1]}")
+            for table in ("ralf.watermarks", "ralf.operator_state"):
+                tx.execute(f"UPDATE {table} SET table_name = {mark} WHERE table_name = {mark}",
+                           [self._progress_name(name), self._progress_name(shadow)])
+            tx.execute(f"UPDATE ralf.settings SET name = {mark} WHERE name = {mark}",
+                       [f"tiles:{name}", f"tiles:{shadow}"])
+            tx.execute(f"UPDATE ralf.tables SET name = {mark} WHERE name = {mark}",
+                       [name, shadow])
+            crashpoint("evolve.before_swap")
+
+    def drop_table(self, name: str) -> None:
+        """Drop a table, its logs, progress and catalog row, in one transaction."""
+        with self._transaction() as tx:
+            self._lock_catalog(tx)
+            self._drop(tx, name)
+
+    def _create(self, tx: Transaction, info: TableInfo) -> None:
+        mark = self.mark
+        for statement in self._create_ddl(info):
+            tx.execute(statement)
+        self._after_create(tx, self._parts(info))
+        tx.execute("INSERT INTO ralf.tables (name, kind, schema_json, parent, created_at, "
+                   "lookup, lookup_on, lazy, changelog, definition, watermark) VALUES "
+                   f"({', '.join([mark] * 10)}, 0)",
+                   [info.name, info.kind, info.schema.to_json(), info.parent, utcnow(),
+                    info.lookup, info.lookup_on, info.lazy,
+                    info.changelog.to_json() if info.changelog else None,
+                    _json_or_null(info.definition)])
+
+    @staticmethod
+    def _parts(info: TableInfo) -> list[str]:
+        """The database tables that hold a ralf table (quoted names)."""
+        parts = [quote(info.name)] + ([] if info.kind == SOURCE else [log_table(info)])
+        parts += [tiles_table(info.name)] if info.tiles else []
+        return parts + ([current_table(info.name)] if info.changelog else [])
+
+    def _stored_info(self, tx: Transaction, name: str) -> TableInfo | None:
+        """What the catalog says of a table's parts (None: no such table)."""
+        rows = tx.arrow(f"SELECT kind, schema_json, changelog FROM ralf.tables WHERE name = "
+                        f"{self.mark}", [name]).to_pylist()
+        if not rows:
+            return None
+        has_tiles = tx.arrow(f"SELECT 1 FROM ralf.settings WHERE name = {self.mark}",
+                             [f"tiles:{name}"]).num_rows
+        return TableInfo(name, rows[0]["kind"], Schema.from_json(rows[0]["schema_json"]),
+                         changelog=Changelog.from_json(rows[0]["changelog"]),
+                         tiles=[("", "")] if has_tiles else [])
+
+    def _drop(self, tx: Transaction, name: str) -> None:
+        mark = self.mark
+        info = self._stored_info(tx, name)
+        if info is None:
+            return
+        # a tiles table exists for windowed aggregates only; IF EXISTS spares asking
+        for part in dict.fromkeys([*self._parts(info), tiles_table(name)]):
+            tx.execute(f"DROP TABLE IF EXISTS {part} {self._drop_dependents}")
+        progress = self._progress_name(name)
+        for table in ("ralf.watermarks", "ralf.operator_state"):
+            tx.execute(f"DELETE FROM {table} WHERE table_name = {mark}", [progress])
+        tx.execute(f"DELETE FROM ralf.settings WHERE name = {mark}", [f"tiles:{name}"])
+        tx.execute(f"DELETE FROM ralf.tables WHERE name = {mark}", [name])
 
     def create_alias(self, alias: str, table: str) -> None:
         """A view named ``alias`` over ``table``."""
@@ -428,12 +504,14 @@ class Storage(ABC):
             self._after_create(tx, [quote(alias)])
 
     def update_definition(self, info: TableInfo) -> None:
-        """Store a table's changed lazy flag or lookup side (same schema and parent)."""
+        """Store a table's changed lazy flag or lookup side, or the definition adopted for
+        a table stored without one (same schema and parent)."""
         mark = self.mark
         with self._transaction() as tx:
             tx.execute(f"UPDATE ralf.tables SET lazy = {mark}, lookup = {mark}, "
-                       f"lookup_on = {mark} WHERE name = {mark}",
-                       [info.lazy, info.lookup, info.lookup_on, info.name])
+                       f"lookup_on = {mark}, definition = {mark} WHERE name = {mark}",
+                       [info.lazy, info.lookup, info.lookup_on,
+                        _json_or_null(info.definition), info.name])
 
     # ---- units of work (each one transaction) --------------------------------------------------
     def append(self, unit: Append) -> None:
@@ -1156,6 +1234,14 @@ class Storage(ABC):
         """Delete a snapshot this process made; True if there was one (PostgreSQL makes
         none: its snapshot is the database's address)."""
         return False
+
+
+def _json_or_none(text: str | None) -> dict[str, Any] | None:
+    return None if text is None else json.loads(text)
+
+
+def _json_or_null(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
 
 
 def _arrow_types(table: TableInfo, *extra: str) -> dict[str, pa.DataType]:

@@ -82,6 +82,10 @@ class TableInfo:
     changelog: Changelog | None = None
     # a feature table derived from a changelog source: its parent's log retracts rows
     retracts: bool = False
+    # what computes a feature table's rows beyond its schema (ralf/evolve.py: operator
+    # identity, query, the digests of the tables it reads); None if stored before ralf
+    # kept it
+    definition: dict[str, Any] | None = None
 
     @property
     def event_column(self) -> str | None:

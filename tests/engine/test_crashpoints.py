@@ -66,9 +66,13 @@ def check_against_oracle(db: str) -> None:
 # Points a recovering run never reaches again: the pipeline forgets its key once, and a
 # restart finishes an acknowledged forget from its next step on (ralf.engine.forget)
 ONCE = {"forget.after_ask", "forget.after_erase"}
+# Points this pipeline never reaches, killed at by their own suite: a rebuild of a changed
+# table (tests/test_evolve.py)
+ELSEWHERE = {"evolve.before_swap"}
+PIPELINE_POINTS = [p for p in POINTS if p not in ELSEWHERE]
 
 
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("point", PIPELINE_POINTS)
 def test_sigkill_late_and_again_in_recovery_then_restart_equals_the_oracle(database, point,
                                                                            hits):
     backend = "postgres" if database.startswith("postgresql") else "duckdb"
@@ -84,4 +88,4 @@ def test_sigkill_late_and_again_in_recovery_then_restart_equals_the_oracle(datab
 
 def test_a_whole_run_reaches_every_window_and_no_other_point(hits):
     for backend, counted in hits.items():
-        assert set(counted) == set(POINTS), backend
+        assert set(counted) == set(PIPELINE_POINTS), backend

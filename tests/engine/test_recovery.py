@@ -71,7 +71,10 @@ def _injected(errors: list[BaseException]) -> bool:
 
 # the points of the one forget of the pipeline: reached once (or twice, after a failure)
 FORGET_POINTS = [p for p in POINTS if p.startswith(("forget.", "erase."))]
-HITS = [(p, nth) for p in POINTS if p not in FORGET_POINTS for nth in (2, 25)]
+# a rebuild of a changed table is not in this pipeline: tests/test_evolve.py faults it
+EVOLVE_POINTS = [p for p in POINTS if p.startswith("evolve.")]
+HITS = [(p, nth) for p in POINTS if p not in FORGET_POINTS + EVOLVE_POINTS
+        for nth in (2, 25)]
 HITS += [(p, 1) for p in FORGET_POINTS]
 
 

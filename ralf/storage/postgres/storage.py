@@ -124,6 +124,7 @@ class PostgresStorage(Storage):
 
     mark = "%s"
     user_schema = "public"
+    _drop_dependents = "CASCADE"
     unreadable_value = (psycopg.DataError,)  # e.g. a text key with a NUL in it
     out_of_range = (psycopg.DataError,)  # class 22: out of range, division by zero ...
 
@@ -374,8 +375,8 @@ class PostgresStorage(Storage):
         if not self.sharded:
             return super()._catalog_query()
         return ("SELECT t.name, kind, schema_json, parent, lookup, lookup_on, lazy, "
-                f"coalesce(f.watermark, {int(self.seq_base)}) AS watermark, changelog "
-                "FROM ralf.tables t LEFT JOIN ralf.shard_floors f "
+                f"coalesce(f.watermark, {int(self.seq_base)}) AS watermark, changelog, "
+                "definition FROM ralf.tables t LEFT JOIN ralf.shard_floors f "
                 f"ON f.name = t.name || '#{int(self.shard)}'")
 
     def _check_shard_count(self) -> None:
