@@ -421,13 +421,7 @@ class Ralf:
                 with self._scheduler.lock:
                     self._tell_policy(node, "on_query", key, self.clock.now())
             self._refresh_for_query(node, key)
-        entry = None if node.cache is None else node.cache.get(key)
-        if entry is None and (node.cache is None or self.partition is not None):
-            # not cached, or (sharded) a key another shard keeps: as the database has it
-            row = self.storage.point(node.info, key)
-            entry = None if row is None else (
-                tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"],
-                row.get(EVENT_TIME))
+        entry = self._served(node, key)
         if entry is None:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r}")
         ttl = _ttl(node)
@@ -442,6 +436,17 @@ class Ralf:
             if node.info.event_column is not None:
                 record.__dict__[EVENT_TIME] = entry[2]
         return record
+
+    def _served(self, node: Node, key: Any) -> tuple[tuple, Any, Any] | None:
+        """A key's served (values, updated_at, event time), or None: from the serving
+        cache; not cached, or (sharded) a key another shard keeps, as the database has it."""
+        entry = None if node.cache is None else node.cache.get(key)
+        if entry is None and (node.cache is None or self.partition is not None):
+            row = self.storage.point(node.info, key)
+            entry = None if row is None else (
+                tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"],
+                row.get(EVENT_TIME))
+        return entry
 
     def record_error(self, table: str, key: Any, error: float) -> None:
         """Feedback: the prediction error a client observed using ``key``'s features (e.g.
@@ -630,13 +635,7 @@ class Ralf:
                               if isinstance(e, OperatorError) and e.table == node.name])
         entries = {}
         for key in unique:
-            entry = None if node.cache is None else node.cache.get(key)
-            if entry is None and (node.cache is None or self.partition is not None):
-                row = self.storage.point(node.info, key)
-                entry = None if row is None else (
-                    tuple(row[n] for n in node.schema.names), row["_ralf_updated_at"],
-                    row.get(EVENT_TIME))
-            entries[key] = entry
+            entries[key] = self._served(node, key)
         ttl, now = _ttl(node), self.clock.now()
         positions = [node.schema.names.index(c) for c in wanted]
         values: list[list[Any]] = [[] for _ in wanted]

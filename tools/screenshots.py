@@ -19,10 +19,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from ralf import Operator, Ralf, Record, Schema, SourceOperator
+from tests.pipelines import AVERAGE, RATINGS, AverageRating
 from tests.services import chromium
 
-RATINGS = Schema("user", {"user": int, "movie": int, "rating": float})
-AVERAGE = Schema("user", {"user": int, "average": float, "n": int})
 MOVIES = Schema("movie", {"movie": int, "title": str})
 TITLED = Schema("user", {"user": int, "last_title": str})
 
@@ -59,18 +58,6 @@ class Catalog(SourceOperator):
         return [{"movie": m, "title": f"Movie {m}"} for m in range(1, 51)]
 
 
-class Average(Operator):
-    """A user's running average rating."""
-
-    def __init__(self, schema: Schema) -> None:
-        self.sums: dict[int, tuple[float, int]] = {}
-
-    def on_record(self, record: Record) -> Record:
-        s, n = self.sums.get(record.user, (0.0, 0))
-        self.sums[record.user] = (s + record.rating, n + 1)
-        return Record(user=record.user, average=(s + record.rating) / (n + 1), n=n + 1)
-
-
 class LastTitle(Operator):
     """The title of the movie a user rated last (a lookup join)."""
 
@@ -88,8 +75,8 @@ def main() -> None:
     with Ralf() as server:
         movies = server.create_source(Catalog, args=(MOVIES,), name="movies")
         ratings = server.create_source(Traffic, args=(RATINGS, stop), name="ratings")
-        ratings.map(Average, args=(AVERAGE,), name="average")
-        ratings.map(Average, args=(AVERAGE,), name="average_budgeted", budget=20)
+        ratings.map(AverageRating, args=(AVERAGE,), name="average")
+        ratings.map(AverageRating, args=(AVERAGE,), name="average_budgeted", budget=20)
         ratings.join(movies, LastTitle, args=(TITLED,), on="movie", name="last_title",
                      lazy=True)
         ratings.aggregate(by="user", name="by_user", n=("*", "count"),
