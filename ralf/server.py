@@ -426,7 +426,7 @@ class Ralf:
             raise KeyNotFound(f"table {table!r} has no row for key {key!r}")
         ttl = _ttl(node)
         if ttl is not None:
-            age = self.clock.now() - (entry[2] if node.info.timed else entry[1])
+            age = self.clock.now() - _stamp(node, entry)
             if age > ttl:
                 raise KeyNotFound(f"table {table!r}: the row for key {key!r} has expired (it "
                                   f"is {age} old, past the table's TTL of {ttl})")
@@ -642,8 +642,7 @@ class Ralf:
         status, updated, event = [], [], []
         for key in keys:
             entry = entries.get(key)
-            if entry is not None and ttl is not None and now - (
-                    entry[2] if node.info.timed else entry[1]) > ttl:
+            if entry is not None and ttl is not None and now - _stamp(node, entry) > ttl:
                 status.append(OUTSIDE_MAX_AGE)
                 entry = None
             else:
@@ -889,6 +888,12 @@ def _entity_column(entities: pa.Table, name: str, typ: pa.DataType, what: str) -
 def _windowed(node: Node) -> bool:
     """A windowed aggregate: its value at a time is computed, not looked up."""
     return bool(getattr(node, "windowed", False))
+
+
+def _stamp(node: Node, entry: tuple[tuple, Any, Any]) -> dt.datetime:
+    """The time a served entry's age (against the TTL) counts from: its event time where the
+    table has one, else when ralf wrote it."""
+    return entry[2] if node.info.timed else entry[1]
 
 
 def _ttl(node: Node) -> dt.timedelta | None:

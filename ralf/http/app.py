@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hmac
 import os
 import threading
 from typing import TYPE_CHECKING, Any, Literal
@@ -124,12 +123,6 @@ class _MetricsCollector:
         yield from families.values()
 
 
-def authorized(given: str, token: str | None) -> bool:
-    """Whether a request's ``Authorization`` header ``given`` carries the bearer token
-    (any request does when there is none); compared in constant time."""
-    return token is None or hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
-
-
 def _body_limit(path: str) -> int:
     return MAX_ENTITY_BODY if path == "/historical" else MAX_BODY
 
@@ -151,7 +144,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         path = scope["path"]
-        if not (docs.public(path) or console.is_static(path)) and not authorized(
+        if not (docs.public(path) or console.is_static(path)) and not docs.authorized(
                 headers.get("authorization", ""), self.token):
             await error(401, "Unauthorized", "missing or wrong bearer token")(
                 scope, receive, send)
@@ -231,7 +224,7 @@ def create_app(server: Ralf, token: str | None = None) -> FastAPI:
     def ready(request: Request, max_staleness: float | None = None) -> Response:
         # the reasons are error messages, which may quote data: only for the token holder
         problems = server.problems(max_staleness=max_staleness)
-        if not authorized(request.headers.get("authorization", ""), token):
+        if not docs.authorized(request.headers.get("authorization", ""), token):
             problems = [{**p, "reason": None} for p in problems]
         status = "degraded" if problems else "ready"
         return Response(codec.dumps({"status": status, "problems": problems}),

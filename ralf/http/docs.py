@@ -3,13 +3,15 @@
 and the bearer scheme declared in ``/openapi.json``, so Swagger's Authorize button sends
 the token. (No ReDoc page: its bundle loads its logo from its vendor's site.)
 
-Which paths answer without the token: the probes (``/health``, ``/ready``: Kubernetes
-cannot send one) and the description itself (a browser loading ``/docs`` cannot either;
-it holds the routes' shapes, no data).
+Which paths answer without the token (:func:`public`; every other request must carry it,
+:func:`authorized`): the probes (``/health``, ``/ready``: Kubernetes cannot send one) and
+the description itself (a browser loading ``/docs`` cannot either; it holds the routes'
+shapes, no data).
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,6 +27,12 @@ BEARER = "bearer"
 def public(path: str) -> bool:
     """Whether ``path`` answers without the bearer token."""
     return path in PUBLIC or path.startswith(ASSETS + "/")
+
+
+def authorized(given: str, token: str | None) -> bool:
+    """Whether a request's ``Authorization`` header ``given`` carries the bearer token
+    (any request does when there is none); compared in constant time."""
+    return token is None or hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 def new_app(*, token_required: bool, **kwargs: Any) -> FastAPI:

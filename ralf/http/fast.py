@@ -11,12 +11,11 @@ unchanged, which answers it as before. Errors get the app's answer (``on_error``
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ralf.errors import RalfError
-from ralf.http import codec
+from ralf.http import codec, docs
 from ralf.http.features import FEAST_ROUTE, answer, blocks, parse
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ class FastPath:
     def __init__(self, app: Any, server: Ralf, token: str | None, limit: int,
                  on_error: Callable[[RalfError], Any]) -> None:
         self.app, self.server, self.limit, self.on_error = app, server, limit, on_error
-        self.auth = None if token is None else f"Bearer {token}".encode()
+        self.token = token
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -57,8 +56,8 @@ class FastPath:
         return None
 
     def _allowed(self, scope: dict) -> bool:
-        return self.auth is None or hmac.compare_digest(
-            self._header(scope, b"authorization") or b"", self.auth)
+        return docs.authorized((self._header(scope, b"authorization") or b"").decode("latin-1"),
+                               self.token)
 
     async def _point(self, scope: dict, receive: Any, send: Any, path: str) -> bool:
         table, _, key = path[len("/table/"):].partition("/")
