@@ -189,8 +189,8 @@ class Pipeline:
         delta = isinstance(plan, DeltaAggregate)
         query = plan.query(source) if delta else plan.query
         described = self.storage.describe(query)
-        helpers = self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:] if (
-            delta) else []
+        helpers = (self.storage.describe(plan.delta_select(f"SELECT * FROM {source}"))[1:]
+                   if delta else [])
         columns = {column: python_type(sql) for column, sql in described}
         schema = Schema(plan.key, columns)
         derived = plan.derived({n: schema.sql_type(n) for n in schema.names}) if delta else {}
@@ -326,16 +326,15 @@ class Pipeline:
             self.catalog[info.name] = info
             return info
         reasons = differences(existing, info)
+        changed = (f"table {info.name!r} already exists in {self.path!r} with another "
+                   f"definition ({'; '.join(reasons)})")
         if reasons and (info.kind == SOURCE or existing.kind == SOURCE):
-            raise SchemaError(
-                f"table {info.name!r} already exists in {self.path!r} with another definition "
-                f"({'; '.join(reasons)}); {SOURCE_CHANGE}", table=info.name)
+            raise SchemaError(f"{changed}; {SOURCE_CHANGE}", table=info.name)
         if reasons and self.evolve != REBUILD:
             raise SchemaError(
-                f"table {info.name!r} already exists in {self.path!r} with another definition "
-                f"({'; '.join(reasons)}); see what changed with `ralf plan PIPELINE.py`, "
-                "rebuild it and the tables reading it with `ralf apply` (or "
-                "Ralf(..., evolve='rebuild')), or choose another name", table=info.name)
+                f"{changed}; see what changed with `ralf plan PIPELINE.py`, rebuild it and "
+                "the tables reading it with `ralf apply` (or Ralf(..., evolve='rebuild')), or "
+                "choose another name", table=info.name)
         if reasons:
             return self._shadow(existing, info)
         info.watermark = existing.watermark
