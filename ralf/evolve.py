@@ -108,6 +108,10 @@ def differences(stored: TableInfo, defined: TableInfo, *, schemas: bool = True) 
         reasons.append(f"schema {stored.schema!r} -> {defined.schema!r}")
     if stored.changelog != defined.changelog:
         reasons.append("changelog mode or key")
+    if (stored.lookup, stored.lookup_on) != (defined.lookup, defined.lookup_on):
+        # a Python join's rows came from the rows the old lookup gave its operator
+        reasons.append(f"lookup {stored.lookup!r} on {stored.lookup_on!r} -> "
+                       f"{defined.lookup!r} on {defined.lookup_on!r}")
     old, new = stored.definition, defined.definition or {}
     if old is None or reasons:
         return reasons  # a definition stored before ralf kept one is adopted
@@ -120,7 +124,6 @@ def differences(stored: TableInfo, defined: TableInfo, *, schemas: bool = True) 
         reasons.append(f"operator {old_id} -> {new_id}")
     old_reads = old.get("reads", {})
     for table, mark in sorted(new.get("reads", {}).items()):
-        # a lookup switched to another table is not a rebuild (as before definitions)
         if table in old_reads and old_reads[table] != mark:
             reasons.append(f"reads {table!r}, which changed")
     return reasons

@@ -15,9 +15,11 @@ import pandas as pd
 import pytest
 import urllib3
 
-from ralf import Ralf, faults
+from ralf import Operator, Ralf, Record, Schema, faults
 from ralf.cli import load_pipeline, main, pipeline_plan
 from ralf.errors import RalfError, SchemaError, TableNotFound
+from ralf.testing import ListSource
+from tests.pipelines import RATINGS, ratings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,3 +383,37 @@ def test_ralf_serve_refuses_a_change_or_rebuilds_it_while_serving(tmp_path, data
     finally:
         served.terminate()
         served.communicate(timeout=60)
+
+
+class _Titled(Operator):
+    def __init__(self, schema):
+        pass
+
+    def on_record(self, record, movie):
+        return Record(user=record.user, title=None if movie is None else movie.title)
+
+
+def test_a_join_given_another_lookup_column_is_a_change(tmp_path):
+    """A Python join's rows came from the rows its lookup gave: looking up by another
+    column is refused like any change (it was stored silently before definitions)."""
+    movies = Schema("movie", {"movie": int, "title": str})
+    titled = Schema("user", {"user": int, "title": str})
+    db = str(tmp_path / "join.duckdb")
+
+    def build(server: Ralf, on: str) -> None:
+        rows = [{"movie": m, "title": f"m{m}"} for m in range(50)]
+        looked_up = server.create_source(ListSource, (movies, rows), name="movies")
+        source = server.create_source(ListSource, (RATINGS, ratings(100)), name="ratings")
+        source.join(looked_up, _Titled, args=(titled,), on=on, name="titled")
+
+    with Ralf(db) as server:
+        build(server, "movie")
+        server.run()
+    with Ralf(db) as server, pytest.raises(SchemaError, match="lookup 'movies' on 'movie'"):
+        build(server, "user")
+    with Ralf(db, evolve="rebuild") as server:
+        build(server, "user")
+        server.run()
+        assert server.rebuilt_tables() == ["titled"]
+        got = server.bulk_query("titled").set_index("user")["title"].to_dict()
+    assert got == {u: f"m{u}" for u in got}  # each user's title now looked up by user
